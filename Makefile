@@ -1,0 +1,30 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+# EXTRA=gpu installs the CUDA build of TensorFlow instead of the CPU one.
+PYTHON_SYSTEM ?= python3
+EXTRA ?= cpu
+VENV := .venv
+PY := $(VENV)/bin/python
+DEMO_DIR ?= demo_data
+
+.PHONY: install demo test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON_SYSTEM) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[$(EXTRA),dev]'
+	touch $@
+
+demo: install
+	$(PY) -m training.data.demo $(DEMO_DIR) --seed 0
+	$(PY) -m training.train --config training/config.demo.yaml
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) artifacts $(DEMO_DIR) .pytest_cache

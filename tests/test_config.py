@@ -1,0 +1,123 @@
+"""Configuration: loading, flat and sectioned forms, validation, overrides."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from training.configs import Config, ConfigError, load_config, save_config
+from training.configs.training_config import apply_overrides, config_from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path, data, name="config.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+def test_seed_readme_example_prints_feature_dim():
+    # The seed README: load_config("config.yaml").model.feature_dim -> 1536, run from the repo root.
+    out = subprocess.run(
+        [sys.executable, "-c", 'from training.configs import load_config; print(load_config("training/config.yaml").model.feature_dim)'],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    )
+    assert out.stdout.strip() == "1536"
+
+
+def test_shipped_configs_load():
+    config = load_config(REPO / "training" / "config.yaml")
+    assert config.model.feature_extractor == "EfficientNetB3"
+    assert config.training.batch_size == 64
+    assert (REPO / "training" / "config.demo.yaml").is_file()
+    assert load_config(REPO / "training" / "config.demo.yaml").model.feature_extractor == "PatchGrid"
+
+
+def test_flat_and_sectioned_forms_are_equal(tmp_path):
+    flat = load_config(write(tmp_path, {"hidden_dim": 64, "epochs": 3, "glove_path": "g.txt"}))
+    sectioned = load_config(write(tmp_path, {"model": {"hidden_dim": 64}, "training": {"epochs": 3}, "data": {"glove_path": "g.txt"}}, "s.yaml"))
+    assert flat == sectioned
+    assert flat.model.hidden_dim == 64 and flat.training.epochs == 3
+
+
+def test_misspelt_key_names_it_and_suggests(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'hiden_dim'; did you mean 'hidden_dim'\?"):
+        load_config(write(tmp_path, {"hiden_dim": 64}))
+    with pytest.raises(ConfigError, match=r"'model.batch_size'.*did you mean"):
+        load_config(write(tmp_path, {"model": {"batch_size": 8}}))
+
+
+@pytest.mark.parametrize(
+    "values, key",
+    [
+        ({"train_split": 0.7, "val_split": 0.2, "test_split": 0.2}, "train_split \\+ val_split \\+ test_split"),
+        ({"train_split": 0.0, "val_split": 0.5, "test_split": 0.5}, "train_split"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"learning_rate": 0}, "learning_rate"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"hidden_dim": -4}, "hidden_dim"),
+        ({"hidden_dim": 30, "num_heads": 8}, "hidden_dim"),
+        ({"architecture": "gru"}, "architecture"),
+        ({"captions_format": "xml"}, "captions_format"),
+        ({"epochs": "ten"}, "epochs"),
+        ({"use_regions": "yes"}, "use_regions"),
+        ({"image_size": [300]}, "image_size"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path, values, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config(write(tmp_path, values))
+
+
+def test_split_ratios_within_tolerance(tmp_path):
+    config = load_config(write(tmp_path, {"train_split": 0.6, "val_split": 0.2, "test_split": 0.2}))
+    assert config.data.train_split == 0.6
+
+
+def test_type_coercion(tmp_path):
+    config = load_config(write(tmp_path, "learning_rate: 1e-4\nimage_size: [224, 224]\nglove_path: null\n"))
+    assert config.training.learning_rate == pytest.approx(1e-4)
+    assert config.model.image_size == (224, 224)
+    assert config.data.glove_path is None
+
+
+def test_config_is_frozen():
+    config = Config()
+    with pytest.raises(AttributeError):
+        config.model.hidden_dim = 3
+
+
+def test_overrides(tmp_path):
+    path = write(tmp_path, {"model": {"hidden_dim": 64}})
+    config = load_config(path, ["epochs=3", "hidden_dim=32", "training.learning_rate=0.01", "glove_path=null"])
+    assert (config.training.epochs, config.model.hidden_dim) == (3, 32)
+    assert config.training.learning_rate == 0.01 and config.data.glove_path is None
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides({}, ["epochs"])
+    with pytest.raises(ConfigError, match="epoch"):
+        load_config(path, ["epoch=3"])
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "a: [1,"))
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_save_round_trip(tmp_path):
+    config = config_from_dict({"hidden_dim": 32, "num_heads": 4, "epochs": 2})
+    save_config(config, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == config
+
+
+def test_train_command_reports_bad_key(tmp_path):
+    path = write(tmp_path, {"hiden_dim": 3})
+    out = subprocess.run([sys.executable, "-m", "training.train", "--config", str(path)], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "hiden_dim" in out.stderr and "hidden_dim" in out.stderr

@@ -1,0 +1,25 @@
+"""Configuration dataclasses and loading."""
+
+from training.configs.training_config import (
+    Config,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    TrainingConfig,
+    apply_overrides,
+    config_from_dict,
+    load_config,
+    save_config,
+)
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "TrainingConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "load_config",
+    "save_config",
+]

@@ -1,0 +1,248 @@
+"""Configuration: frozen dataclasses, YAML loading, validation with helpful errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ARCHITECTURES = ("transformer", "lstm_attention")
+CAPTION_FORMATS = ("auto", "flickr8k_csv", "flickr8k_token", "flickr30k", "coco", "karpathy")
+DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key a user must fix."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    images_path: str = "data/flickr8k/Images/"
+    captions_file: str = "data/flickr8k/captions.txt"
+    captions_format: str = "auto"
+    glove_path: str | None = "data/glove.6B.200d.txt"
+    artifacts_dir: str = "artifacts/flickr8k"
+    train_split: float = 0.8
+    val_split: float = 0.1
+    test_split: float = 0.1
+    word_count_threshold: int = 5
+    max_caption_length: int | None = None  # None: the longest training caption
+    max_images: int | None = None  # keep only the first N images (smoke runs)
+    max_bad_image_fraction: float = 0.01
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    architecture: str = "transformer"
+    feature_extractor: str = "EfficientNetB3"
+    extractor_weights: str | None = "imagenet"
+    image_size: tuple[int, int] = (300, 300)
+    feature_dim: int = 1536
+    use_regions: bool = True  # attend over the feature grid; False pools it to one vector
+    embedding_dim: int = 200
+    train_embeddings: bool = False
+    hidden_dim: int = 256
+    num_layers: int = 2
+    num_heads: int = 8
+    ff_dim: int = 1024
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    batch_size: int = 64
+    epochs: int = 20
+    learning_rate: float = 1e-4
+    clipnorm: float | None = 5.0
+    early_stopping_patience: int = 5
+    reduce_lr_patience: int = 2
+    reduce_lr_factor: float = 0.5
+    min_learning_rate: float = 1e-6
+    use_mixed_precision: bool = True  # takes effect only when a GPU is present
+    use_xla: bool = False
+    distribution: str = "none"
+    resume: bool = True
+    beam_size: int = 3
+    eval_max_images: int | None = None
+    run_name: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig}
+_FIELD_SECTION = {f.name: name for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+
+
+def _suggest(key: str, choices) -> str:
+    close = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(choices))}"
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check a YAML value against a field's type hint, converting where it is lossless."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"'{key}' must be a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(key, v, a) for v, a in zip(value, args))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads '1e-4' (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    name = getattr(hint, "__name__", str(hint))
+    raise ConfigError(f"'{key}' must be {name}, got {value!r} ({type(value).__name__})")
+
+
+def _check(ok: bool, key: str, requirement: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"'{key}' must be {requirement}, got {value!r}")
+
+
+def validate(config: Config) -> Config:
+    """Raise ConfigError naming the first key whose value is out of range."""
+    d, m, t = config.data, config.model, config.training
+    for key in ("train_split", "val_split", "test_split"):
+        value = getattr(d, key)
+        _check(0.0 <= value <= 1.0, key, "in [0, 1]", value)
+    _check(d.train_split > 0, "train_split", "> 0", d.train_split)
+    total = d.train_split + d.val_split + d.test_split
+    _check(abs(total - 1.0) <= 1e-6, "train_split + val_split + test_split", "1.0 (within 1e-6)", total)
+    _check(d.captions_format in CAPTION_FORMATS, "captions_format", f"one of {CAPTION_FORMATS}", d.captions_format)
+    _check(d.word_count_threshold >= 1, "word_count_threshold", ">= 1", d.word_count_threshold)
+    _check(d.max_caption_length is None or d.max_caption_length >= 3, "max_caption_length", ">= 3 or null", d.max_caption_length)
+    _check(d.max_images is None or d.max_images >= 1, "max_images", ">= 1 or null", d.max_images)
+    _check(0.0 <= d.max_bad_image_fraction <= 1.0, "max_bad_image_fraction", "in [0, 1]", d.max_bad_image_fraction)
+    _check(m.architecture in ARCHITECTURES, "architecture", f"one of {ARCHITECTURES}", m.architecture)
+    _check(m.extractor_weights in (None, "imagenet"), "extractor_weights", "'imagenet' or null", m.extractor_weights)
+    _check(all(s > 0 for s in m.image_size), "image_size", "two positive sizes", m.image_size)
+    for key in ("feature_dim", "embedding_dim", "hidden_dim", "num_layers", "num_heads", "ff_dim"):
+        _check(getattr(m, key) > 0, key, "> 0", getattr(m, key))
+    _check(m.hidden_dim % m.num_heads == 0, "hidden_dim", f"a multiple of num_heads ({m.num_heads})", m.hidden_dim)
+    _check(0.0 <= m.dropout < 1.0, "dropout", "in [0, 1)", m.dropout)
+    for key in ("batch_size", "epochs", "beam_size"):
+        _check(getattr(t, key) > 0, key, "> 0", getattr(t, key))
+    _check(t.learning_rate > 0, "learning_rate", "> 0", t.learning_rate)
+    _check(0 < t.min_learning_rate <= t.learning_rate, "min_learning_rate", "in (0, learning_rate]", t.min_learning_rate)
+    _check(t.clipnorm is None or t.clipnorm > 0, "clipnorm", "> 0 or null", t.clipnorm)
+    _check(0.0 < t.reduce_lr_factor < 1.0, "reduce_lr_factor", "in (0, 1)", t.reduce_lr_factor)
+    _check(t.early_stopping_patience >= 0, "early_stopping_patience", ">= 0", t.early_stopping_patience)
+    _check(t.reduce_lr_patience >= 0, "reduce_lr_patience", ">= 0", t.reduce_lr_patience)
+    _check(t.distribution in DISTRIBUTIONS, "distribution", f"one of {DISTRIBUTIONS}", t.distribution)
+    _check(t.eval_max_images is None or t.eval_max_images >= 1, "eval_max_images", ">= 1 or null", t.eval_max_images)
+    return config
+
+
+def config_from_dict(raw: dict[str, Any] | None, source: str = "config") -> Config:
+    """Build a validated Config from flat keys (the seed's layout) or data/model/training sections."""
+    raw = dict(raw or {})
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys to values")
+    values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for key, value in raw.items():
+        if key in SECTIONS and isinstance(value, dict):
+            for sub_key, sub_value in value.items():
+                if _FIELD_SECTION.get(sub_key) != key:
+                    section_keys = [f.name for f in dataclasses.fields(SECTIONS[key])]
+                    raise ConfigError(f"{source}: unknown key '{key}.{sub_key}'{_suggest(sub_key, section_keys)}")
+                values[key][sub_key] = sub_value
+        elif key in _FIELD_SECTION:
+            values[_FIELD_SECTION[key]][key] = value
+        else:
+            raise ConfigError(f"{source}: unknown key '{key}'{_suggest(key, list(_FIELD_SECTION) + list(SECTIONS))}")
+    sections = {}
+    for name, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        try:
+            kwargs = {k: _coerce(k, v, hints[k]) for k, v in values[name].items()}
+        except ConfigError as error:
+            raise ConfigError(f"{source}: {error}") from None
+        sections[name] = cls(**kwargs)
+    try:
+        return validate(Config(**sections))
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'epochs=3' -> ('epochs', 3); the value is read as YAML so types come out right."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{text}' must look like key=value (for example epochs=3)")
+    return key.strip(), yaml.safe_load(value)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Merge 'key=value' or 'section.key=value' overrides into raw config values."""
+    merged = {k: (dict(v) if k in SECTIONS and isinstance(v, dict) else v) for k, v in raw.items()}
+    for text in overrides:
+        key, value = parse_override(text)
+        section, _, name = key.rpartition(".")
+        if section:
+            merged.setdefault(section, {})
+            if not isinstance(merged[section], dict):
+                raise ConfigError(f"override '{text}': '{section}' is not a section")
+            merged[section][name] = value
+        elif any(isinstance(v, dict) and name in v for v in merged.values()):
+            next(v for v in merged.values() if isinstance(v, dict) and name in v)[name] = value
+        else:
+            merged[name] = value
+    return merged
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path} (pass --config with the path of a YAML file)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values, got {type(raw).__name__}")
+    return raw or {}
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (flat or sectioned), apply 'key=value' overrides, validate."""
+    raw = apply_overrides(read_config_file(path), list(overrides or []))
+    return config_from_dict(raw, source=str(path))
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write a sectioned YAML that load_config reads back to an equal Config."""
+    data = config.to_dict()
+    data["model"]["image_size"] = list(data["model"]["image_size"])
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
