@@ -1,0 +1,1 @@
+"""Captions to training data: loading, cleaning, splitting, vocabulary, embeddings, tf.data."""
