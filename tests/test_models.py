@@ -1,0 +1,205 @@
+"""Tests for the model stage: shapes, masking, decoding cache, save/load, embeddings, precision."""
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from training.configs import ModelConfig
+from training.models import (
+    CaptionModel,
+    build_caption_model,
+    compile_caption_model,
+    masked_accuracy,
+    masked_sparse_categorical_crossentropy,
+)
+
+ARCHS = ["transformer", "lstm_attention"]
+VOCAB, MAX_LEN, FEATURE_DIM, REGIONS = 20, 7, 6, 4
+
+
+def tiny_config(architecture, **overrides):
+    settings = dict(
+        architecture=architecture,
+        feature_dim=FEATURE_DIM,
+        embedding_dim=5,
+        hidden_dim=8,
+        num_layers=2,
+        num_heads=2,
+        ff_dim=16,
+        dropout=0.1,
+    )
+    settings.update(overrides)
+    return ModelConfig(**settings)
+
+
+def tiny_model(architecture, **overrides):
+    keras.utils.set_random_seed(0)
+    return build_caption_model(tiny_config(architecture, **overrides), VOCAB, MAX_LEN)
+
+
+def tiny_batch(regions=REGIONS, seed=0):
+    """Three captions of lengths 3, 2 and 5, padded to T=5."""
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(3, regions, FEATURE_DIM)).astype("float32")
+    tokens = np.array([[1, 2, 3, 0, 0], [4, 5, 0, 0, 0], [1, 6, 7, 8, 9]], dtype="int32")
+    return features, tokens
+
+
+def real_positions(tokens):
+    return tokens != 0
+
+
+@pytest.mark.parametrize("regions", [REGIONS, 1], ids=["regions", "pooled"])
+@pytest.mark.parametrize("architecture", ARCHS)
+def test_output_shapes_and_dtype(architecture, regions):
+    model = tiny_model(architecture)
+    assert isinstance(model, CaptionModel)
+    features, tokens = tiny_batch(regions)
+    for length in (5, 2):  # batches are padded to their own longest caption
+        logits = model((features, tokens[:, :length]))
+        assert tuple(logits.shape) == (3, length, VOCAB)
+        assert logits.dtype == "float32"
+    memory = model.encode(features)
+    logits, cache, attention = model.decode_step(tokens[:, 0], np.int32(0), memory, model.init_cache(3))
+    assert tuple(logits.shape) == (3, VOCAB) and tuple(attention.shape) == (3, regions)
+    np.testing.assert_allclose(keras.ops.sum(attention, axis=-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("architecture", ARCHS)
+def test_decode_step_matches_full_call(architecture):
+    model = tiny_model(architecture)
+    features, tokens = tiny_batch()
+
+    @tf.function
+    def decode_all(features, tokens):
+        # A graph-mode loop over a tensor step, as the decoders run it.
+        memory = model.encode(features)
+        cache = model.init_cache(tf.shape(features)[0])
+        steps = tf.TensorArray(tf.float32, size=tf.shape(tokens)[1])
+        for step in tf.range(tf.shape(tokens)[1]):
+            logits, cache, _ = model.decode_step(tokens[:, step], step, memory, cache)
+            steps = steps.write(step, logits)
+        return tf.transpose(steps.stack(), (1, 0, 2))
+
+    stepped = decode_all(features, tokens).numpy()
+    full = keras.ops.convert_to_numpy(model((features, tokens), training=False))
+    mask = real_positions(tokens)  # padding positions are free to differ
+    np.testing.assert_allclose(stepped[mask], full[mask], atol=1e-4)
+
+
+@pytest.mark.parametrize("architecture", ARCHS)
+def test_padding_changes_neither_loss_nor_real_logits(architecture):
+    model = tiny_model(architecture)
+    features, tokens = tiny_batch()
+    targets = np.array([[2, 3, 10, 0, 0], [5, 11, 0, 0, 0], [6, 7, 8, 9, 12]], dtype="int32")
+    mask = real_positions(targets)
+    logits = keras.ops.convert_to_numpy(model((features, tokens)))
+
+    # Garbage in the inputs beyond each caption's end, and extra padding columns.
+    noisy = np.where(tokens == 0, np.random.default_rng(1).integers(1, VOCAB, tokens.shape), tokens)
+    noisy_logits = keras.ops.convert_to_numpy(model((features, noisy)))
+    np.testing.assert_allclose(noisy_logits[mask], logits[mask], atol=1e-5)
+    longer = np.pad(tokens, ((0, 0), (0, 2)))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model((features, longer)))[:, :5][mask], logits[mask], atol=1e-5)
+
+    loss = batch_loss((targets, logits))
+    shifted = logits + 50.0 * (~mask)[..., None] * np.random.default_rng(2).normal(size=logits.shape)
+    assert batch_loss((targets, shifted)) == pytest.approx(loss, abs=1e-6)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    expected = -np.take_along_axis(log_probs, targets[..., None], -1)[..., 0][mask].mean()
+    assert loss == pytest.approx(expected, rel=1e-5)
+    hits = (logits.argmax(-1) == targets)[mask].mean()
+    assert float(masked_accuracy(targets, shifted)) == pytest.approx(hits)
+
+
+def batch_loss(args):
+    """The loss Keras reports for a batch: the mean of the weighted per-token values."""
+    return float(np.mean(keras.ops.convert_to_numpy(masked_sparse_categorical_crossentropy(*args))))
+
+
+@pytest.mark.parametrize("architecture", ARCHS)
+def test_tiny_model_overfits_eight_captions(architecture):
+    model = tiny_model(architecture, hidden_dim=16, num_layers=1, dropout=0.0)
+    compile_caption_model(model, learning_rate=2e-2)
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(8, REGIONS, FEATURE_DIM)).astype("float32")
+    captions = rng.integers(1, VOCAB, size=(8, 6)).astype("int32")
+    captions[[1, 4], 4:] = 0  # two shorter captions
+    inputs, targets = captions[:, :-1], captions[:, 1:]
+    # One epoch of 200 identical batches: a single compiled train function, no per-epoch overhead.
+    data = tf.data.Dataset.from_tensors(((features, inputs), targets)).repeat(200)
+    model.fit(data, shuffle=False, verbose=0)
+    logits = model((features, inputs))
+    assert batch_loss((targets, logits)) < 0.05
+    assert float(masked_accuracy(targets, logits)) == 1.0
+
+
+@pytest.mark.parametrize("architecture", ARCHS)
+def test_save_load_gives_identical_predictions(architecture, tmp_path):
+    model = tiny_model(architecture)
+    compile_caption_model(model, learning_rate=1e-3, clipnorm=1.0)
+    model.run_eagerly = True  # one step: tracing a train function would cost more than it runs
+    features, tokens = tiny_batch()
+    model.train_on_batch((features, tokens), tokens)  # moves weights and creates optimizer state
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, CaptionModel) and loaded.get_config() == model.get_config()
+    np.testing.assert_allclose(loaded((features, tokens)), model((features, tokens)), atol=1e-6)
+    memory = loaded.encode(features)
+    assert loaded.decode_step(tokens[:, 0], np.int32(0), memory, loaded.init_cache(3))[0].shape == (3, VOCAB)
+    assert loaded.loss is masked_sparse_categorical_crossentropy
+
+
+@pytest.mark.parametrize("train_embeddings", [False, True])
+def test_embedding_matrix_loaded_and_frozen_unless_trained(train_embeddings):
+    config = tiny_config("transformer", train_embeddings=train_embeddings)
+    matrix = np.random.default_rng(0).normal(size=(VOCAB, config.embedding_dim)).astype("float32")
+    model = build_caption_model(config, VOCAB, MAX_LEN, embedding_matrix=matrix)
+    table = model.text_embedding.token_embedding.embeddings
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(table), matrix)
+    assert any(w is table for w in model.trainable_weights) == train_embeddings
+    compile_caption_model(model, learning_rate=1e-1)
+    model.run_eagerly = True
+    features, tokens = tiny_batch()
+    model.train_on_batch((features, tokens), tokens)
+    unchanged = np.array_equal(keras.ops.convert_to_numpy(table), matrix)
+    assert unchanged != train_embeddings
+
+    with pytest.raises(ValueError, match="embedding_matrix has shape"):
+        build_caption_model(config, VOCAB + 1, MAX_LEN, embedding_matrix=matrix)
+
+
+def test_embedding_without_matrix_is_trained():
+    config = tiny_config("lstm_attention", train_embeddings=False)
+    model = build_caption_model(config, VOCAB, MAX_LEN)
+    assert model.text_embedding.token_embedding.trainable
+
+
+@pytest.mark.parametrize("architecture", ARCHS)
+def test_mixed_float16_outputs_float32(architecture):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = tiny_model(architecture)
+        features, tokens = tiny_batch()
+        assert model.compute_dtype == "float16"
+        assert model((features, tokens)).dtype == "float32"
+        logits, cache, attention = model.decode_step(tokens[:, 0], np.int32(0), model.encode(features), model.init_cache(3))
+        assert logits.dtype == "float32" and attention.dtype == "float32"
+        compile_caption_model(model, learning_rate=1e-3)
+        model.run_eagerly = True
+        loss = model.train_on_batch((features, tokens), tokens)[0]
+        assert np.isfinite(loss)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_config_round_trip_uses_every_setting():
+    config = dataclasses.replace(tiny_config("transformer"), num_layers=3)
+    model = build_caption_model(config, VOCAB, MAX_LEN)
+    assert len(model.decoder_blocks) == 3
+    clone = CaptionModel.from_config(model.get_config())
+    assert clone.get_config() == model.get_config()

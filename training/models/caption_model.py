@@ -1,0 +1,228 @@
+"""Model stage: the caption model (image regions + caption prefix -> next-word logits).
+
+`CaptionModel` trains with teacher forcing through `call((image_features, tokens))` and
+decodes incrementally through `encode` / `init_cache` / `decode_step`, which reuse cached
+keys/values (transformer) or the LSTM state instead of re-running the prefix.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import keras
+from keras import ops
+
+from training.configs.training_config import ARCHITECTURES, ModelConfig
+from training.models.components import (
+    ImageProjection,
+    LSTMEncoder,
+    TextEmbedding,
+    TransformerDecoderBlock,
+)
+
+
+@keras.saving.register_keras_serializable(package="training")
+class CaptionModel(keras.Model):
+    """Inputs: image_features (B, R, feature_dim) float, tokens (B, T) int with 0 = padding.
+
+    Output: logits (B, T, vocab_size) float32; position t predicts token t + 1.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        max_length: int,
+        architecture: str = "transformer",
+        feature_dim: int = 1536,
+        embedding_dim: int = 200,
+        train_embeddings: bool = True,
+        hidden_dim: int = 256,
+        num_layers: int = 2,
+        num_heads: int = 8,
+        ff_dim: int = 1024,
+        dropout: float = 0.1,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+        self.vocab_size = vocab_size
+        self.max_length = max_length
+        self.architecture = architecture
+        self.feature_dim = feature_dim
+        self.embedding_dim = embedding_dim
+        self.train_embeddings = train_embeddings
+        self.hidden_dim = hidden_dim
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.ff_dim = ff_dim
+        self.dropout = dropout
+        is_transformer = architecture == "transformer"
+
+        self.image_projection = ImageProjection(hidden_dim, dropout, name="image_projection")
+        self.text_embedding = TextEmbedding(
+            vocab_size,
+            embedding_dim,
+            hidden_dim,
+            max_length,
+            use_positions=is_transformer,  # the LSTM knows positions from its recurrence
+            train_embeddings=train_embeddings,
+            dropout=dropout,
+            name="text_embedding",
+        )
+        if is_transformer:
+            self.decoder_blocks = [
+                TransformerDecoderBlock(hidden_dim, num_heads, ff_dim, dropout, name=f"decoder_block_{i}")
+                for i in range(num_layers)
+            ]
+            self.final_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="final_norm")
+        else:
+            self.lstm = LSTMEncoder(hidden_dim, name="lstm")
+            self.output_dropout = keras.layers.Dropout(dropout)
+        # float32 output so the softmax/loss stay stable under mixed_float16.
+        self.output_layer = keras.layers.Dense(vocab_size, dtype="float32", name="logits")
+
+    # ------------------------------------------------------------------ build / training path
+
+    def build(self, input_shape):
+        features_shape, tokens_shape = (tuple(shape) for shape in input_shape)
+        hidden_shape = tokens_shape + (self.hidden_dim,)
+        regions_shape = features_shape[:-1] + (self.hidden_dim,)
+        self.image_projection.build(features_shape)
+        self.text_embedding.build(tokens_shape)
+        if self.architecture == "transformer":
+            for block in self.decoder_blocks:
+                block.build(hidden_shape, regions_shape)
+            self.final_norm.build(hidden_shape)
+        else:
+            self.lstm.build(hidden_shape, regions_shape)
+        self.output_layer.build(hidden_shape)
+        self.built = True
+
+    def call(self, inputs, training=None):
+        image_features, tokens = inputs
+        tokens = ops.cast(tokens, "int32")
+        regions = self.image_projection(image_features, training=training)
+        x = self.text_embedding(tokens, training=training)
+        is_token = ops.not_equal(tokens, 0)
+        if self.architecture == "transformer":
+            length = ops.shape(tokens)[1]
+            positions = ops.arange(length, dtype="int32")
+            causal = ops.expand_dims(positions, 1) >= ops.expand_dims(positions, 0)  # (T, T): query >= key
+            # (B, 1, T, T): a query sees earlier, non-padding keys.
+            self_mask = ops.logical_and(causal[None, None], is_token[:, None, None, :])
+            for block in self.decoder_blocks:
+                x = block(x, regions, self_mask=self_mask, training=training)
+            x = self.final_norm(x)
+        else:
+            x = self.output_dropout(self.lstm(x, regions, token_mask=is_token), training=training)
+        return self.output_layer(x)
+
+    # ------------------------------------------------------------------ incremental decoding
+
+    def encode(self, image_features):
+        """Image features (B, R, feature_dim) -> memory, computed once per image batch.
+
+        transformer: {"keys": (k_layer0, ...), "values": (v_layer0, ...)}, each (B, heads, R, hidden/heads)
+        lstm_attention: {"regions": (B, R, hidden), "region_keys": (B, R, hidden)}
+        """
+        regions = self.image_projection(image_features, training=False)
+        if self.architecture == "transformer":
+            pairs = [block.cross_attention.key_values(regions) for block in self.decoder_blocks]
+            return {"keys": tuple(k for k, _ in pairs), "values": tuple(v for _, v in pairs)}
+        return {"regions": regions, "region_keys": self.lstm.attention.region_keys(regions)}
+
+    def init_cache(self, batch_size):
+        """Empty decoding state for `batch_size` sequences (int or scalar tensor).
+
+        transformer: {"keys": (...), "values": (...)}, per layer (B, heads, max_length, hidden/heads) zeros
+        lstm_attention: {"h": (B, hidden), "c": (B, hidden)} zeros
+        """
+        if self.architecture == "transformer":
+            shape = (batch_size, self.num_heads, self.max_length, self.hidden_dim // self.num_heads)
+            buffers = tuple(ops.zeros(shape, dtype=self.compute_dtype) for _ in self.decoder_blocks)
+            return {"keys": buffers, "values": tuple(ops.zeros_like(b) for b in buffers)}
+        h, c = self.lstm.initial_state(batch_size)
+        return {"h": h, "c": c}
+
+    def decode_step(self, tokens, step, memory, cache):
+        """tokens (B,) int at position `step` (int32 scalar, 0-based) -> (logits, cache, attention).
+
+        logits (B, vocab_size) float32 predict the token at step + 1; attention (B, R) float32
+        is the last layer's cross-attention averaged over heads (transformer) or the
+        Bahdanau weights (LSTM).
+        """
+        tokens = ops.expand_dims(ops.cast(tokens, "int32"), 1)
+        step = ops.cast(step, "int32")
+        if self.architecture == "transformer":
+            x = self.text_embedding(tokens, start=step, training=False)
+            new_keys, new_values = [], []
+            for i, block in enumerate(self.decoder_blocks):
+                region_kv = (memory["keys"][i], memory["values"][i])
+                x, (keys, values), weights = block.decode_step(
+                    x, step, region_kv, (cache["keys"][i], cache["values"][i])
+                )
+                new_keys.append(keys)
+                new_values.append(values)
+            logits = self.output_layer(self.final_norm(x))[:, 0]
+            attention = ops.mean(weights[:, :, 0, :], axis=1)
+            return logits, {"keys": tuple(new_keys), "values": tuple(new_values)}, attention
+        word = self.text_embedding(tokens, training=False)[:, 0]
+        state = (cache["h"], cache["c"])
+        (h, c), attention = self.lstm.step(word, state, memory["regions"], memory["region_keys"])
+        return self.output_layer(h), {"h": h, "c": c}, attention
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            vocab_size=self.vocab_size,
+            max_length=self.max_length,
+            architecture=self.architecture,
+            feature_dim=self.feature_dim,
+            embedding_dim=self.embedding_dim,
+            train_embeddings=self.train_embeddings,
+            hidden_dim=self.hidden_dim,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            ff_dim=self.ff_dim,
+            dropout=self.dropout,
+        )
+        return config
+
+
+def build_caption_model(
+    model_config: ModelConfig,
+    vocab_size: int,
+    max_length: int,
+    embedding_matrix: np.ndarray | None = None,
+) -> CaptionModel:
+    """A built CaptionModel; `embedding_matrix` (vocab_size, embedding_dim) seeds the word table.
+
+    Without a matrix the word table is random, so it is trained whatever train_embeddings says.
+    """
+    if embedding_matrix is not None:
+        expected = (vocab_size, model_config.embedding_dim)
+        if tuple(embedding_matrix.shape) != expected:
+            raise ValueError(
+                f"embedding_matrix has shape {tuple(embedding_matrix.shape)}, expected {expected} "
+                "(vocab_size, model.embedding_dim): rebuild it with the same vocabulary and embedding_dim"
+            )
+    model = CaptionModel(
+        vocab_size=vocab_size,
+        max_length=max_length,
+        architecture=model_config.architecture,
+        feature_dim=model_config.feature_dim,
+        embedding_dim=model_config.embedding_dim,
+        train_embeddings=model_config.train_embeddings or embedding_matrix is None,
+        hidden_dim=model_config.hidden_dim,
+        num_layers=model_config.num_layers,
+        num_heads=model_config.num_heads,
+        ff_dim=model_config.ff_dim,
+        dropout=model_config.dropout,
+        name=f"caption_model_{model_config.architecture}",
+    )
+    model.build(((None, None, model_config.feature_dim), (None, None)))
+    if embedding_matrix is not None:
+        # Assigned after build rather than via an initializer, so the matrix is stored once
+        # (as weights) and not copied into the model's JSON config.
+        model.text_embedding.token_embedding.embeddings.assign(np.asarray(embedding_matrix, dtype="float32"))
+    return model

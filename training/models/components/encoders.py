@@ -1,0 +1,228 @@
+"""Model stage, building blocks: image projection, word embedding, and the two decoder cores.
+
+The decoder cores are the Transformer decoder block (default architecture) and
+`LSTMEncoder`, the seed's name for the LSTM-with-additive-attention core. Each core has a
+`call` for whole sequences (training) and a `decode_step` / `step` for one position
+(inference with a cache).
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from training.models.components.attention import BahdanauAttention, MultiHeadCrossAttention
+
+
+@keras.saving.register_keras_serializable(package="training")
+class ImageProjection(keras.layers.Layer):
+    """Image regions (B, R, feature_dim) -> (B, R, hidden_dim)."""
+
+    def __init__(self, hidden_dim: int, dropout: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_dim = hidden_dim
+        self.dropout = dropout
+        self.dense = keras.layers.Dense(hidden_dim, name="dense")
+        # CNN features have arbitrary scale per channel; normalising keeps attention logits sane.
+        self.norm = keras.layers.LayerNormalization(epsilon=1e-5, name="norm")
+        self.dropout_layer = keras.layers.Dropout(dropout)
+
+    def build(self, input_shape):
+        self.dense.build(input_shape)
+        self.norm.build(tuple(input_shape[:-1]) + (self.hidden_dim,))
+        self.built = True
+
+    def call(self, image_features, training=None):
+        return self.dropout_layer(self.norm(self.dense(image_features)), training=training)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(hidden_dim=self.hidden_dim, dropout=self.dropout)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="training")
+class TextEmbedding(keras.layers.Layer):
+    """Tokens (B, T) -> (B, T, hidden_dim): word vectors (GloVe-sized), projected, plus positions.
+
+    The word table keeps `embedding_dim` so pretrained vectors load as they are; the
+    projection to `hidden_dim` is always trained.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_dim: int,
+        hidden_dim: int,
+        max_length: int,
+        use_positions: bool = True,
+        train_embeddings: bool = True,
+        dropout: float = 0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.vocab_size = vocab_size
+        self.embedding_dim = embedding_dim
+        self.hidden_dim = hidden_dim
+        self.max_length = max_length
+        self.use_positions = use_positions
+        self.train_embeddings = train_embeddings
+        self.dropout = dropout
+        self.token_embedding = keras.layers.Embedding(
+            vocab_size, embedding_dim, trainable=train_embeddings, name="token_embedding"
+        )
+        self.projection = keras.layers.Dense(hidden_dim, name="projection")
+        self.position_embedding = (
+            keras.layers.Embedding(max_length, hidden_dim, name="position_embedding") if use_positions else None
+        )
+        self.dropout_layer = keras.layers.Dropout(dropout)
+
+    def build(self, input_shape):
+        self.token_embedding.build(input_shape)
+        self.projection.build(tuple(input_shape) + (self.embedding_dim,))
+        if self.position_embedding is not None:
+            self.position_embedding.build((None,))
+        self.built = True
+
+    def call(self, tokens, start=0, training=None):
+        """`start` is the position of tokens[:, 0] (the decode step when T == 1)."""
+        x = self.projection(self.token_embedding(tokens))
+        if self.position_embedding is not None:
+            positions = ops.arange(ops.shape(tokens)[1], dtype="int32") + ops.cast(start, "int32")
+            x = x + ops.expand_dims(self.position_embedding(positions), 0)
+        return self.dropout_layer(x, training=training)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            vocab_size=self.vocab_size,
+            embedding_dim=self.embedding_dim,
+            hidden_dim=self.hidden_dim,
+            max_length=self.max_length,
+            use_positions=self.use_positions,
+            train_embeddings=self.train_embeddings,
+            dropout=self.dropout,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="training")
+class TransformerDecoderBlock(keras.layers.Layer):
+    """Pre-LN decoder block: causal self-attention, cross-attention over regions, feed-forward."""
+
+    def __init__(self, hidden_dim: int, num_heads: int, ff_dim: int, dropout: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_dim = hidden_dim
+        self.num_heads = num_heads
+        self.ff_dim = ff_dim
+        self.dropout = dropout
+        self.self_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="self_norm")
+        self.self_attention = MultiHeadCrossAttention(hidden_dim, num_heads, dropout, name="self_attention")
+        self.cross_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="cross_norm")
+        self.cross_attention = MultiHeadCrossAttention(hidden_dim, num_heads, dropout, name="cross_attention")
+        self.ff_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="ff_norm")
+        self.ff_in = keras.layers.Dense(ff_dim, activation="gelu", name="ff_in")
+        self.ff_out = keras.layers.Dense(hidden_dim, name="ff_out")
+        self.dropout_layer = keras.layers.Dropout(dropout)
+
+    def build(self, input_shape, regions_shape):
+        for norm in (self.self_norm, self.cross_norm, self.ff_norm):
+            norm.build(input_shape)
+        self.self_attention.build(input_shape, input_shape)
+        self.cross_attention.build(input_shape, regions_shape)
+        self.ff_in.build(input_shape)
+        self.ff_out.build(tuple(input_shape[:-1]) + (self.ff_dim,))
+        self.built = True
+
+    def _feed_forward(self, x, training=None):
+        hidden = self.dropout_layer(self.ff_in(self.ff_norm(x)), training=training)
+        return x + self.dropout_layer(self.ff_out(hidden), training=training)
+
+    def call(self, x, regions, self_mask=None, training=None):
+        """x (B, T, D), regions (B, R, D); self_mask (B, 1, T, T), True = visible."""
+        h = self.self_norm(x)
+        attended = self.self_attention(h, h, attention_mask=self_mask, training=training)
+        x = x + self.dropout_layer(attended, training=training)
+        h = self.cross_norm(x)
+        x = x + self.dropout_layer(self.cross_attention(h, regions, training=training), training=training)
+        return self._feed_forward(x, training)
+
+    def decode_step(self, x, step, region_kv, cache_kv):
+        """One position: x (B, 1, D) at index `step`; cache_kv holds (B, H, max_length, D/H) buffers.
+
+        Returns the new x, the updated (keys, values) buffers and the cross-attention
+        weights (B, H, 1, R).
+        """
+        h = self.self_norm(x)
+        new_keys, new_values = self.self_attention.key_values(h)
+        start = (0, 0, step, 0)
+        keys = ops.slice_update(cache_kv[0], start, ops.cast(new_keys, cache_kv[0].dtype))
+        values = ops.slice_update(cache_kv[1], start, ops.cast(new_values, cache_kv[1].dtype))
+        # Buffer slots after `step` hold zeros (or stale beams' data): hide them.
+        visible = ops.arange(ops.shape(keys)[2], dtype="int32") <= step
+        out, _ = self.self_attention.attend(h, keys, values, attention_mask=visible, training=False)
+        x = x + out
+        out, weights = self.cross_attention.attend(self.cross_norm(x), *region_kv, training=False)
+        x = x + out
+        return self._feed_forward(x, training=False), (keys, values), weights
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(hidden_dim=self.hidden_dim, num_heads=self.num_heads, ff_dim=self.ff_dim, dropout=self.dropout)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="training")
+class LSTMEncoder(keras.layers.Layer):
+    """LSTM decoder core with Bahdanau attention (architecture 'lstm_attention').
+
+    At each step the previous hidden state attends over the regions, and [word; context]
+    feeds an LSTMCell. The initial state is zeros, so step 0's attention depends on the
+    image alone.
+    """
+
+    def __init__(self, hidden_dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_dim = hidden_dim
+        self.attention = BahdanauAttention(hidden_dim, name="attention")
+        self.cell = keras.layers.LSTMCell(hidden_dim, name="cell")
+
+    def build(self, words_shape, regions_shape):
+        self.attention.build((None, self.hidden_dim), regions_shape)
+        self.cell.build((None, words_shape[-1] + regions_shape[-1]))
+        self.built = True
+
+    def initial_state(self, batch_size):
+        zeros = ops.zeros((batch_size, self.hidden_dim), dtype=self.compute_dtype)
+        return zeros, zeros
+
+    def step(self, word, state, regions, region_keys):
+        """word (B, E), state (h, c) -> new (h, c) and attention weights (B, R) float32."""
+        h, c = state
+        context, weights = self.attention.attend(h, region_keys, regions)
+        _, (h, c) = self.cell(ops.concatenate([word, ops.cast(context, word.dtype)], axis=-1), [h, c])
+        return (h, c), weights
+
+    def call(self, words, regions, token_mask=None):
+        """words (B, T, E), regions (B, R, D), token_mask (B, T) True = real token -> (B, T, hidden_dim)."""
+        region_keys = self.attention.region_keys(regions)
+        if token_mask is None:
+            token_mask = ops.ones(ops.shape(words)[:2], dtype="bool")
+
+        def body(state, inputs):
+            word, keep = inputs
+            new_state, _ = self.step(word, state, regions, region_keys)
+            # Padding leaves the state untouched, as keras.layers.RNN masking would.
+            keep = ops.expand_dims(keep, -1)
+            new_state = tuple(ops.where(keep, new, old) for new, old in zip(new_state, state))
+            # keras.ops.scan's TensorFlow version requires per-step outputs shaped like the carry.
+            return new_state, new_state
+
+        time_major = (ops.transpose(words, (1, 0, 2)), ops.transpose(token_mask, (1, 0)))
+        _, (hidden, _) = ops.scan(body, self.initial_state(ops.shape(words)[0]), time_major)
+        return ops.transpose(hidden, (1, 0, 2))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(hidden_dim=self.hidden_dim)
+        return config

@@ -1,0 +1,41 @@
+"""Model stage, objective: loss and accuracy over real caption tokens (id 0 is padding), and compile."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="training")
+def masked_sparse_categorical_crossentropy(y_true, y_pred):
+    """Per-token cross-entropy (from logits), weighted so that Keras' mean is over real tokens only.
+
+    Padding gets weight 0 and real tokens B*T / count(real), as Keras does for masks: the mean
+    Keras takes (over B*T) is then the mean over the batch's real tokens, independent of how
+    far the batch is padded. Returning (B, T) values rather than a scalar lets Keras scale the
+    loss correctly across replicas under a distribution strategy.
+    """
+    y_true = ops.cast(y_true, "int32")
+    is_token = ops.cast(ops.not_equal(y_true, 0), "float32")
+    per_token = keras.losses.sparse_categorical_crossentropy(y_true, ops.cast(y_pred, "float32"), from_logits=True)
+    total = ops.cast(ops.size(is_token), "float32")
+    return per_token * is_token * (total / ops.maximum(ops.sum(is_token), 1.0))
+
+
+@keras.saving.register_keras_serializable(package="training")
+def masked_accuracy(y_true, y_pred):
+    """Fraction of non-padding targets whose arg-max logit is right."""
+    y_true = ops.cast(y_true, "int32")
+    is_token = ops.not_equal(y_true, 0)
+    hits = ops.logical_and(ops.equal(ops.cast(ops.argmax(y_pred, axis=-1), "int32"), y_true), is_token)
+    return ops.sum(ops.cast(hits, "float32")) / ops.maximum(ops.sum(ops.cast(is_token, "float32")), 1.0)
+
+
+def compile_caption_model(model: keras.Model, learning_rate: float, clipnorm: float | None = None) -> keras.Model:
+    """Compile with Adam and the masked loss/accuracy; returns the model."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate, clipnorm=clipnorm),
+        loss=masked_sparse_categorical_crossentropy,
+        metrics=[masked_accuracy],
+    )
+    return model
