@@ -1,0 +1,218 @@
+"""Decoding: greedy and beam search against hand-built and tiny random models implementing the decode protocol."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from training.evaluation import BeamSearchDecoder, Caption, GreedyDecoder
+from training.evaluation.inference import length_penalty
+
+PAD, START, END, UNK = 0, 1, 2, 3
+
+
+@dataclass
+class TinyTokenizer:
+    """Stand-in for training.data.tokenizer.Tokenizer: only the attributes the decoders use."""
+
+    words: list[str]
+    pad_id: int = PAD
+    start_id: int = START
+    end_id: int = END
+    unk_id: int = UNK
+    index_word: dict[int, str] = field(init=False)
+
+    def __post_init__(self):
+        self.index_word = dict(enumerate(["<pad>", "startseq", "endseq", "<unk>", *self.words]))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.index_word)
+
+    def sequences_to_texts(self, seqs, strip_special=True):
+        special = {self.pad_id, self.start_id, self.end_id} if strip_special else set()
+        return [" ".join(self.index_word[int(t)] for t in seq if int(t) not in special) for seq in seqs]
+
+
+class BigramModel:
+    """P(next token | previous token) from a fixed table; counts its decode_step calls."""
+
+    def __init__(self, probabilities: np.ndarray, max_length: int, regions: int = 3):
+        with np.errstate(divide="ignore"):
+            self.log_table = tf.constant(np.log(probabilities), tf.float32)
+        self.max_length, self.regions = max_length, regions
+        self.calls = tf.Variable(0)
+
+    def encode(self, image_features):
+        return (image_features,)
+
+    def init_cache(self, batch_size):
+        return {"previous": tf.zeros([batch_size], tf.int32)}
+
+    def decode_step(self, tokens, step, memory, cache):
+        self.calls.assign_add(1)
+        attention = tf.fill([tf.shape(tokens)[0], self.regions], 1.0 / self.regions)
+        return tf.gather(self.log_table, tokens), {"previous": tokens}, attention
+
+
+class TinyRecurrentModel:
+    """A random recurrent captioner with dot-product attention over regions, a few units wide."""
+
+    def __init__(self, vocab_size, channels, units=8, max_length=12, seed=0, special_bias=0.0, end_per_step=0.0):
+        keras.utils.set_random_seed(seed)
+        self.max_length = max_length
+        wide = keras.initializers.RandomNormal(stddev=1.5)  # large random weights: varied, input-dependent captions
+        self.project = keras.layers.Dense(units)
+        self.embed = keras.layers.Embedding(vocab_size, units, embeddings_initializer=wide)
+        self.recur = keras.layers.Dense(units, activation="tanh", kernel_initializer=wide)
+        self.out = keras.layers.Dense(vocab_size, kernel_initializer=wide)
+        # endseq grows likelier with every step, as in a trained captioner, so captions end at varied lengths.
+        self.end_per_step = tf.one_hot(END, vocab_size) * end_per_step
+        memory = self.encode(tf.zeros([1, 2, channels]))  # build every layer eagerly, outside any tf.function
+        self.decode_step(tf.zeros([1], tf.int32), tf.constant(0), memory, self.init_cache(1))
+        bias = self.out.bias.numpy()
+        bias[[PAD, START, UNK]] += special_bias  # tempt the decoder with tokens it must never emit
+        self.out.bias.assign(bias)
+
+    def encode(self, image_features):
+        return {"regions": self.project(image_features)}
+
+    def init_cache(self, batch_size):
+        return [tf.zeros([batch_size, self.recur.units])]
+
+    def decode_step(self, tokens, step, memory, cache):
+        hidden = self.recur(tf.concat([self.embed(tokens), cache[0]], axis=-1))
+        attention = tf.nn.softmax(tf.einsum("brc,bc->br", memory["regions"], hidden))
+        context = tf.einsum("br,brc->bc", attention, memory["regions"])
+        logits = self.out(tf.concat([hidden, context], axis=-1)) + tf.cast(step, tf.float32) * self.end_per_step
+        return logits, [hidden], attention
+
+
+def greedy_trap() -> np.ndarray:
+    """Greedy takes "a" (0.5) then "a c" ends at 0.2; the best caption is "b d" at 0.4 * 0.9 = 0.36."""
+    a, b, c, d = 4, 5, 6, 7
+    table = np.zeros((8, 8))
+    table[:, END] = 1.0  # rows of tokens that are never fed
+    table[START] = 0
+    table[START, [a, b, c]] = [0.5, 0.4, 0.1]
+    table[a] = 0
+    table[a, [c, d, b]] = [0.4, 0.3, 0.3]
+    table[b] = 0
+    table[b, [d, c]] = [0.9, 0.1]
+    return table
+
+
+def reference_greedy(model, tokenizer, features, steps):
+    """Plain eager greedy decoding, one step at a time, to check the compiled decoders against."""
+    memory, cache = model.encode(tf.constant(features)), model.init_cache(len(features))
+    tokens = np.full(len(features), tokenizer.start_id, np.int32)
+    captions, done = [[] for _ in features], np.zeros(len(features), bool)
+    for step in range(steps):
+        logits, cache, _ = model.decode_step(tf.constant(tokens), tf.constant(step), memory, cache)
+        log_probs = tf.nn.log_softmax(logits).numpy()
+        log_probs[:, [tokenizer.pad_id, tokenizer.start_id, tokenizer.unk_id]] = -np.inf
+        tokens = log_probs.argmax(axis=1).astype(np.int32)
+        for i in np.flatnonzero(~done):
+            done[i] = tokens[i] == tokenizer.end_id
+            if not done[i]:
+                captions[i].append(int(tokens[i]))
+        if done.all():
+            break
+    return captions
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return TinyTokenizer(words=[f"w{i}" for i in range(16)])
+
+
+@pytest.fixture(scope="module")
+def features():
+    return np.random.default_rng(0).normal(size=(7, 5, 6)).astype(np.float32)
+
+
+def test_beam_search_finds_the_best_caption_greedy_misses():
+    tokenizer = TinyTokenizer(words=["a", "b", "c", "d"])
+    model = BigramModel(greedy_trap(), max_length=10)
+    features = np.zeros((2, 3, 4), np.float32)
+
+    greedy = GreedyDecoder(model, tokenizer).decode(features)
+    assert [c.text for c in greedy] == ["a c", "a c"]
+    assert greedy[0].score == pytest.approx(np.log(0.5 * 0.4 * 1.0), abs=1e-5)
+
+    model.calls.assign(0)
+    beam = BeamSearchDecoder(model, tokenizer, beam_size=2).decode(features)
+    assert [c.tokens for c in beam] == [[5, 7], [5, 7]] and beam[0].text == "b d"
+    assert beam[0].score == pytest.approx(np.log(0.4 * 0.9 * 1.0), abs=1e-5)  # endseq's log-prob counts
+    assert beam[0].attention.shape == (2, 3)
+    # One model call per step for the whole batch, and the loop stops once every caption has ended.
+    assert int(model.calls.numpy()) == 3
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_exhaustive_beam_equals_brute_force_with_length_penalty(alpha):
+    rng = np.random.default_rng(1)
+    tokenizer = TinyTokenizer(words=["a", "b", "c"])
+    table = rng.dirichlet(np.ones(7) * 0.7, size=7)  # mass on pad/start/unk too: masked, not renormalised
+    steps = 3
+    model = BigramModel(table, max_length=steps)
+    # With more hypotheses than there are captions of <= 3 tokens, beam search is exhaustive.
+    found = BeamSearchDecoder(model, tokenizer, beam_size=100, length_penalty=alpha).decode(np.zeros((1, 3, 2)))[0]
+
+    def score(sequence):
+        log_prob = sum(np.log(table[prev, nxt]) for prev, nxt in zip((START, *sequence), sequence))
+        return log_prob, log_prob / float(length_penalty(len(sequence), alpha))
+
+    words = [4, 5, 6]
+    candidates = [(*seq, END) for n in range(steps) for seq in itertools.product(words, repeat=n)]
+    candidates += list(itertools.product(words, repeat=steps))  # unfinished at max_length: returned truncated
+    best = max(candidates, key=lambda seq: score(seq)[1])
+    assert found.tokens == [t for t in best if t != END]
+    assert found.score == pytest.approx(score(best)[0], abs=1e-5)
+    assert found.normalized_score == pytest.approx(score(best)[1], abs=1e-5)
+
+
+def test_greedy_and_beam_of_one_match_plain_greedy(tokenizer, features):
+    model = TinyRecurrentModel(tokenizer.vocab_size, channels=6, seed=7, end_per_step=0.3)
+    expected = reference_greedy(model, tokenizer, features, model.max_length)
+    assert {len(t) == model.max_length for t in expected} == {True, False}  # some truncated, some ended
+    greedy = GreedyDecoder(model, tokenizer).decode(features)
+    beam_one = BeamSearchDecoder(model, tokenizer, beam_size=1).decode(features)
+    assert [c.tokens for c in greedy] == expected
+    assert [c.tokens for c in beam_one] == expected
+    np.testing.assert_allclose([c.score for c in beam_one], [c.score for c in greedy], rtol=1e-6)
+    assert all(isinstance(c, Caption) and c.attention.shape == (len(c.tokens), 5) for c in greedy)
+    np.testing.assert_allclose([c.attention.sum(axis=1) for c in greedy[:1]][0], 1.0, rtol=1e-5)
+
+
+def test_batched_decoding_equals_one_image_at_a_time(tokenizer, features):
+    model = TinyRecurrentModel(tokenizer.vocab_size, channels=6, seed=4, end_per_step=0.5)
+    decoder = BeamSearchDecoder(model, tokenizer, beam_size=3, length_penalty=0.6, batch_size=3)  # batches 3, 3, 1
+    batched, alone = decoder.decode(features), decoder.decode_one_at_a_time(features)
+    assert [c.tokens for c in batched] == [c.tokens for c in alone]
+    np.testing.assert_allclose([c.score for c in batched], [c.score for c in alone], rtol=1e-5)
+    assert [c.text for c in batched] == tokenizer.sequences_to_texts([c.tokens for c in alone])
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_captions_never_hold_special_tokens_and_respect_max_length(tokenizer, features, beam_size):
+    # Padding, start and unk are the model's favourites and endseq never wins: every caption runs to max_length.
+    model = TinyRecurrentModel(tokenizer.vocab_size, channels=6, seed=5, special_bias=8.0, end_per_step=-2.0)
+    captions = BeamSearchDecoder(model, tokenizer, beam_size=beam_size, max_length=5).decode(features)
+    for caption in captions:
+        assert len(caption.tokens) == 5 and caption.attention.shape == (5, 5)
+        assert not {PAD, START, END, UNK} & set(caption.tokens)
+        assert not {"<pad>", "startseq", "endseq", "<unk>"} & set(caption.text.split())
+
+
+def test_max_length_beyond_the_model_is_refused(tokenizer):
+    model = BigramModel(greedy_trap(), max_length=4)
+    with pytest.raises(ValueError, match="max_length"):
+        GreedyDecoder(model, tokenizer, max_length=5)
+    with pytest.raises(ValueError, match="image_features"):
+        GreedyDecoder(model, tokenizer).decode(np.zeros((3, 4)))

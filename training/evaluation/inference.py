@@ -1,0 +1,188 @@
+"""Inference stage: image features -> captions, by greedy or beam-search decoding, a batch of images at a time.
+
+The model is used through a small duck-typed protocol (`encode`, `init_cache`, `decode_step`,
+`max_length`; see `training/models/caption_model.py`), so any model that implements it can be decoded.
+
+Choices shared by both decoders:
+- The whole decode loop (encode, then a `tf.while_loop` over steps with the cache as a loop variable)
+  is one `tf.function`. On CPU (2 cores, 128 images, 20 steps) it beat a Python loop calling a
+  compiled step by 1.15-1.3x for a 64-wide 2-layer Transformer and tied (1.02-1.04x) at the config's
+  256 width, where compute hides the ~1 ms per-step Python dispatch and host sync.
+- Padding, the start token and the unknown-word token are never emitted: their log-probs are set to
+  -inf after the softmax (unk stands for every rare word, so a model often rates it likely, but a
+  caption saying "<unk>" tells a reader nothing). Scores stay the model's own log-probabilities over
+  the full vocabulary, not renormalised over the allowed tokens.
+- `max_length` is the most decode steps, so the most tokens a caption can have; a caption that has
+  not produced endseq by then is returned truncated. endseq ends a caption and is not part of it,
+  but its log-prob is part of the score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+from tqdm.auto import tqdm
+
+
+@dataclass
+class Caption:
+    tokens: list[int]  # word ids, without start, end or padding
+    text: str
+    score: float  # sum of log-probs of the tokens (and of endseq, when the caption ended)
+    attention: np.ndarray | None = None  # (len(tokens), regions): the attention that produced each token
+    normalized_score: float | None = None  # score / length penalty: what beam search ranks by
+
+
+def length_penalty(length, alpha: float):
+    """GNMT length normalisation, ((5 + length) / 6) ** alpha; alpha = 0 ranks by the raw sum of log-probs."""
+    return ((5.0 + tf.cast(length, tf.float32)) / 6.0) ** alpha
+
+
+class BeamSearchDecoder:
+    """Beam search with `beam_size` hypotheses per image, folded into the batch axis (B * beam rows).
+
+    Finished hypotheses stay in the beam and can only be extended by padding at no cost, so they
+    compete with the live ones on their length-normalised score (as tf.contrib.seq2seq's
+    BeamSearchDecoder did). With beam_size=1 this is exactly greedy decoding.
+    """
+
+    def __init__(self, model, tokenizer, beam_size: int = 3, length_penalty: float = 0.0,
+                 max_length: int | None = None, batch_size: int = 64):
+        limit = int(model.max_length)
+        self.max_length = limit if max_length is None else int(max_length)
+        if not 1 <= self.max_length <= limit:
+            raise ValueError(f"max_length must be in 1..{limit} (the model's max_length), got {max_length}")
+        if beam_size < 1 or batch_size < 1:
+            raise ValueError(f"beam_size and batch_size must be >= 1, got {beam_size} and {batch_size}")
+        if length_penalty < 0:  # the early stop below relies on longer never meaning lower-penalised
+            raise ValueError(f"length_penalty must be >= 0 (0 = raw log-prob, ~0.6-1 favours longer), got {length_penalty}")
+        self.model, self.tokenizer = model, tokenizer
+        self.beam_size, self.alpha, self.batch_size = int(beam_size), float(length_penalty), int(batch_size)
+        self._banned = sorted({i for i in (tokenizer.pad_id, tokenizer.start_id, tokenizer.unk_id) if i is not None})
+        self._search = tf.function(self._search_batch)
+
+    # ---- public API ------------------------------------------------------------------------------
+
+    def decode(self, image_features: np.ndarray) -> list[Caption]:
+        """Caption every image of `image_features` (N, regions, channels), `batch_size` images per model call."""
+        features = self._check(image_features)
+        starts = range(0, len(features), self.batch_size)
+        captions: list[Caption] = []
+        for start in tqdm(starts, desc=type(self).__name__, unit="batch", disable=len(starts) < 2):
+            captions += self._decode_batch(features[start:start + self.batch_size])
+        return captions
+
+    def decode_one_at_a_time(self, image_features: np.ndarray) -> list[Caption]:
+        """Caption the images one by one (batch of 1): the slow baseline that `decode` is measured against."""
+        features = self._check(image_features)
+        return [c for i in tqdm(range(len(features)), desc="one at a time", unit="image", disable=len(features) < 2)
+                for c in self._decode_batch(features[i:i + 1])]
+
+    # ---- the compiled search -----------------------------------------------------------------------
+
+    def _search_batch(self, features):
+        """Decode one batch in a single graph; returns the best hypothesis per image (beam 0 after sorting)."""
+        model, beam, steps = self.model, self.beam_size, self.max_length
+        batch = features.shape[0]  # static: each batch size gets its own trace (at most two: full and last)
+        rows = batch * beam
+        regions = features.shape[1]
+        # Row b * beam + k holds hypothesis k of image b: repeat the memory, build the cache at full size.
+        memory = tf.nest.map_structure(lambda t: tf.repeat(t, beam, axis=0), model.encode(features))
+        cache = model.init_cache(rows)
+        # Only hypothesis 0 starts alive (the others at -inf), so step 0 does not expand `beam` copies of it.
+        first = tf.one_hot(0, beam, on_value=0.0, off_value=-np.inf)
+        state = dict(
+            step=tf.constant(0, tf.int32),
+            tokens=tf.fill([rows], tf.cast(self.tokenizer.start_id, tf.int32)),
+            log_prob=tf.tile(first, [batch]),
+            length=tf.zeros([rows], tf.int32),
+            finished=tf.zeros([rows], tf.bool),
+            sequence=tf.fill([rows, steps], tf.cast(self.tokenizer.pad_id, tf.int32)),
+            attention=tf.zeros([rows, steps, regions], tf.float32),
+        )
+
+        def not_done(state, cache):
+            return tf.logical_and(state["step"] < steps, tf.logical_not(self._all_done(state, batch)))
+
+        def body(state, cache):
+            return self._step(state, cache, memory, batch)
+
+        state, _ = tf.while_loop(not_done, body, (state, cache))
+        best = tf.range(batch) * beam  # top_k leaves each image's hypotheses sorted, best first
+        picked = {k: tf.gather(state[k], best) for k in ("sequence", "log_prob", "length", "finished", "attention")}
+        picked["normalized"] = picked["log_prob"] / length_penalty(picked["length"], self.alpha)
+        return picked
+
+    def _step(self, state, cache, memory, batch):
+        beam, step, pad = self.beam_size, state["step"], self.tokenizer.pad_id
+        logits, cache, attention = self.model.decode_step(state["tokens"], step, memory, cache)
+        log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
+        vocab = log_probs.shape[-1]
+        banned = tf.scatter_nd([[i] for i in self._banned], tf.fill([len(self._banned)], -np.inf), [vocab])
+        # A finished hypothesis has one continuation, padding at log-prob 0, so it keeps its score and rank.
+        only_pad = tf.one_hot(pad, vocab, on_value=0.0, off_value=-np.inf)
+        finished = state["finished"][:, None]
+        total = state["log_prob"][:, None] + tf.where(finished, only_pad, log_probs + banned)
+        length = state["length"] + tf.cast(tf.logical_not(state["finished"]), tf.int32)
+        ranked = total / length_penalty(length, self.alpha)[:, None]
+        # Best `beam` of the beam * vocab candidates of each image; argmax for beam 1 (greedy).
+        top, index = tf.math.top_k(tf.reshape(ranked, [batch, beam * vocab]), k=beam)
+        parent = tf.reshape(index // vocab + tf.range(batch)[:, None] * beam, [-1])
+        tokens = tf.reshape(index % vocab, [-1])
+        if beam > 1:  # reorder everything that belongs to a hypothesis by its parent row
+            cache = tf.nest.map_structure(lambda t: tf.gather(t, parent), cache)
+        at_step = tf.one_hot(step, self.max_length, on_value=True, off_value=False)[None]
+        state = dict(
+            step=step + 1,
+            tokens=tokens,
+            log_prob=tf.gather(tf.reshape(total, [-1]), parent * vocab + tokens),
+            length=tf.gather(length, parent),
+            finished=tf.logical_or(tf.gather(state["finished"], parent), tokens == self.tokenizer.end_id),
+            sequence=tf.where(at_step, tokens[:, None], tf.gather(state["sequence"], parent)),
+            attention=tf.where(at_step[..., None], tf.gather(tf.cast(attention, tf.float32), parent)[:, None],
+                               tf.gather(state["attention"], parent)),
+        )
+        return state, cache
+
+    def _all_done(self, state, batch):
+        """True when no live hypothesis can still beat an image's best finished one (t2t's early stop).
+
+        Log-probs only fall, so a live one's best possible score is its log-prob over the largest
+        length penalty; with no live hypotheses left this is simply "every sequence has finished".
+        """
+        normalized = state["log_prob"] / length_penalty(state["length"], self.alpha)
+        best_finished = tf.reduce_max(tf.reshape(tf.where(state["finished"], normalized, -np.inf), [batch, -1]), 1)
+        bound = tf.where(state["finished"], -np.inf, state["log_prob"] / length_penalty(self.max_length, self.alpha))
+        return tf.reduce_all(best_finished > tf.reduce_max(tf.reshape(bound, [batch, -1]), 1))
+
+    # ---- numpy side ----------------------------------------------------------------------------------
+
+    def _check(self, image_features) -> np.ndarray:
+        # Cast per batch, not here: the feature store hands over a float16 memory map of the whole split.
+        if np.ndim(image_features) != 3:
+            raise ValueError(f"image_features must be (images, regions, channels), got shape {np.shape(image_features)}")
+        return image_features
+
+    def _decode_batch(self, features: np.ndarray) -> list[Caption]:
+        found = {k: v.numpy() for k, v in self._search(tf.constant(features, tf.float32)).items()}
+        captions = []
+        for i in range(len(features)):
+            # endseq is counted in `length` (it is scored) but is not part of the caption.
+            n = int(found["length"][i]) - int(found["finished"][i])
+            captions.append(Caption(tokens=[int(t) for t in found["sequence"][i, :n]], text="",
+                                    score=float(found["log_prob"][i]), attention=found["attention"][i, :n],
+                                    normalized_score=float(found["normalized"][i])))
+        texts = self.tokenizer.sequences_to_texts([c.tokens for c in captions], strip_special=True)
+        for caption, text in zip(captions, texts):
+            caption.text = text
+        return captions
+
+
+class GreedyDecoder(BeamSearchDecoder):
+    """Greedy decoding: the most likely next token at every step (beam search with one hypothesis)."""
+
+    def __init__(self, model, tokenizer, max_length: int | None = None, batch_size: int = 64):
+        super().__init__(model, tokenizer, beam_size=1, length_penalty=0.0, max_length=max_length,
+                         batch_size=batch_size)
