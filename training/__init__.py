@@ -1,6 +1,12 @@
 """Image-captioning training pipeline: captions + images -> a trained attention captioning model."""
 
+import os
+
 __version__ = "0.1.0"
+
+# TensorFlow's C++ start-up chatter (oneDNN, CPU features) hides the pipeline's own log; a user's
+# own setting wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def __getattr__(name):

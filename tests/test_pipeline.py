@@ -1,0 +1,151 @@
+"""The whole pipeline on a small generated demo set: train, artifacts, resume after SIGKILL, caption, evaluate."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from training.data.demo import generate_demo_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+SEED_ARTIFACTS = [
+    "image_caption_model_final.keras", "checkpoint.keras", "wordtoix.json", "ixtoword.json", "features.npy",
+    "run_summary.json", "metrics.csv", "config_snapshot.json", "logs",
+]
+
+
+def tiny_config(data_dir: Path, artifacts: Path, **overrides) -> dict:
+    config = {
+        "images_path": str(data_dir / "Images"), "captions_file": str(data_dir / "captions.txt"),
+        "glove_path": str(data_dir / "glove.demo.50d.txt"), "artifacts_dir": str(artifacts),
+        "word_count_threshold": 1, "feature_extractor": "PatchGrid", "extractor_weights": None,
+        "image_size": [32, 32], "feature_dim": 192, "embedding_dim": 50, "train_embeddings": True,
+        "hidden_dim": 32, "num_layers": 1, "num_heads": 2, "ff_dim": 64, "dropout": 0.0,
+        "batch_size": 32, "epochs": 3, "learning_rate": 0.003, "beam_size": 2, "eval_max_images": 12,
+    }
+    config.update(overrides)
+    return config
+
+
+def run_python(code_or_args, cwd=REPO, check=True, timeout=600):
+    args = ["-c", code_or_args] if isinstance(code_or_args, str) else code_or_args
+    done = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2"))
+    if check:
+        assert done.returncode == 0, f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-5000:]}"
+    return done
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    generate_demo_dataset(out, num_images=120, seed=1, image_size=32)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(demo_data, tmp_path_factory):
+    work = tmp_path_factory.mktemp("run")
+    path = work / "config.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(demo_data, work / "artifacts")))
+    done = run_python(["-m", "training.train", "--config", str(path)])
+    return work / "artifacts", done.stdout
+
+
+def read_metrics(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_run_leaves_every_seed_artifact_and_prints_scores(trained):
+    artifacts, stdout = trained
+    for name in SEED_ARTIFACTS:
+        assert (artifacts / name).exists(), name
+    assert "bleu4" in stdout and "predicted:" in stdout and "reference:" in stdout
+    rows = read_metrics(artifacts / "metrics.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert list(rows[0])[:5] == ["epoch", "train_loss", "val_loss", "learning_rate", "epoch_time_seconds"]
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    summary = json.loads((artifacts / "run_summary.json").read_text())
+    assert set(summary["bleu_scores"]) == {"test_bleu1", "test_bleu2", "test_bleu3", "test_bleu4"}
+    assert 0.0 <= summary["bleu_scores"]["test_bleu4"] <= 1.0
+    predictions = json.loads((artifacts / "predictions_test.json").read_text())
+    assert len(predictions["captions"]) == 12
+    for record in predictions["captions"]:
+        assert not {"startseq", "endseq", "<pad>"} & set(record["prediction"].split())
+    assert (artifacts / "logs" / "bleu_scores.csv").is_file()
+
+
+def test_rerun_of_a_finished_run_trains_no_further(trained, tmp_path):
+    artifacts, _ = trained
+    before = read_metrics(artifacts / "metrics.csv")
+    config = yaml.safe_load((artifacts.parent / "config.yaml").read_text())
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    done = run_python(["-m", "training.train", "--config", str(path)])
+    assert "nothing to fit" in done.stdout + done.stderr
+    assert read_metrics(artifacts / "metrics.csv") == before
+
+
+def test_caption_command_on_a_new_image(trained, demo_data, tmp_path):
+    artifacts, _ = trained
+    image = demo_data / "Images" / "demo_00000.png"
+    done = run_python(["-m", "training.caption", str(image), "--artifacts", str(artifacts), "--json"])
+    [record] = json.loads(done.stdout)
+    assert record["image"] == str(image.resolve()) and record["caption"]
+    assert len(record["attention"]) == len(record["words"]) and len(record["attention"][0]) == 16
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    done = run_python(["-m", "training.caption", str(image), str(broken), "--artifacts", str(artifacts)], check=False)
+    assert done.returncode == 1 and "broken.png" in done.stderr
+    assert done.stdout.startswith(str(image.resolve()) + "\t")
+
+
+def test_evaluate_command_rescores_the_test_split(trained):
+    artifacts, _ = trained
+    done = run_python(["-m", "training.evaluate", "--artifacts", str(artifacts), "--split", "test", "--beam", "1"])
+    assert "bleu1" in done.stdout and "cider" in done.stdout
+
+
+KILL_AT_EPOCH_3 = textwrap.dedent(
+    """
+    import os, signal, sys, keras
+    from training.train import TrainingPipeline
+    from training.utils import setup_logging
+
+    class Kill(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if self._epoch == 2 and batch == 2:
+                os.kill(os.getpid(), signal.SIGKILL)  # a real kill, mid-epoch, nothing gets to clean up
+        def on_epoch_begin(self, epoch, logs=None):
+            self._epoch = epoch
+
+    setup_logging()
+    TrainingPipeline(sys.argv[1], callbacks=[Kill()]).run()
+    """
+)
+
+
+def test_resume_after_sigkill_continues_at_the_right_epoch(demo_data, tmp_path):
+    artifacts = tmp_path / "artifacts"
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(demo_data, artifacts, epochs=5, early_stopping_patience=10)))
+    killed = run_python(["-c", KILL_AT_EPOCH_3, str(path)], check=False)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    rows_before = read_metrics(artifacts / "metrics.csv")
+    assert [r["epoch"] for r in rows_before] == ["1", "2"]
+    assert not (artifacts / "image_caption_model_final.keras").exists()
+
+    done = run_python(["-m", "training.train", "--config", str(path)])
+    assert "resuming from" in done.stderr + done.stdout and "2 epoch(s) done" in done.stderr + done.stdout
+    rows_after = read_metrics(artifacts / "metrics.csv")
+    assert [r["epoch"] for r in rows_after] == ["1", "2", "3", "4", "5"]
+    assert rows_after[:2] == rows_before  # the rows written before the kill are kept as they were
+    assert (artifacts / "image_caption_model_final.keras").is_file()
+    assert not list((artifacts / "resume").glob("*.tmp"))

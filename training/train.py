@@ -1,0 +1,192 @@
+"""Main entrypoint: every stage of a training run in order, from captions file to scored model.
+
+    python -m training.train --config training/config.yaml [--set epochs=3 ...] [--resume | --fresh]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from training.configs import Config, ConfigError, load_config
+from training.utils import ExperimentTracker, ensure_dir, save_json, set_global_seed, setup_logging
+from training.utils.io import atomic_path
+
+log = logging.getLogger("training")
+
+FINAL_MODEL = "image_caption_model_final.keras"
+
+
+def require_path(path: str | None, key: str, kind: str = "file") -> Path:
+    """A path from the config that must exist; the error names the config key to fix."""
+    if not path:
+        raise ConfigError(f"'{key}' is not set: point it at the {kind}")
+    resolved = Path(path)
+    exists = resolved.is_dir() if kind == "folder" else resolved.is_file()
+    if not exists:
+        raise ConfigError(f"'{key}': {kind} not found: {resolved.resolve()} (edit '{key}' in the config or pass --set {key}=...)")
+    return resolved
+
+
+class TrainingPipeline:
+    """Load -> clean -> split -> vocabulary -> embeddings -> features -> datasets -> train -> evaluate."""
+
+    def __init__(self, config_path: str | Path | Config, overrides: list[str] | None = None, callbacks: list | None = None):
+        self.config = config_path if isinstance(config_path, Config) else load_config(config_path, overrides)
+        self.callbacks = list(callbacks or [])  # extra Keras callbacks for model.fit
+        self.artifacts_dir = ensure_dir(self.config.data.artifacts_dir)
+        self.tracker: ExperimentTracker | None = None
+
+    # -- data ------------------------------------------------------------------------------------
+    def load_captions(self):
+        from training.data.caption_loader import CaptionLoader, create_splits
+        from training.data.preprocessor import CaptionPreprocessor
+
+        d = self.config.data
+        captions_file = require_path(d.captions_file, "captions_file")
+        loader = CaptionLoader(d.captions_format)
+        captions = CaptionPreprocessor().process(loader.load(captions_file))
+        if d.max_images:
+            captions = dict(list(captions.items())[: d.max_images])
+        split = create_splits(captions, d.train_split, d.val_split, d.test_split, seed=d.seed, file_splits=loader.file_splits)
+        log.info("captions: %s", split.summary())
+        return split
+
+    def extract_features(self, image_ids: list[str]):
+        from training.features import FeatureStore, get_feature_extractor
+
+        m = self.config.model
+        images_path = require_path(self.config.data.images_path, "images_path", kind="folder")
+        extractor = get_feature_extractor(m.feature_extractor, image_size=m.image_size, weights=m.extractor_weights)
+        if extractor.FEATURE_DIM != m.feature_dim:
+            raise ConfigError(
+                f"'feature_dim' is {m.feature_dim} but {m.feature_extractor} gives {extractor.FEATURE_DIM}: set feature_dim: {extractor.FEATURE_DIM}"
+            )
+        return FeatureStore.build(
+            self.artifacts_dir, extractor, image_ids, images_path, max_bad_fraction=self.config.data.max_bad_image_fraction
+        )
+
+    def embedding_matrix(self, tokenizer):
+        from training.data.tokenizer import GloVeEmbeddings
+
+        d, m = self.config.data, self.config.model
+        if not d.glove_path:
+            log.warning("no glove_path: word embeddings start random")
+            return None
+        glove = GloVeEmbeddings(str(require_path(d.glove_path, "glove_path")), m.embedding_dim)
+        return glove.create_embedding_matrix(tokenizer)
+
+    # -- the run ---------------------------------------------------------------------------------
+    def create_trainer(self):
+        from training.trainers import DistributedTrainer, Trainer
+
+        if self.config.training.distribution == "none":
+            return Trainer(self.config, self.artifacts_dir, self.tracker)
+        return DistributedTrainer(self.config, self.artifacts_dir, self.tracker)
+
+    def run(self) -> dict:
+        import keras
+
+        from training.data.caption_loader import DataSplit, get_max_caption_length
+        from training.data.dataset import DatasetBuilder
+        from training.data.tokenizer import Tokenizer
+        from training.evaluate import evaluate_split
+        from training.utils import configure_precision
+
+        started = time.perf_counter()
+        c = self.config
+        set_global_seed(c.data.seed)
+        configure_precision(c.training.use_mixed_precision)
+        self.tracker = ExperimentTracker(self.artifacts_dir, run_name=c.training.run_name, seed=c.data.seed)
+        trainer = self.create_trainer()  # before other TensorFlow work: multi-worker setup requires it
+        if not trainer.is_chief:
+            self.tracker = None
+            trainer.tracker = None
+        else:
+            self.tracker.log_config(c.to_dict())
+
+        split = self.load_captions()
+        store = self.extract_features(list(split.train) + list(split.val) + list(split.test))
+        if store.bad_images:
+            split = DataSplit(*({k: v for k, v in part.items() if k in store.index} for part in (split.train, split.val, split.test)))
+            if self.tracker:
+                self.tracker.log_bad_images(store.bad_images)
+        save_json({name: list(getattr(split, name)) for name in ("train", "val", "test")}, self.artifacts_dir / "splits.json")
+
+        tokenizer = Tokenizer(min_word_count=c.data.word_count_threshold).fit(
+            caption for captions in split.train.values() for caption in captions
+        )
+        tokenizer.save(self.artifacts_dir)
+        max_length = c.data.max_caption_length or get_max_caption_length(split.train)
+        log.info("vocabulary: %d words; captions up to %d tokens", tokenizer.vocab_size, max_length)
+        builder = DatasetBuilder(
+            store.features, store.index, tokenizer, max_length, c.training.batch_size, c.data.seed, pooled=not c.model.use_regions
+        )
+        model = trainer.build_model(tokenizer.vocab_size, max_length - 1, self.embedding_matrix(tokenizer))
+        trainer.train(model, builder.build(split.train), builder.build(split.val, training=False), callbacks=self.callbacks)
+        if not trainer.is_chief:
+            return {}
+
+        checkpoint = self.artifacts_dir / "checkpoint.keras"
+        if checkpoint.is_file():  # the best val_loss model is the one we ship and score
+            model = keras.saving.load_model(checkpoint)
+        with atomic_path(self.artifacts_dir / FINAL_MODEL) as tmp:
+            model.save(tmp)
+        scores = evaluate_split(model, tokenizer, builder, split.test, c, self.artifacts_dir, tracker=self.tracker)
+        self.tracker.log_artifact("model", str(self.artifacts_dir / FINAL_MODEL))
+        self.tracker.finalize()
+        from training.report import build_report
+        from training.utils.mlflow_logging import log_run_to_mlflow
+
+        build_report(self.artifacts_dir)
+        log_run_to_mlflow(self.artifacts_dir)
+        elapsed = time.perf_counter() - started
+        self.print_summary(scores, elapsed)
+        return {"scores": scores, "artifacts_dir": str(self.artifacts_dir), "wall_time_seconds": elapsed}
+
+    def print_summary(self, scores: dict, elapsed: float) -> None:
+        print(f"\nTest scores ({self.config.training.beam_size}-beam):")
+        for name, value in scores.items():
+            print(f"  {name:>8}: {value:.4f}")
+        print(f"\nArtifacts in {self.artifacts_dir.resolve()}:")
+        for path in sorted(self.artifacts_dir.iterdir()):
+            if not path.name.startswith("."):
+                print(f"  {path.name}{'/' if path.is_dir() else ''}")
+        print(f"\nDone in {elapsed:.0f} s.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="training/config.yaml", help="YAML config (default: %(default)s)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set epochs=3 (repeatable)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue the interrupted run in artifacts_dir (the default)")
+    group.add_argument("--fresh", action="store_true", help="ignore any saved state and train from scratch")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    overrides = args.overrides + (["resume=false"] if args.fresh else ["resume=true"] if args.resume else [])
+    try:
+        TrainingPipeline(args.config, overrides).run()
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - one clear line for errors users cause, traceback otherwise
+        from training.trainers import NonFiniteLoss, TrainingInterrupted
+
+        if isinstance(error, (TrainingInterrupted, NonFiniteLoss, FileNotFoundError, ValueError)):
+            print(f"error: {error}", file=sys.stderr)
+            return 130 if isinstance(error, TrainingInterrupted) else 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

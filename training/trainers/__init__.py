@@ -1,0 +1,21 @@
+"""Training: Trainer, DistributedTrainer, CallbackFactory."""
+
+from training.trainers.trainer import (
+    CallbackFactory,
+    DistributedTrainer,
+    NonFiniteLoss,
+    Trainer,
+    TrainingInterrupted,
+    compile_model,
+    config_fingerprint,
+)
+
+__all__ = [
+    "CallbackFactory",
+    "DistributedTrainer",
+    "NonFiniteLoss",
+    "Trainer",
+    "TrainingInterrupted",
+    "compile_model",
+    "config_fingerprint",
+]

@@ -1,0 +1,281 @@
+"""Training loop wiring: model build or resume, callbacks, distribution strategies, model.fit."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+import types
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from training.callbacks.checkpoint import BestModelCheckpoint, ResumeState
+from training.callbacks.metrics import MetricsCallback, ProgressCallback
+from training.configs import Config, ConfigError
+from training.models import build_caption_model
+from training.models.losses import masked_accuracy, masked_sparse_categorical_crossentropy
+from training.utils.io import save_json
+
+log = logging.getLogger("training.trainers")
+
+
+class TrainingInterrupted(RuntimeError):
+    """Ctrl-C during training: the state was saved and the same command resumes."""
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class CallbackFactory:
+    """The standard callbacks, one constructor each, with the project's defaults."""
+
+    @staticmethod
+    def model_checkpoint(filepath, monitor: str = "val_loss", verbose: int = 1) -> BestModelCheckpoint:
+        return BestModelCheckpoint(filepath, monitor=monitor, verbose=verbose)
+
+    @staticmethod
+    def early_stopping(patience: int = 5, monitor: str = "val_loss") -> keras.callbacks.EarlyStopping:
+        return keras.callbacks.EarlyStopping(monitor=monitor, patience=patience, verbose=1)
+
+    @staticmethod
+    def reduce_lr(factor: float = 0.5, patience: int = 2, min_lr: float = 1e-6, monitor: str = "val_loss"):
+        return keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=factor, patience=patience, min_lr=min_lr, verbose=1)
+
+    @staticmethod
+    def tensorboard(log_dir) -> keras.callbacks.TensorBoard:
+        return keras.callbacks.TensorBoard(log_dir=str(log_dir), update_freq="epoch")
+
+    @staticmethod
+    def metrics(tracker) -> MetricsCallback:
+        return MetricsCallback(tracker)
+
+    @staticmethod
+    def progress(epochs: int) -> ProgressCallback:
+        return ProgressCallback(epochs)
+
+
+def config_fingerprint(config: Config) -> str:
+    """What must match for a saved state to be resumed: everything but the epoch budget and resume flag."""
+    settings = config.to_dict()
+    for key in ("epochs", "resume", "eval_max_images", "beam_size", "run_name"):
+        settings["training"].pop(key)
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def compile_model(model, config: Config) -> None:
+    optimizer = keras.optimizers.Adam(learning_rate=config.training.learning_rate, clipnorm=config.training.clipnorm)
+    model.compile(
+        optimizer=optimizer,
+        loss=masked_sparse_categorical_crossentropy,
+        metrics=[masked_accuracy],
+        jit_compile=config.training.use_xla,
+    )
+
+
+class Trainer:
+    """Builds (or resumes) the caption model and fits it with the standard callbacks.
+
+    Artifacts: checkpoint.keras (best val_loss), logs/ (TensorBoard), metrics.csv (through the
+    tracker) and resume/ (the last completed epoch, model + optimizer + callback counters).
+    """
+
+    def __init__(self, config: Config, artifacts_dir, tracker=None):
+        self.config = config
+        self.artifacts_dir = Path(artifacts_dir)
+        self.tracker = tracker
+        self.strategy = self.create_strategy()
+        self.initial_epoch = 0
+        self._resume_from: dict | None = None
+
+    # -- strategy --------------------------------------------------------------------------------
+    def create_strategy(self) -> tf.distribute.Strategy:
+        return tf.distribute.get_strategy()
+
+    @property
+    def is_chief(self) -> bool:
+        return True
+
+    @property
+    def output_dir(self) -> Path:
+        """Where this process writes checkpoints and state."""
+        return self.artifacts_dir
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.output_dir / "checkpoint.keras"
+
+    # -- model -----------------------------------------------------------------------------------
+    def _resume_state(self, tracked=None, directory=None) -> ResumeState:
+        directory = directory or self.output_dir / "resume"
+        return ResumeState(directory, config_fingerprint(self.config), tracked or {})
+
+    def build_model(self, vocab_size: int, max_length: int, embedding_matrix=None):
+        """A compiled model: resumed from the last completed epoch when allowed, else new."""
+        # Every worker resumes from the chief's state (artifacts_dir is shared storage).
+        saved = self._resume_state(directory=self.artifacts_dir / "resume")
+        latest = saved.latest() if self.config.training.resume else None
+        with self.strategy.scope():
+            if latest:
+                model_path, state = latest
+                model = keras.saving.load_model(model_path)
+                self.initial_epoch, self._resume_from = state["epoch"], state
+                log.info("resuming from %s: %d epoch(s) done", model_path.parent, state["epoch"])
+            else:
+                model = build_caption_model(self.config.model, vocab_size, max_length, embedding_matrix)
+                compile_model(model, self.config)
+        return model
+
+    # -- fit -------------------------------------------------------------------------------------
+    def create_callbacks(self) -> tuple[list, ResumeState]:
+        t = self.config.training
+        checkpoint = CallbackFactory.model_checkpoint(self.checkpoint_path)
+        early_stopping = CallbackFactory.early_stopping(t.early_stopping_patience)
+        reduce_lr = CallbackFactory.reduce_lr(t.reduce_lr_factor, t.reduce_lr_patience, t.min_learning_rate)
+        callbacks = [keras.callbacks.TerminateOnNaN(), checkpoint, early_stopping, reduce_lr]
+        if self.is_chief:
+            callbacks.append(CallbackFactory.tensorboard(self.output_dir / "logs"))
+            callbacks.append(CallbackFactory.progress(t.epochs))
+            if self.tracker is not None:
+                callbacks.append(CallbackFactory.metrics(self.tracker))
+        resume = self._resume_state({"checkpoint": checkpoint, "early_stopping": early_stopping, "reduce_lr": reduce_lr})
+        resume.restore_from = self._resume_from
+        return callbacks + [resume], resume
+
+    def train(self, model, train_dataset, val_dataset, callbacks: list | None = None,
+              verbose: int | str = "auto") -> keras.callbacks.History | None:
+        """model.fit from `initial_epoch` to `epochs` with the standard callbacks plus `callbacks`.
+
+        Ctrl-C saves the state before it stops."""
+        epochs = self.config.training.epochs
+        if self.initial_epoch >= epochs or (self._resume_from or {}).get("finished"):
+            log.info("training already complete (%d epochs); nothing to fit", self.initial_epoch)
+            return None
+        standard, resume = self.create_callbacks()
+        callbacks = list(callbacks or []) + standard  # user callbacks first: the resume state comes last
+        resume.last_saved_epoch = self.initial_epoch
+        try:
+            history = model.fit(
+                train_dataset,
+                validation_data=val_dataset,
+                epochs=epochs,
+                initial_epoch=self.initial_epoch,
+                callbacks=callbacks,
+                shuffle=False,  # the tf.data pipeline shuffles, by seed
+                verbose=verbose,
+            )
+        except KeyboardInterrupt:
+            folder = resume.save(resume.last_saved_epoch, interrupted=True)
+            raise TrainingInterrupted(
+                f"interrupted after {resume.last_saved_epoch} complete epoch(s); state saved to {folder}. "
+                "Run the same command again to continue."
+            ) from None
+        losses = history.history.get("loss", []) + history.history.get("val_loss", [])
+        if model.stop_training and any(not math.isfinite(v) for v in losses):
+            raise NonFiniteLoss(
+                f"the loss became NaN or infinite in epoch {len(history.epoch) + self.initial_epoch}; "
+                f"the last good model is {self.checkpoint_path}. Lower learning_rate or set clipnorm."
+            )
+        self._mark_finished(resume)
+        return history
+
+    def _mark_finished(self, resume: ResumeState) -> None:
+        # Early stopping ends a run before `epochs`: record it so a rerun does not train on.
+        latest = resume.latest()
+        if latest:
+            state_file = latest[0].parent / ResumeState.STATE_FILE
+            save_json(dict(latest[1], finished=True), state_file)
+
+
+def _symbolic_build_from_one_replica(model, iterator=None, data_batch=None):
+    """Keras' TensorFlow trainer builds metrics from the first batch, reduced across replicas as one
+    nested value, which MultiWorkerMirroredStrategy cannot reduce. Only shapes and dtypes matter
+    there, so take the first local replica's part of each tensor instead."""
+    if iterator is not None and data_batch is None:
+        for _, _, batches in iterator:
+            batch = next(batches)
+            break
+        local = model.distribute_strategy.experimental_local_results
+        data_batch = tf.nest.map_structure(
+            lambda v: local(v)[0] if isinstance(v, tf.distribute.DistributedValues) else v, batch
+        )
+    return type(model)._maybe_symbolic_build(model, data_batch=data_batch)
+
+
+def _reduce_scalars_across_workers() -> None:
+    """Keras 3's fit reduces every step output with axis=0 under MultiWorkerMirroredStrategy, which
+    fails on scalar losses and metrics (tensorflow/tensorflow#72388); reduce those with axis=None."""
+    from keras.src.backend.tensorflow import trainer as keras_tf_trainer
+
+    keras_reduce = keras_tf_trainer.reduce_per_replica
+    if getattr(keras_reduce, "reduces_scalars", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction not in ("auto", "mean") or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return keras_reduce(values, strategy, reduction)
+
+        def reduce(value):
+            local = strategy.experimental_local_results(value)[0] if isinstance(value, tf.distribute.DistributedValues) else value
+            return strategy.reduce("MEAN", value, axis=0 if local.shape.rank else None)
+
+        return tf.nest.map_structure(reduce, values)
+
+    reduce_per_replica.reduces_scalars = True
+    keras_tf_trainer.reduce_per_replica = reduce_per_replica
+
+
+class DistributedTrainer(Trainer):
+    """Trainer under MirroredStrategy (devices of one host) or MultiWorkerMirroredStrategy (TF_CONFIG).
+
+    `batch_size` is the global batch: each of the N replicas computes batch_size / N of it.
+    Only the chief writes artifacts; the other workers write theirs to a temporary folder,
+    as Keras' multi-worker guide prescribes.
+    """
+
+    def __init__(self, config: Config, artifacts_dir, tracker=None, strategy: tf.distribute.Strategy | None = None):
+        self._given_strategy = strategy
+        super().__init__(config, artifacts_dir, tracker)
+        self._worker_dir: Path | None = None
+        log.info("%s with %d replica(s) in sync", type(self.strategy).__name__, self.strategy.num_replicas_in_sync)
+
+    def create_strategy(self) -> tf.distribute.Strategy:
+        if self._given_strategy is not None:
+            return self._given_strategy
+        distribution = self.config.training.distribution
+        if distribution == "multi_worker":
+            if "TF_CONFIG" not in os.environ:
+                raise ConfigError("distribution: multi_worker needs the TF_CONFIG environment variable (cluster and task)")
+            _reduce_scalars_across_workers()
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        if distribution == "mirrored":
+            # Every GPU; on a CPU-only host, every logical CPU device the user configured.
+            devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+            return tf.distribute.MirroredStrategy([d.name for d in devices])
+        return tf.distribute.get_strategy()
+
+    def build_model(self, vocab_size: int, max_length: int, embedding_matrix=None):
+        model = super().build_model(vocab_size, max_length, embedding_matrix)
+        model._maybe_symbolic_build = types.MethodType(_symbolic_build_from_one_replica, model)
+        return model
+
+    @property
+    def is_chief(self) -> bool:
+        resolver = getattr(self.strategy, "cluster_resolver", None)
+        if resolver is None or not resolver.task_type:
+            return True
+        has_chief = "chief" in resolver.cluster_spec().as_dict()
+        return resolver.task_type == "chief" or (not has_chief and resolver.task_type == "worker" and resolver.task_id == 0)
+
+    @property
+    def output_dir(self) -> Path:
+        if self.is_chief:
+            return self.artifacts_dir
+        if self._worker_dir is None:
+            self._worker_dir = Path(tempfile.mkdtemp(prefix="training-worker-"))
+        return self._worker_dir
