@@ -18,3 +18,13 @@ def flickr8k_captions() -> Path:
     if not FLICKR8K_CAPTIONS.is_file():
         pytest.skip(f"real Flickr8k captions not found at {FLICKR8K_CAPTIONS} (set FLICKR8K_CAPTIONS)")
     return FLICKR8K_CAPTIONS
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    """A small generated demo set (120 images of 32 px), shared by the end-to-end tests."""
+    from training.data.demo import generate_demo_dataset
+
+    out = tmp_path_factory.mktemp("demo")
+    generate_demo_dataset(out, num_images=120, seed=1, image_size=32)
+    return out

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from training.configs import Config, ConfigError, load_config
 from training.utils import ExperimentTracker, ensure_dir, save_json, set_global_seed, setup_logging
-from training.utils.io import atomic_path
+from training.utils.io import atomic_path, remove_stale_temporaries
 
 log = logging.getLogger("training")
 
@@ -98,6 +98,8 @@ class TrainingPipeline:
 
         started = time.perf_counter()
         c = self.config
+        for path in remove_stale_temporaries(self.artifacts_dir):
+            log.info("removed %s, left by an interrupted write", path)
         set_global_seed(c.data.seed)
         configure_precision(c.training.use_mixed_precision)
         self.tracker = ExperimentTracker(self.artifacts_dir, run_name=c.training.run_name, seed=c.data.seed)
@@ -181,9 +183,17 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001 - one clear line for errors users cause, traceback otherwise
         from training.trainers import NonFiniteLoss, TrainingInterrupted
 
-        if isinstance(error, (TrainingInterrupted, NonFiniteLoss, FileNotFoundError, ValueError)):
+        if isinstance(error, TrainingInterrupted):
             print(f"error: {error}", file=sys.stderr)
-            return 130 if isinstance(error, TrainingInterrupted) else 1
+            return 130
+        if isinstance(error, (NonFiniteLoss, FileNotFoundError, ValueError)):
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        if isinstance(error, OSError):  # a full disk, a read-only folder: nothing already written is lost
+            print(f"error: could not write {error.filename or 'a file'}: {error.strerror or error}. "
+                  "Free space (or fix permissions) and run the same command: it resumes from the last completed epoch.",
+                  file=sys.stderr)
+            return 1
         raise
     return 0
 

@@ -114,4 +114,6 @@ class ResumeState(keras.callbacks.Callback):
         return final
 
     def on_epoch_end(self, epoch, logs=None):
-        self.save(epoch + 1)
+        # An epoch that ended in NaN (TerminateOnNaN) must not become the state a rerun resumes from.
+        if all(math.isfinite(v) for k, v in (logs or {}).items() if "loss" in k):
+            self.save(epoch + 1)
