@@ -1,0 +1,23 @@
+"""Image features: extractor registry, keras.applications backbones, the on-disk feature store."""
+
+from training.features.base import BaseFeatureExtractor, pool
+from training.features.registry import (
+    FeatureExtractorRegistry,
+    available_extractors,
+    get_feature_extractor,
+    register_extractor,
+)
+
+# Imported for their registrations: each module registers its extractors by name.
+from training.features import efficientnet, patches  # noqa: E402,F401
+from training.features.store import FeatureStore  # noqa: E402
+
+__all__ = [
+    "BaseFeatureExtractor",
+    "FeatureExtractorRegistry",
+    "FeatureStore",
+    "available_extractors",
+    "get_feature_extractor",
+    "pool",
+    "register_extractor",
+]

@@ -1,0 +1,64 @@
+"""Feature extractors by name: one global table that config names resolve against."""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+
+# One table for the whole process: the seed README registers through a fresh
+# `FeatureExtractorRegistry()` and expects `get_feature_extractor` to see it.
+_EXTRACTORS: dict[str, type] = {}
+
+
+class FeatureExtractorRegistry:
+    """A handle on the global extractor table; every instance sees every registration."""
+
+    def register(self, name: str, cls: type) -> type:
+        from training.features.base import BaseFeatureExtractor
+
+        if not (isinstance(cls, type) and issubclass(cls, BaseFeatureExtractor)):
+            raise TypeError(f"cannot register {cls!r} as '{name}': it must subclass BaseFeatureExtractor")
+        old = _EXTRACTORS.get(name)
+        if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+            # Re-running a notebook cell re-registers the same class; replacing another class is worth a word.
+            warnings.warn(f"feature extractor '{name}': {old.__qualname__} replaced by {cls.__qualname__}", stacklevel=2)
+        _EXTRACTORS[name] = cls
+        return cls
+
+    def get(self, name: str, **kwargs):
+        return self.lookup(name)(**kwargs)
+
+    def lookup(self, name: str) -> type:
+        if name in _EXTRACTORS:
+            return _EXTRACTORS[name]
+        by_lower = {known.lower(): known for known in _EXTRACTORS}
+        close = difflib.get_close_matches(str(name).lower(), list(by_lower), n=1, cutoff=0.6)
+        hint = f"did you mean '{by_lower[close[0]]}'? " if close else ""
+        raise ValueError(
+            f"unknown feature extractor '{name}' (config key 'feature_extractor'); {hint}"
+            f"valid names: {', '.join(self.names())}"
+        )
+
+    def names(self) -> list[str]:
+        return sorted(_EXTRACTORS)
+
+    def __contains__(self, name: str) -> bool:
+        return name in _EXTRACTORS
+
+
+def register_extractor(name: str):
+    """Class decorator: `@register_extractor("MyModel")` registers the class under that name."""
+
+    def decorate(cls: type) -> type:
+        return FeatureExtractorRegistry().register(name, cls)
+
+    return decorate
+
+
+def get_feature_extractor(name: str, **kwargs):
+    """Build the extractor registered as `name`, e.g. ("EfficientNetB3", image_size=(300, 300))."""
+    return FeatureExtractorRegistry().get(name, **kwargs)
+
+
+def available_extractors() -> list[str]:
+    return FeatureExtractorRegistry().names()
