@@ -25,10 +25,10 @@ def tiny_config(data_dir: Path, artifacts: Path, **overrides) -> dict:
     return config
 
 
-def run_python(code_or_args, cwd=REPO, check=True, timeout=600):
+def run_python(code_or_args, cwd=REPO, check=True, timeout=600, env=None):
     args = ["-c", code_or_args] if isinstance(code_or_args, str) else code_or_args
     done = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2"))
+                          env=dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2", **(env or {})))
     if check:
         assert done.returncode == 0, f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-5000:]}"
     return done
