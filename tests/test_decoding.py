@@ -216,3 +216,14 @@ def test_max_length_beyond_the_model_is_refused(tokenizer):
         GreedyDecoder(model, tokenizer, max_length=5)
     with pytest.raises(ValueError, match="image_features"):
         GreedyDecoder(model, tokenizer).decode(np.zeros((3, 4)))
+
+
+def test_large_batches_split_across_cores_decode_like_single_images(tokenizer):
+    # 70 images in one batch run as one search per core; each image must come out as if alone.
+    many = np.random.default_rng(7).normal(size=(70, 4, 6)).astype(np.float32)
+    model = TinyRecurrentModel(tokenizer.vocab_size, channels=6, seed=4, end_per_step=0.5)
+    decoder = BeamSearchDecoder(model, tokenizer, beam_size=3, length_penalty=0.6, batch_size=70)
+    batched, alone = decoder.decode(many), decoder.decode_one_at_a_time(many[:10])
+    assert [c.tokens for c in batched[:10]] == [c.tokens for c in alone]
+    greedy = GreedyDecoder(model, tokenizer, batch_size=70).decode(many)
+    assert [c.tokens for c in greedy] == reference_greedy(model, tokenizer, many, model.max_length)
