@@ -186,12 +186,21 @@ def test_setup_logging_is_idempotent_and_writes_the_file(tmp_path):
     assert len(logger.handlers) == 1
 
 
-def test_configure_precision_uses_float32_without_gpu():
+def test_configure_precision_on_a_cpu(tmp_path):
     import keras
     import tensorflow as tf
 
+    from training.utils.mixed_precision import cpu_supports_bfloat16
+
     if tf.config.list_physical_devices("GPU"):
-        pytest.skip("checks the CPU fallback")
-    assert configure_precision(True) == "float32"
-    assert configure_precision(False) == "float32"
+        pytest.skip("checks the CPU policies")
+    plain = tmp_path / "cpuinfo"
+    plain.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    assert not cpu_supports_bfloat16(plain)
+    expected = "mixed_bfloat16" if cpu_supports_bfloat16() else "float32"
+    try:
+        assert configure_precision(True) == expected
+        assert keras.mixed_precision.global_policy().name == expected
+    finally:
+        assert configure_precision(False) == "float32"
     assert keras.mixed_precision.global_policy().name == "float32"

@@ -22,9 +22,14 @@ from training.models.components import (
 
 @keras.saving.register_keras_serializable(package="training")
 class CaptionModel(keras.Model):
-    """Inputs: image_features (B, R, feature_dim) float, tokens (B, T) int with 0 = padding.
+    """Inputs: image_features (B, R, feature_dim) float, tokens (B, T) int with 0 = padding, and
+    optionally positions (B, T) int.
 
     Output: logits (B, T, vocab_size) float32; position t predicts token t + 1.
+
+    Without `positions` each row is one caption. With it a row may hold several captions of its
+    image packed end to end (`DatasetBuilder` does this): positions[b, t] is token t's position
+    in its own caption and 0 starts a new caption, which attends only to itself (and the regions).
     """
 
     def __init__(
@@ -84,7 +89,7 @@ class CaptionModel(keras.Model):
     # ------------------------------------------------------------------ build / training path
 
     def build(self, input_shape):
-        features_shape, tokens_shape = (tuple(shape) for shape in input_shape)
+        features_shape, tokens_shape = (tuple(shape) for shape in input_shape[:2])
         hidden_shape = tokens_shape + (self.hidden_dim,)
         regions_shape = features_shape[:-1] + (self.hidden_dim,)
         self.image_projection.build(features_shape)
@@ -99,22 +104,26 @@ class CaptionModel(keras.Model):
         self.built = True
 
     def call(self, inputs, training=None):
-        image_features, tokens = inputs
-        tokens = ops.cast(tokens, "int32")
+        image_features, tokens = inputs[0], ops.cast(inputs[1], "int32")
+        positions = ops.cast(inputs[2], "int32") if len(inputs) > 2 else None
         regions = self.image_projection(image_features, training=training)
-        x = self.text_embedding(tokens, training=training)
+        x = self.text_embedding(tokens, positions=positions, training=training)
         is_token = ops.not_equal(tokens, 0)
+        starts = None if positions is None else ops.logical_and(ops.equal(positions, 0), is_token)
         if self.architecture == "transformer":
-            length = ops.shape(tokens)[1]
-            positions = ops.arange(length, dtype="int32")
-            causal = ops.expand_dims(positions, 1) >= ops.expand_dims(positions, 0)  # (T, T): query >= key
-            # (B, 1, T, T): a query sees earlier, non-padding keys.
-            self_mask = ops.logical_and(causal[None, None], is_token[:, None, None, :])
+            index = ops.arange(ops.shape(tokens)[1], dtype="int32")
+            causal = ops.expand_dims(index, 1) >= ops.expand_dims(index, 0)  # (T, T): query >= key
+            # (B, T, T): a query sees earlier, non-padding keys ...
+            visible = ops.logical_and(causal[None], is_token[:, None, :])
+            if starts is not None:  # ... of its own caption
+                caption = ops.cumsum(ops.cast(starts, "int32"), axis=1)
+                visible = ops.logical_and(visible, ops.equal(caption[:, :, None], caption[:, None, :]))
+            self_mask = visible[:, None]  # (B, 1, T, T): the same for every head
             for block in self.decoder_blocks:
                 x = block(x, regions, self_mask=self_mask, training=training)
             x = self.final_norm(x)
         else:
-            x = self.output_dropout(self.lstm(x, regions, token_mask=is_token), training=training)
+            x = self.output_dropout(self.lstm(x, regions, token_mask=is_token, starts=starts), training=training)
         return self.output_layer(x)
 
     # ------------------------------------------------------------------ incremental decoding

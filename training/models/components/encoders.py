@@ -84,12 +84,16 @@ class TextEmbedding(keras.layers.Layer):
             self.position_embedding.build((None,))
         self.built = True
 
-    def call(self, tokens, start=0, training=None):
-        """`start` is the position of tokens[:, 0] (the decode step when T == 1)."""
+    def call(self, tokens, start=0, positions=None, training=None):
+        """`positions` (B, T) gives each token's position in its caption (packed rows); without it
+        tokens[:, t] is at position start + t (`start` is the decode step when T == 1)."""
         x = self.projection(self.token_embedding(tokens))
         if self.position_embedding is not None:
-            positions = ops.arange(ops.shape(tokens)[1], dtype="int32") + ops.cast(start, "int32")
-            x = x + ops.expand_dims(self.position_embedding(positions), 0)
+            if positions is None:
+                positions = ops.arange(ops.shape(tokens)[1], dtype="int32") + ops.cast(start, "int32")
+                x = x + ops.expand_dims(self.position_embedding(positions), 0)
+            else:
+                x = x + self.position_embedding(ops.cast(positions, "int32"))
         return self.dropout_layer(x, training=training)
 
     def get_config(self):
@@ -203,14 +207,21 @@ class LSTMEncoder(keras.layers.Layer):
         _, (h, c) = self.cell(ops.concatenate([word, ops.cast(context, word.dtype)], axis=-1), [h, c])
         return (h, c), weights
 
-    def call(self, words, regions, token_mask=None):
-        """words (B, T, E), regions (B, R, D), token_mask (B, T) True = real token -> (B, T, hidden_dim)."""
+    def call(self, words, regions, token_mask=None, starts=None):
+        """words (B, T, E), regions (B, R, D), token_mask (B, T) True = real token -> (B, T, hidden_dim).
+
+        starts (B, T) True where a new caption begins (packed rows): the state restarts from zeros there.
+        """
         region_keys = self.attention.region_keys(regions)
         if token_mask is None:
             token_mask = ops.ones(ops.shape(words)[:2], dtype="bool")
+        if starts is None:
+            starts = ops.zeros(ops.shape(words)[:2], dtype="bool")
 
         def body(state, inputs):
-            word, keep = inputs
+            word, keep, start = inputs[:, :-2], inputs[:, -2] > 0.5, inputs[:, -1] > 0.5
+            start = ops.expand_dims(start, -1)
+            state = tuple(ops.where(start, ops.zeros_like(s), s) for s in state)
             new_state, _ = self.step(word, state, regions, region_keys)
             # Padding leaves the state untouched, as keras.layers.RNN masking would.
             keep = ops.expand_dims(keep, -1)
@@ -218,7 +229,10 @@ class LSTMEncoder(keras.layers.Layer):
             # keras.ops.scan's TensorFlow version requires per-step outputs shaped like the carry.
             return new_state, new_state
 
-        time_major = (ops.transpose(words, (1, 0, 2)), ops.transpose(token_mask, (1, 0)))
+        # One stacked input, not a tuple: Keras' TensorFlow scan fails on a tuple whose time axis is
+        # unknown (batches padded to their own length).
+        flags = ops.stack([ops.cast(token_mask, words.dtype), ops.cast(starts, words.dtype)], axis=-1)
+        time_major = ops.transpose(ops.concatenate([words, flags], axis=-1), (1, 0, 2))
         _, (hidden, _) = ops.scan(body, self.initial_state(ops.shape(words)[0]), time_major)
         return ops.transpose(hidden, (1, 0, 2))
 

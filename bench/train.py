@@ -1,0 +1,450 @@
+"""Benchmark of training and decoding at Flickr8k scale: workload W1, region and pooled features.
+
+Run: python bench/train.py [--rows region,pooled] [--epochs 1] [--scale 5] [--steps 300] [--no-memory]
+Prints progress, then one JSON object as the last line (figures per row, the 5x-store memory test,
+the machine, and which targets are met).
+
+W1 is real in everything but pixels: the Flickr8k captions (../shared/data/flickr8k_captions.txt),
+a seeded 0.6/0.2/0.2 split by image, vocabulary threshold 5, random image features
+(numpy.random.default_rng(0)) in a real feature store on disk shaped like EfficientNetB3 at 300 px
+(8091 images x 100 regions x 1536 channels, float16, memory-mapped), a random 200-d embedding
+matrix in place of GloVe, the model settings of training/config.yaml, batch 64, CPU. The pooled
+row is the same with use_regions: false (the store's regions averaged to one 1536-d vector).
+
+Each row runs in its own process (clean peak-memory figures and dtype policy), which:
+  - measures this machine's dense matmul rate (tf.matmul, 2048x2048 float32, and bfloat16 when
+    the run computes in bfloat16) before and after training: the median of both sets is the
+    reference, so the ratio compares figures of the same minutes on a shared machine;
+  - trains `--epochs` full epochs with model.fit exactly as Trainer does (compile_model,
+    DatasetBuilder.build), no validation; `epoch_seconds` is the wall time of the first epoch,
+    tracing included; `steady_captions_per_s` counts captions over the batches after the first
+    `warmup` ones;
+  - computes the FLOPs of every batch it trained from its actual shape (formula below) and
+    divides the steady batches' sum by their time: `train_gflop_per_s`, and its ratio to the
+    matmul rate;
+  - captions `--decode-images` test images with GreedyDecoder and BeamSearchDecoder(beam 3)
+    (default batch 64) after one warm-up batch of each, and reports images/s;
+  - samples RssAnon (the process's own memory, not the page cache of the memory-mapped store)
+    every 20 ms, and reads VmHWM (peak resident, page cache of the store included).
+The memory test builds the store at `--scale` times the images (5x: 40,455 images, ~12 GB), trains
+`--steps` steps on it with region features and reports the peak RssAnon next to the 1x region
+row's; the big store is deleted when the benchmark ends. The 1x store is kept in bench_data/
+(git-ignored) and reused while its fingerprint matches.
+
+FLOPs per training step (matmul multiply-adds x 2; element-wise work, softmax, layer norm and
+the optimizer are not counted). U rows (images) of padded length L, R regions of C channels,
+model width D, feed-forward F, word vectors E, vocabulary V, N layers:
+  forward = U*R*C*D (region projection) + U*L*E*D (word projection) + U*L*D*V (logits)
+          + N * [4*U*L*D^2 (self q,k,v,o) + 2*U*L^2*D (self scores, mix)
+                 + 2*U*L*D^2 (cross q,o) + 2*U*R*D^2 (cross k,v) + 2*U*L*R*D (cross scores, mix)
+                 + 2*U*L*D*F (feed-forward)]
+  step    = 3 * forward - U*R*C*D - U*L*E*D   (backward = 2x forward, except the two input
+                                              projections, whose inputs need no gradient)
+Padding positions are counted (they are computed): `token_efficiency` is the share of real tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+from training.configs import load_config  # noqa: E402
+from training.data.caption_loader import CaptionLoader, create_splits, get_max_caption_length  # noqa: E402
+from training.data.preprocessor import CaptionPreprocessor  # noqa: E402
+from training.data.tokenizer import Tokenizer  # noqa: E402
+from training.utils.io import load_json, save_json  # noqa: E402
+
+DEFAULT_CAPTIONS = REPO.parent / "shared" / "data" / "flickr8k_captions.txt"
+DATA_DIR = REPO / "bench_data"
+REGIONS, CHANNELS = 100, 1536  # EfficientNetB3 at 300 px: a 10x10 grid of 1536-d vectors
+STORE_FORMAT = 1  # training/features/store.py FORMAT_VERSION
+TARGETS = {  # the issue's targets for a 2-core machine
+    "region_epoch_seconds": 120.0,
+    "pooled_epoch_seconds": 40.0,
+    "matmul_fraction": 0.5,
+    "greedy_images_per_s": 150.0,
+    "beam3_images_per_s": 50.0,
+    "memory_5x_rss_anon_gb": 3.0,
+}
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------- W1 data
+
+
+def w1_config(pooled: bool = False):
+    overrides = ["train_split=0.6", "val_split=0.2", "test_split=0.2", "glove_path=null"]
+    return load_config(REPO / "training" / "config.yaml", overrides + (["use_regions=false"] if pooled else []))
+
+
+def load_split(captions_file: Path, scale: int, config):
+    loader = CaptionLoader(config.data.captions_format)
+    captions = CaptionPreprocessor().process(loader.load(captions_file))
+    if scale > 1:  # copies of every image under new ids, each with the same captions
+        captions = {f"{image}#{copy}" if copy else image: texts for copy in range(scale) for image, texts in captions.items()}
+    d = config.data
+    return create_splits(captions, d.train_split, d.val_split, d.test_split, seed=d.seed)
+
+
+def store_fingerprint(image_ids: list[str]) -> str:
+    recipe = {"rng": "numpy.random.default_rng(0).standard_normal", "shape": [len(image_ids), REGIONS, CHANNELS],
+              "dtype": "float16", "ids": hashlib.sha256("\n".join(image_ids).encode()).hexdigest()}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def build_store(directory: Path, image_ids: list[str], chunk: int = 256) -> float:
+    """A feature store in training/features/store.py's layout, of random features; reused when its
+    fingerprint matches. Returns the seconds spent writing it (0 when reused)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    index_path, features_path = directory / "features_index.json", directory / "features.npy"
+    fingerprint = store_fingerprint(image_ids)
+    if index_path.is_file() and features_path.is_file():
+        index = load_json(index_path)
+        if index.get("complete") and index.get("fingerprint") == fingerprint:
+            return 0.0
+    log(f"writing the W1 feature store {directory} ({len(image_ids)} x {REGIONS} x {CHANNELS} float16, "
+        f"{len(image_ids) * REGIONS * CHANNELS * 2 / 1e9:.1f} GB)")
+    start = time.perf_counter()
+    index_path.unlink(missing_ok=True)
+    partial = directory / "features.partial.npy"
+    shape = (len(image_ids), REGIONS, CHANNELS)
+    features = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=shape)
+    rng = np.random.default_rng(0)
+    for begin in range(0, shape[0], chunk):
+        rows = min(chunk, shape[0] - begin)
+        features[begin:begin + rows] = rng.standard_normal((rows, REGIONS, CHANNELS), dtype=np.float32)
+        if (begin // chunk) % 8 == 7:  # write back as we go, so dirty pages do not pile up
+            features.flush()
+    features.flush()
+    del features
+    os.replace(partial, features_path)
+    save_json({
+        "format": STORE_FORMAT, "fingerprint": fingerprint, "extractor": "random (bench W1)", "weights": None,
+        "image_size": [300, 300], "grid_shape": [10, 10], "feature_dim": CHANNELS, "image_ids": image_ids,
+        "bad_images": [], "complete": True,
+    }, index_path)
+    return time.perf_counter() - start
+
+
+def store_dir(scale: int) -> Path:
+    return DATA_DIR / f"w1_x{scale}"
+
+
+def prepare_store(captions_file: Path, scale: int) -> float:
+    split = load_split(captions_file, scale, w1_config())
+    return build_store(store_dir(scale), sorted([*split.train, *split.val, *split.test]))
+
+
+# ---------------------------------------------------------------------------------------- machine
+
+
+class MemorySampler:
+    """Peak RssAnon of this process, sampled on a thread (the kernel keeps no peak of it)."""
+
+    def __init__(self, interval: float = 0.02):
+        self.interval, self.peak = interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def status(key: str) -> int:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.status("RssAnon"))
+            time.sleep(self.interval)
+
+    def snapshot(self) -> dict:
+        self.peak = max(self.peak, self.status("RssAnon"))
+        return {"peak_rss_anon_gb": round(self.peak / 1e9, 3), "peak_rss_gb": round(self.status("VmHWM") / 1e9, 3)}
+
+
+def matmul_gflops(dtype: str, size: int = 2048, repeats: int = 7) -> list[float]:
+    import tensorflow as tf
+
+    a = tf.cast(tf.random.stateless_normal((size, size), seed=(1, 2)), dtype)
+    b = tf.cast(tf.random.stateless_normal((size, size), seed=(3, 4)), dtype)
+    product = tf.function(lambda a, b: tf.reduce_sum(tf.cast(tf.matmul(a, b)[:1, :1], tf.float32)))
+    product(a, b)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        product(a, b).numpy()
+        rates.append(2 * size**3 / (time.perf_counter() - start) / 1e9)
+    return rates
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "")
+    except OSError:
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {"cpu": model or platform.processor(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "load_average_1m_at_start": round(load[0], 2) if load else None}
+
+
+# ---------------------------------------------------------------------------------------- one row
+
+
+def step_flops(rows: int, length: int, regions: int, m, vocab: int) -> float:
+    """Training-step FLOPs of one batch (see the module docstring)."""
+    U, L, R, C, D, F, E, V = rows, length, regions, m.feature_dim, m.hidden_dim, m.ff_dim, m.embedding_dim, vocab
+    inputs = U * R * C * D + U * L * E * D
+    layer = 4 * U * L * D * D + 2 * U * L * L * D + 2 * U * L * D * D + 2 * U * R * D * D + 2 * U * L * R * D + 2 * U * L * D * F
+    forward = inputs + U * L * D * V + m.num_layers * layer
+    return 2.0 * (3 * forward - inputs)
+
+
+class StepTimes:
+    """Keras callback: the end time of every training batch."""
+
+    def __init__(self):
+        import keras
+
+        class Callback(keras.callbacks.Callback):
+            def on_train_begin(cb, logs=None):
+                self.begin = time.perf_counter()
+
+            def on_train_batch_end(cb, batch, logs=None):
+                self.ends.append(time.perf_counter())
+                self.losses.append(float(logs["loss"]))
+                if len(self.ends) % 100 == 0:
+                    log(f"  step {len(self.ends)}: loss {float(logs['loss']):.3f}, {time.perf_counter() - self.begin:.0f} s")
+
+        self.begin, self.ends, self.losses, self.callback = None, [], [], Callback()
+
+
+def tap_batches(dataset, record: list):
+    """The dataset unchanged; each batch's (rows, padded length, captions, real tokens) appended to `record`
+    as tf.data produces it (in order, so entry i describes training batch i)."""
+    import tensorflow as tf
+
+    def note(positions, targets):
+        is_token = targets > 0
+        record.append((targets.shape[0], targets.shape[1], int(np.sum((positions == 0) & is_token)), int(is_token.sum())))
+        return np.int32(0)
+
+    def tap(inputs, targets):
+        done = tf.numpy_function(note, [inputs[2], targets], tf.int32, stateful=True)
+        with tf.control_dependencies([done]):
+            return tf.nest.map_structure(tf.identity, inputs), tf.identity(targets)
+
+    return dataset.map(tap)
+
+
+def decode_rate(decoder, features: np.ndarray, warmup: int = 64) -> tuple[float, list]:
+    decoder.decode(features[:warmup])  # traces the full-batch graph
+    decoder.decode(features[: len(features) % decoder.batch_size or decoder.batch_size])  # and the last batch's
+    start = time.perf_counter()
+    captions = decoder.decode(features)
+    return len(features) / (time.perf_counter() - start), captions
+
+
+def run_row(args) -> dict:
+    """One row of figures; runs in its own process."""
+    sampler = MemorySampler()
+    import keras
+    import tensorflow as tf
+
+    from training.data.dataset import DatasetBuilder
+    from training.evaluation.inference import BeamSearchDecoder, GreedyDecoder
+    from training.features import FeatureStore
+    from training.models import build_caption_model
+    from training.trainers.trainer import compile_model
+    from training.utils import configure_precision, set_global_seed
+
+    pooled = args.worker == "pooled"
+    config = w1_config(pooled)
+    set_global_seed(config.data.seed)
+    policy = configure_precision(config.training.use_mixed_precision) if args.precision == "config" else args.precision
+    keras.mixed_precision.set_global_policy(policy)
+    split = load_split(Path(args.captions), args.scale, config)
+    tokenizer = Tokenizer(min_word_count=config.data.word_count_threshold).fit(
+        caption for captions in split.train.values() for caption in captions)
+    max_length = get_max_caption_length(split.train)
+    store = FeatureStore.open(store_dir(args.scale))
+    builder = DatasetBuilder(store.features, store.index, tokenizer, max_length, config.training.batch_size,
+                             config.data.seed, pooled=pooled)
+    embedding = np.random.default_rng(0).normal(0.0, 0.4, (tokenizer.vocab_size, config.model.embedding_dim)).astype("float32")
+    model = build_caption_model(config.model, tokenizer.vocab_size, max_length - 1, embedding)
+    compile_model(model, config)
+
+    compute_dtype = keras.mixed_precision.global_policy().compute_dtype
+    rates = {"float32": matmul_gflops("float32")}
+    if compute_dtype != "float32":
+        rates[compute_dtype] = matmul_gflops(compute_dtype)
+
+    record: list = []
+    times = StepTimes()
+    train = tap_batches(builder.build(split.train), record)
+    steps = args.steps if args.worker == "memory" else None
+    log(f"{args.worker}: training {'%d steps' % steps if steps else '%d epoch(s)' % args.epochs} "
+        f"({sum(map(len, split.train.values()))} captions per epoch, policy {policy})")
+    start = time.perf_counter()
+    history = model.fit(train.repeat() if steps else train, epochs=1 if steps else args.epochs,
+                        steps_per_epoch=steps, callbacks=[times.callback], verbose=0)
+    fit_seconds = time.perf_counter() - start
+    training_memory = sampler.snapshot()
+
+    for name, dtype_rates in list(rates.items()):
+        rates[name] = dtype_rates + matmul_gflops(name)
+    batches = len(times.ends)
+    per_epoch = len(record) if steps else len(record) // args.epochs
+    record = record[:batches]
+    warmup = max(10, batches // 20)
+    steady_seconds = times.ends[-1] - times.ends[warmup - 1]
+    steady = record[warmup:]
+    flops = sum(step_flops(rows, length, 1 if pooled else REGIONS, config.model, tokenizer.vocab_size)
+                for rows, length, _, _ in steady)
+    matmul = {name: round(statistics.median(r), 1) for name, r in rates.items()}
+    gflops = flops / steady_seconds / 1e9
+    result = {
+        "features": "pooled 1x1536" if pooled else f"regions {REGIONS}x{CHANNELS}",
+        "policy": policy,
+        "captions_per_epoch": sum(c for _, _, c, _ in record[:per_epoch]),
+        "batches_per_epoch": per_epoch,
+        "batches_trained": batches,
+        "first_batch_seconds": round(times.ends[0] - times.begin, 2),
+        "slowest_later_batches_seconds": sorted((round(b - a, 2) for a, b in zip(times.ends, times.ends[1:])), reverse=True)[:3],
+        "steady_captions_per_s": round(sum(c for _, _, c, _ in steady) / steady_seconds, 1),
+        "steady_step_ms": round(1000 * steady_seconds / len(steady), 1),
+        "token_efficiency": round(sum(t for _, _, _, t in steady) / sum(r * n for r, n, _, _ in steady), 3),
+        "train_gflop_per_s": round(gflops, 1),
+        "matmul_gflop_per_s": matmul,
+        "matmul_fraction_float32": round(gflops / matmul["float32"], 3),
+        # Keras' running mean over the epoch, after the first batch and at the end
+        "loss_first_batch_and_epoch_mean": [round(times.losses[0], 3), round(history.history["loss"][-1], 3)],
+        "training_memory": training_memory,
+    }
+    if compute_dtype != "float32":
+        result[f"matmul_fraction_{compute_dtype}"] = round(gflops / matmul[compute_dtype], 3)
+    if steps:
+        result["fit_seconds"] = round(fit_seconds, 1)
+    else:
+        result["epoch_seconds"] = round(times.ends[per_epoch - 1] - times.begin, 1)
+
+    if args.decode_images and not steps:
+        test_ids = list(split.test)[: args.decode_images]
+        features = builder.image_batches(test_ids)
+        greedy, captions = decode_rate(GreedyDecoder(model, tokenizer), features)
+        beam, _ = decode_rate(BeamSearchDecoder(model, tokenizer, beam_size=3), features)
+        result.update({
+            "decode_images": len(test_ids),
+            "greedy_images_per_s": round(greedy, 1),
+            "beam3_images_per_s": round(beam, 1),
+            "greedy_mean_words": round(float(np.mean([len(c.tokens) for c in captions])), 2),
+            "greedy_example": captions[0].text,
+        })
+    result["memory"] = sampler.snapshot()
+    return result
+
+
+# ---------------------------------------------------------------------------------------- driver
+
+
+def run_worker(args, worker: str, scale: int = 1) -> dict:
+    command = [sys.executable, __file__, "--worker", worker, "--scale", str(scale), "--epochs", str(args.epochs),
+               "--steps", str(args.steps), "--decode-images", str(args.decode_images), "--captions", str(args.captions),
+               "--precision", args.precision]
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+    if done.returncode:
+        raise SystemExit(f"bench/train.py: the {worker} row failed (exit {done.returncode})")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def targets(rows: dict, memory: dict | None) -> dict:
+    met = {}
+    region, pooled = rows.get("region"), rows.get("pooled")
+    if region and "epoch_seconds" in region:
+        met["region_epoch_seconds"] = [region["epoch_seconds"], TARGETS["region_epoch_seconds"], region["epoch_seconds"] <= TARGETS["region_epoch_seconds"]]
+    if pooled and "epoch_seconds" in pooled:
+        met["pooled_epoch_seconds"] = [pooled["epoch_seconds"], TARGETS["pooled_epoch_seconds"], pooled["epoch_seconds"] <= TARGETS["pooled_epoch_seconds"]]
+    for name, row in rows.items():
+        fraction = row["matmul_fraction_float32"]
+        met[f"{name}_matmul_fraction_float32"] = [fraction, TARGETS["matmul_fraction"], fraction >= TARGETS["matmul_fraction"]]
+    if region and "greedy_images_per_s" in region:
+        for key in ("greedy_images_per_s", "beam3_images_per_s"):
+            met[key] = [region[key], TARGETS[key], region[key] >= TARGETS[key]]
+    if memory:
+        peak = memory["training_memory"]["peak_rss_anon_gb"]
+        met["memory_5x_rss_anon_gb"] = [peak, TARGETS["memory_5x_rss_anon_gb"], peak < TARGETS["memory_5x_rss_anon_gb"]]
+    return met
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default="region,pooled", help="comma-separated: region, pooled")
+    parser.add_argument("--epochs", type=int, default=1, help="full training epochs per row")
+    parser.add_argument("--scale", type=int, default=5, help="images multiple of the memory test's store (0: no memory test)")
+    parser.add_argument("--steps", type=int, default=300, help="training steps of the memory test")
+    parser.add_argument("--decode-images", type=int, default=1000, help="test images to caption per row (0: no decoding)")
+    parser.add_argument("--captions", default=str(DEFAULT_CAPTIONS))
+    parser.add_argument("--precision", default="config",
+                        help="'config' (configure_precision with the config's use_mixed_precision) or a Keras policy name")
+    parser.add_argument("--no-memory", action="store_true", help="skip the big-store memory test")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        if args.worker == "memory":
+            args.decode_images = 0
+        print(json.dumps(run_row(args)))
+        return
+
+    if not Path(args.captions).is_file():
+        raise SystemExit(f"bench/train.py: captions file not found: {args.captions} (pass --captions PATH)")
+    started = time.perf_counter()
+    report = {"workload": "W1", "machine": machine(), "rows": {}}
+    report["store_write_seconds"] = round(prepare_store(Path(args.captions), 1), 1)
+    for row in [r.strip() for r in args.rows.split(",") if r.strip()]:
+        if row not in ("region", "pooled"):
+            raise SystemExit(f"bench/train.py: unknown row {row!r}; choose from region, pooled")
+        report["rows"][row] = run_worker(args, row)
+        log(f"{row}: {json.dumps(report['rows'][row])}")
+    memory = None
+    if args.scale > 1 and not args.no_memory:
+        try:
+            write_seconds = prepare_store(Path(args.captions), args.scale)
+            memory = run_worker(args, "memory", args.scale)
+            memory["store_write_seconds"] = round(write_seconds, 1)
+            memory["store_gb"] = round((store_dir(args.scale) / "features.npy").stat().st_size / 1e9, 2)
+            memory["scale"] = args.scale
+            log(f"memory: {json.dumps(memory)}")
+        finally:
+            shutil.rmtree(store_dir(args.scale), ignore_errors=True)
+        report["memory_test"] = memory
+    report["targets"] = targets(report["rows"], memory)
+    report["bench_seconds"] = round(time.perf_counter() - started, 1)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
