@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass
 
@@ -77,8 +76,21 @@ class DatasetBuilder:
         return samples
 
     def steps(self, captions: dict[str, list[str]]) -> int:
-        """Batches per epoch without bucketing (bucketing adds at most one part-filled batch per bucket)."""
-        return math.ceil(len(self.rows(captions)[0]) / self.rows_per_batch(captions))
+        """Batches per epoch."""
+        lengths = self.rows(captions)[1]
+        return self._batch_count(lengths, self.rows_per_batch(captions))
+
+    def _bucket_boundaries(self, lengths: np.ndarray) -> list[int]:
+        """Bucket i holds rows of lengths[boundaries[i - 1]:boundaries[i]] ([] when not bucketing)."""
+        if not self.bucket_width:
+            return []
+        width = int(self.bucket_width)
+        return list(range(width + 1, int(lengths.max(initial=0)) + 1, width))
+
+    def _batch_count(self, lengths: np.ndarray, rows_per_batch: int) -> int:
+        # Each bucket ends with one part-filled batch, whatever the order, so the count is known.
+        per_bucket = np.bincount(np.searchsorted(self._bucket_boundaries(lengths), lengths, side="right"))
+        return int(np.sum(-(-per_bucket // rows_per_batch)))
 
     def captions_per_row(self, captions: dict[str, list[str]]) -> int:
         counts = Counter(len(texts) for texts in captions.values() if texts)
@@ -139,13 +151,15 @@ class DatasetBuilder:
         dataset = dataset.map(row)
         rows_per_batch = self.rows_per_batch(captions)
         if self.bucket_width:
-            width = int(self.bucket_width)
-            boundaries = list(range(width + 1, int(lengths.max()) + 1, width))  # bucket i: lengths < boundaries[i]
+            boundaries = self._bucket_boundaries(lengths)
             dataset = dataset.bucket_by_sequence_length(
                 lambda row, inputs, targets, positions: tf.shape(inputs)[0],
                 bucket_boundaries=boundaries,
                 bucket_batch_sizes=[rows_per_batch] * (len(boundaries) + 1),
             )
+            # tf.data cannot know the count of bucketed batches; telling it lets Keras show
+            # progress and end the epoch without an "input ran out of data" warning.
+            dataset = dataset.apply(tf.data.experimental.assert_cardinality(self._batch_count(lengths, rows_per_batch)))
         else:
             dataset = dataset.padded_batch(rows_per_batch)
         dataset = dataset.map(self._to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
