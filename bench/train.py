@@ -26,10 +26,14 @@ Each row runs in its own process (clean peak-memory figures and dtype policy), w
     (default batch 64) after one warm-up batch of each, and reports images/s;
   - samples RssAnon (the process's own memory, not the page cache of the memory-mapped store)
     every 20 ms, and reads VmHWM (peak resident, page cache of the store included).
-The memory test builds the store at `--scale` times the images (5x: 40,455 images, ~12 GB), trains
-`--steps` steps on it with region features and reports the peak RssAnon next to the 1x region
-row's; the big store is deleted when the benchmark ends. The 1x store is kept in bench_data/
-(git-ignored) and reused while its fingerprint matches.
+The memory test builds the store at `--scale` times the images (5x: 40,455 images, 12.4 GB; each
+Flickr8k image and its captions `scale` times under new ids, the features copied from the 1x
+store), trains `--steps` steps on it with region features and reports the peak RssAnon next to
+the 1x region row's; the big store is deleted when the benchmark ends. The 1x store (2.5 GB) is
+kept in bench_data/ (git-ignored) and reused while its fingerprint matches.
+
+Time on 2 cores: ~4 min quiet, ~7 min when other jobs share the machine (+30 s the first time,
+to write the 1x store): two ~1 min epochs, decoding, ~1 min writing the 5x store, 300 steps.
 
 FLOPs per training step (matmul multiply-adds x 2; element-wise work, softmax, layer norm and
 the optimizer are not counted). U rows (images) of padded length L, R regions of C channels,
@@ -96,27 +100,39 @@ def w1_config(pooled: bool = False):
     return load_config(REPO / "training" / "config.yaml", overrides + (["use_regions=false"] if pooled else []))
 
 
-def load_split(captions_file: Path, scale: int, config):
+def load_captions(captions_file: Path, config) -> dict[str, list[str]]:
     loader = CaptionLoader(config.data.captions_format)
-    captions = CaptionPreprocessor().process(loader.load(captions_file))
+    return CaptionPreprocessor().process(loader.load(captions_file))
+
+
+def copy_id(image_id: str, copy: int) -> str:
+    return f"{image_id}#{copy}" if copy else image_id
+
+
+def load_split(captions_file: Path, scale: int, config):
+    captions = load_captions(captions_file, config)
     if scale > 1:  # copies of every image under new ids, each with the same captions
-        captions = {f"{image}#{copy}" if copy else image: texts for copy in range(scale) for image, texts in captions.items()}
+        captions = {copy_id(image, copy): texts for copy in range(scale) for image, texts in captions.items()}
     d = config.data
     return create_splits(captions, d.train_split, d.val_split, d.test_split, seed=d.seed)
 
 
-def store_fingerprint(image_ids: list[str]) -> str:
+def store_fingerprint(image_ids: list[str], scale: int) -> str:
     recipe = {"rng": "numpy.random.default_rng(0).standard_normal", "shape": [len(image_ids), REGIONS, CHANNELS],
-              "dtype": "float16", "ids": hashlib.sha256("\n".join(image_ids).encode()).hexdigest()}
+              "dtype": "float16", "copies": scale, "ids": hashlib.sha256("\n".join(image_ids).encode()).hexdigest()}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def build_store(directory: Path, image_ids: list[str], chunk: int = 256) -> float:
+def build_store(directory: Path, image_ids: list[str], scale: int = 1, source: Path | None = None, chunk: int = 256) -> float:
     """A feature store in training/features/store.py's layout, of random features; reused when its
-    fingerprint matches. Returns the seconds spent writing it (0 when reused)."""
+    fingerprint matches. Returns the seconds spent writing it (0 when reused).
+
+    scale > 1: `image_ids` are `scale` copies of the 1x ids in order, and the features are the 1x
+    store's (`source`) repeated, as the captions are: a copy, not new random numbers, so the big
+    store costs disk time only."""
     directory.mkdir(parents=True, exist_ok=True)
     index_path, features_path = directory / "features_index.json", directory / "features.npy"
-    fingerprint = store_fingerprint(image_ids)
+    fingerprint = store_fingerprint(image_ids, scale)
     if index_path.is_file() and features_path.is_file():
         index = load_json(index_path)
         if index.get("complete") and index.get("fingerprint") == fingerprint:
@@ -128,14 +144,23 @@ def build_store(directory: Path, image_ids: list[str], chunk: int = 256) -> floa
     partial = directory / "features.partial.npy"
     shape = (len(image_ids), REGIONS, CHANNELS)
     features = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=shape)
+    base = np.load(source / "features.npy", mmap_mode="r") if scale > 1 else None
     rng = np.random.default_rng(0)
     for begin in range(0, shape[0], chunk):
         rows = min(chunk, shape[0] - begin)
-        features[begin:begin + rows] = rng.standard_normal((rows, REGIONS, CHANNELS), dtype=np.float32)
+        if base is None:
+            features[begin:begin + rows] = rng.standard_normal((rows, REGIONS, CHANNELS), dtype=np.float32)
+        else:
+            row = begin
+            while row < begin + rows:  # a chunk may span two copies
+                first = row % len(base)
+                count = min(begin + rows - row, len(base) - first)
+                features[row:row + count] = base[first:first + count]
+                row += count
         if (begin // chunk) % 8 == 7:  # write back as we go, so dirty pages do not pile up
             features.flush()
     features.flush()
-    del features
+    del features, base
     os.replace(partial, features_path)
     save_json({
         "format": STORE_FORMAT, "fingerprint": fingerprint, "extractor": "random (bench W1)", "weights": None,
@@ -150,8 +175,10 @@ def store_dir(scale: int) -> Path:
 
 
 def prepare_store(captions_file: Path, scale: int) -> float:
-    split = load_split(captions_file, scale, w1_config())
-    return build_store(store_dir(scale), sorted([*split.train, *split.val, *split.test]))
+    """The store of `scale` copies of the Flickr8k images (the 1x store must exist for scale > 1)."""
+    images = sorted(load_captions(captions_file, w1_config()))
+    image_ids = [copy_id(image, copy) for copy in range(scale) for image in images]
+    return build_store(store_dir(scale), image_ids, scale, source=store_dir(1))
 
 
 # ---------------------------------------------------------------------------------------- machine
@@ -207,7 +234,20 @@ def machine() -> dict:
     except OSError:
         pass
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(*names):
+        for name in names:
+            try:
+                return version(name)
+            except PackageNotFoundError:
+                pass
+        return None
+
     return {"cpu": model or platform.processor(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "tensorflow": installed("tensorflow-cpu", "tensorflow"), "keras": installed("keras"),
+            # Other jobs on a shared machine slow every figure alike; the matmul rate measured
+            # in each row shows how much of the machine the row had.
             "load_average_1m_at_start": round(load[0], 2) if load else None}
 
 
@@ -328,9 +368,10 @@ def run_row(args) -> dict:
     gflops = flops / steady_seconds / 1e9
     result = {
         "features": "pooled 1x1536" if pooled else f"regions {REGIONS}x{CHANNELS}",
+        "images_in_store": len(store),
         "policy": policy,
-        "captions_per_epoch": sum(c for _, _, c, _ in record[:per_epoch]),
-        "batches_per_epoch": per_epoch,
+        "captions_per_epoch": sum(len(texts) for texts in split.train.values()),
+        "batches_per_epoch": None if steps else per_epoch,
         "batches_trained": batches,
         "first_batch_seconds": round(times.ends[0] - times.begin, 2),
         "slowest_later_batches_seconds": sorted((round(b - a, 2) for a, b in zip(times.ends, times.ends[1:])), reverse=True)[:3],
