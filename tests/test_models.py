@@ -222,3 +222,17 @@ def test_compiled_fit_on_batches_of_varying_length(architecture):
             tf.TensorSpec((None, None), tf.int32))
     history = model.fit(tf.data.Dataset.from_generator(batches, output_signature=spec), epochs=2, verbose=0)
     assert all(np.isfinite(history.history["loss"]))
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+def test_dropout_drops_its_rate_and_keeps_the_mean(rate):
+    from training.models.components import Dropout
+
+    layer = Dropout(rate, seed=0)
+    inputs = tf.ones([200, 1000])
+    dropped = layer(inputs, training=True).numpy()
+    assert abs((dropped == 0).mean() - rate) < 0.005
+    assert abs(dropped.mean() - 1.0) < 0.01  # kept values are scaled by 1 / keep probability
+    assert not np.array_equal(dropped, layer(inputs, training=True).numpy())  # fresh bits every call
+    np.testing.assert_array_equal(layer(inputs, training=False).numpy(), inputs.numpy())
+    assert isinstance(keras.layers.deserialize(keras.layers.serialize(layer)), Dropout)

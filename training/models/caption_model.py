@@ -14,6 +14,7 @@ from keras import ops
 
 from training.configs.training_config import ARCHITECTURES, ModelConfig
 from training.models.components import (
+    Dropout,
     ImageProjection,
     LSTMEncoder,
     TextEmbedding,
@@ -83,7 +84,7 @@ class CaptionModel(keras.Model):
             self.final_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="final_norm")
         else:
             self.lstm = LSTMEncoder(hidden_dim, name="lstm")
-            self.output_dropout = keras.layers.Dropout(dropout)
+            self.output_dropout = Dropout(dropout)
         # float32 output so the softmax/loss stay stable under mixed_float16.
         self.output_layer = keras.layers.Dense(vocab_size, dtype="float32", name="logits")
 

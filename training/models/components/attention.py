@@ -7,6 +7,8 @@ import math
 import keras
 from keras import ops
 
+from training.models.components.dropout import Dropout
+
 
 # Masked scores are set to this finite value (in float32) rather than -inf, so a row with
 # no visible key gives a uniform distribution instead of NaN.
@@ -49,7 +51,7 @@ class MultiHeadCrossAttention(keras.layers.Layer):
         self.key_dense = keras.layers.Dense(hidden_dim, name="key")
         self.value_dense = keras.layers.Dense(hidden_dim, name="value")
         self.output_dense = keras.layers.Dense(hidden_dim, name="output")
-        self.weights_dropout = keras.layers.Dropout(dropout)
+        self.weights_dropout = Dropout(dropout)
 
     def build(self, query_shape, source_shape=None):
         source_shape = query_shape if source_shape is None else source_shape

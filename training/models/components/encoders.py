@@ -11,6 +11,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from training.models.components.dropout import Dropout
+
 from training.models.components.attention import BahdanauAttention, MultiHeadCrossAttention
 
 
@@ -25,7 +27,7 @@ class ImageProjection(keras.layers.Layer):
         self.dense = keras.layers.Dense(hidden_dim, name="dense")
         # CNN features have arbitrary scale per channel; normalising keeps attention logits sane.
         self.norm = keras.layers.LayerNormalization(epsilon=1e-5, name="norm")
-        self.dropout_layer = keras.layers.Dropout(dropout)
+        self.dropout_layer = Dropout(dropout)
 
     def build(self, input_shape):
         self.dense.build(input_shape)
@@ -75,7 +77,7 @@ class TextEmbedding(keras.layers.Layer):
         self.position_embedding = (
             keras.layers.Embedding(max_length, hidden_dim, name="position_embedding") if use_positions else None
         )
-        self.dropout_layer = keras.layers.Dropout(dropout)
+        self.dropout_layer = Dropout(dropout)
 
     def build(self, input_shape):
         self.token_embedding.build(input_shape)
@@ -127,7 +129,7 @@ class TransformerDecoderBlock(keras.layers.Layer):
         self.ff_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="ff_norm")
         self.ff_in = keras.layers.Dense(ff_dim, activation="gelu", name="ff_in")
         self.ff_out = keras.layers.Dense(hidden_dim, name="ff_out")
-        self.dropout_layer = keras.layers.Dropout(dropout)
+        self.dropout_layer = Dropout(dropout)
 
     def build(self, input_shape, regions_shape):
         for norm in (self.self_norm, self.cross_norm, self.ff_norm):
