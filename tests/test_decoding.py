@@ -87,8 +87,11 @@ class TinyRecurrentModel:
 
     def decode_step(self, tokens, step, memory, cache):
         hidden = self.recur(tf.concat([self.embed(tokens), cache[0]], axis=-1))
-        attention = tf.nn.softmax(tf.einsum("brc,bc->br", memory["regions"], hidden))
-        context = tf.einsum("br,brc->bc", attention, memory["regions"])
+        regions = memory["regions"]  # one image per k consecutive rows of `tokens`
+        grouped = tf.reshape(hidden, [tf.shape(regions)[0], -1, self.recur.units])
+        attention = tf.nn.softmax(tf.einsum("brc,bkc->bkr", regions, grouped))
+        context = tf.reshape(tf.einsum("bkr,brc->bkc", attention, regions), tf.shape(hidden))
+        attention = tf.reshape(attention, [-1, tf.shape(regions)[1]])
         logits = self.out(tf.concat([hidden, context], axis=-1)) + tf.cast(step, tf.float32) * self.end_per_step
         return logits, [hidden], attention
 

@@ -91,6 +91,24 @@ def test_decode_step_matches_full_call(architecture):
 
 
 @pytest.mark.parametrize("architecture", ARCHS)
+def test_decode_step_with_each_images_memory_once_equals_repeated_memory(architecture):
+    # Beam search passes an image's memory once for its k hypothesis rows.
+    model = tiny_model(architecture)
+    features, tokens = tiny_batch()
+    k = 2
+    rows = np.repeat(tokens, k, axis=0)
+    rows[1::k] = tokens[::-1]  # each image's two rows hold different prefixes
+    shared, repeated = model.encode(features), model.encode(np.repeat(features, k, axis=0))
+    caches = [model.init_cache(len(rows)), model.init_cache(len(rows))]
+    for step in range(rows.shape[1]):
+        outputs = [model.decode_step(rows[:, step], np.int32(step), memory, cache)
+                   for memory, cache in zip((shared, repeated), caches)]
+        caches = [outputs[0][1], outputs[1][1]]
+        for a, b in zip(outputs[0][::2], outputs[1][::2]):  # logits, attention
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), atol=1e-5)
+
+
+@pytest.mark.parametrize("architecture", ARCHS)
 def test_padding_changes_neither_loss_nor_real_logits(architecture):
     model = tiny_model(architecture)
     features, tokens = tiny_batch()

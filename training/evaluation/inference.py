@@ -2,6 +2,7 @@
 
 The model is used through a small duck-typed protocol (`encode`, `init_cache`, `decode_step`,
 `max_length`; see `training/models/caption_model.py`), so any model that implements it can be decoded.
+`decode_step` gets the memory of each image once and the rows of its hypotheses consecutively.
 
 Choices shared by both decoders:
 - The whole decode loop (encode, then a `tf.while_loop` over steps with the cache as a loop variable)
@@ -109,8 +110,9 @@ class BeamSearchDecoder:
         batch = features.shape[0]
         rows = batch * beam
         regions = features.shape[1]
-        # Row b * beam + k holds hypothesis k of image b: repeat the memory, build the cache at full size.
-        memory = tf.nest.map_structure(lambda t: tf.repeat(t, beam, axis=0), model.encode(features))
+        # Row b * beam + k holds hypothesis k of image b. The memory stays one per image (the model
+        # groups an image's rows; see `decode_step`); the cache is per row.
+        memory = model.encode(features)
         cache = model.init_cache(rows)
         # Only hypothesis 0 starts alive (the others at -inf), so step 0 does not expand `beam` copies of it.
         first = tf.one_hot(0, beam, on_value=0.0, off_value=-np.inf)

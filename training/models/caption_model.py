@@ -158,6 +158,9 @@ class CaptionModel(keras.Model):
     def decode_step(self, tokens, step, memory, cache):
         """tokens (B,) int at position `step` (int32 scalar, 0-based) -> (logits, cache, attention).
 
+        `memory` is `encode` of B / k images, k dividing B: rows i * k .. i * k + k - 1 are image i's
+        (beam search passes each image's memory once for its k hypotheses; k = 1 otherwise).
+
         logits (B, vocab_size) float32 predict the token at step + 1; attention (B, R) float32
         is the last layer's cross-attention averaged over heads (transformer) or the
         Bahdanau weights (LSTM).

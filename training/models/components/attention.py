@@ -126,12 +126,18 @@ class BahdanauAttention(keras.layers.Layer):
         return self.region_dense(regions)
 
     def attend(self, query, region_keys, regions):
-        """query (B, Q) -> context (B, D) and weights (B, R) in float32."""
-        hidden = ops.tanh(region_keys + ops.expand_dims(self.query_dense(query), 1))
+        """query (B, Q) -> context (B, D) and weights (B, R) in float32.
+
+        region_keys (B / k, R, units) and regions (B / k, R, D) may hold one image per k
+        consecutive queries (beam search: an image's k hypotheses), so they are not repeated k times.
+        """
+        images = ops.shape(regions)[0]
+        grouped = ops.reshape(self.query_dense(query), (images, -1, 1, self.units))  # (images, k, 1, units)
+        hidden = ops.tanh(ops.expand_dims(region_keys, 1) + grouped)  # (images, k, R, units)
         scores = ops.cast(ops.squeeze(self.score_dense(hidden), -1), "float32")
-        weights = _softmax(scores)
-        context = ops.sum(ops.expand_dims(ops.cast(weights, regions.dtype), -1) * regions, axis=1)
-        return context, weights
+        weights = _softmax(scores)  # (images, k, R)
+        context = ops.matmul(ops.cast(weights, regions.dtype), regions)  # (images, k, D)
+        return ops.reshape(context, (-1, ops.shape(regions)[-1])), ops.reshape(weights, (-1, ops.shape(regions)[1]))
 
     def call(self, query, regions):
         return self.attend(query, self.region_keys(regions), regions)

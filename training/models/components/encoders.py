@@ -154,7 +154,8 @@ class TransformerDecoderBlock(keras.layers.Layer):
         return self._feed_forward(x, training)
 
     def decode_step(self, x, step, region_kv, cache_kv):
-        """One position: x (B, 1, D) at index `step`; cache_kv holds (B, H, max_length, D/H) buffers.
+        """One position: x (B, 1, D) at index `step`; cache_kv holds (B, H, max_length, D/H) buffers;
+        region_kv (B / k, H, R, D/H) for k rows per image (k divides B).
 
         Returns the new x, the updated (keys, values) buffers and the cross-attention
         weights (B, H, 1, R).
@@ -171,8 +172,13 @@ class TransformerDecoderBlock(keras.layers.Layer):
         visible = slots <= step
         out, _ = self.self_attention.attend(h, keys, values, attention_mask=visible, training=False)
         x = x + out
-        out, weights = self.cross_attention.attend(self.cross_norm(x), *region_kv, training=False)
-        x = x + out
+        # region_kv may hold one image per k consecutive rows (beam search: its k hypotheses). The
+        # k rows then attend as k queries of that image, so its keys/values are read once, not k times.
+        images = ops.shape(region_kv[0])[0]
+        grouped = ops.reshape(self.cross_norm(x), (images, -1, self.hidden_dim))  # (images, k, D)
+        out, weights = self.cross_attention.attend(grouped, *region_kv, training=False)
+        x = x + ops.reshape(out, ops.shape(x))
+        weights = ops.reshape(ops.transpose(weights, (0, 2, 1, 3)), (-1, self.num_heads, 1, ops.shape(weights)[-1]))
         return self._feed_forward(x, training=False), (keys, values), weights
 
     def get_config(self):
