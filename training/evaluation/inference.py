@@ -116,14 +116,17 @@ class BeamSearchDecoder:
         cache = model.init_cache(rows)
         # Only hypothesis 0 starts alive (the others at -inf), so step 0 does not expand `beam` copies of it.
         first = tf.one_hot(0, beam, on_value=0.0, off_value=-np.inf)
+        history = lambda dtype: tf.TensorArray(dtype, size=steps)  # noqa: E731
         state = dict(
             step=tf.constant(0, tf.int32),
             tokens=tf.fill([rows], tf.cast(self.tokenizer.start_id, tf.int32)),
             log_prob=tf.tile(first, [batch]),
             length=tf.zeros([rows], tf.int32),
             finished=tf.zeros([rows], tf.bool),
-            sequence=tf.fill([rows, steps], tf.cast(self.tokenizer.pad_id, tf.int32)),
-            attention=tf.zeros([rows, steps, regions], tf.float32),
+            # Per step, written once and never reordered: each row's token, the row it extends
+            # (its parent) and the attention that row's step computed. A caption is read back
+            # along its parents at the end, so a step costs the same whatever the caption length.
+            chosen=history(tf.int32), parents=history(tf.int32), attention=history(tf.float32),
         )
 
         def not_done(state, cache):
@@ -134,9 +137,29 @@ class BeamSearchDecoder:
 
         state, _ = tf.while_loop(not_done, body, (state, cache))
         best = tf.range(batch) * beam  # top_k leaves each image's hypotheses sorted, best first
-        picked = {k: tf.gather(state[k], best) for k in ("sequence", "log_prob", "length", "finished", "attention")}
+        picked = {k: tf.gather(state[k], best) for k in ("log_prob", "length", "finished")}
+        picked["sequence"], picked["attention"] = self._backtrack(state, best, regions)
         picked["normalized"] = picked["log_prob"] / length_penalty(picked["length"], self.alpha)
         return picked
+
+    def _backtrack(self, state, rows, regions):
+        """The tokens (B, max_length) and attention (B, max_length, regions) of `rows` at the last step,
+        read back through the parents; steps never reached are padding and zeros."""
+        taken = state["step"]
+        tokens = tf.TensorArray(tf.int32, size=taken)
+        attention = tf.TensorArray(tf.float32, size=taken)
+
+        def back(step, rows, tokens, attention):
+            parents = state["parents"].read(step)
+            tokens = tokens.write(step, tf.gather(state["chosen"].read(step), rows))
+            attention = attention.write(step, tf.gather(state["attention"].read(step), tf.gather(parents, rows)))
+            return step - 1, tf.gather(parents, rows), tokens, attention
+
+        _, _, tokens, attention = tf.while_loop(lambda step, *_: step >= 0, back, (taken - 1, rows, tokens, attention))
+        missing = self.max_length - taken
+        sequence = tf.pad(tf.transpose(tokens.stack()), [[0, 0], [0, missing]], constant_values=self.tokenizer.pad_id)
+        attention = tf.pad(tf.transpose(attention.stack(), (1, 0, 2)), [[0, 0], [0, missing], [0, 0]])
+        return tf.ensure_shape(sequence, [None, self.max_length]), tf.ensure_shape(attention, [None, self.max_length, regions])
 
     def _step(self, state, cache, memory, batch):
         beam, step, pad = self.beam_size, state["step"], self.tokenizer.pad_id
@@ -149,23 +172,29 @@ class BeamSearchDecoder:
         finished = state["finished"][:, None]
         total = state["log_prob"][:, None] + tf.where(finished, only_pad, log_probs + banned)
         length = state["length"] + tf.cast(tf.logical_not(state["finished"]), tf.int32)
-        ranked = total / length_penalty(length, self.alpha)[:, None]
-        # Best `beam` of the beam * vocab candidates of each image; argmax for beam 1 (greedy).
-        top, index = tf.math.top_k(tf.reshape(ranked, [batch, beam * vocab]), k=beam)
-        parent = tf.reshape(index // vocab + tf.range(batch)[:, None] * beam, [-1])
-        tokens = tf.reshape(index % vocab, [-1])
-        if beam > 1:  # reorder everything that belongs to a hypothesis by its parent row
+        if beam == 1:  # greedy: each row continues itself
+            tokens = tf.argmax(total, axis=-1, output_type=tf.int32)
+            parent = tf.range(batch)
+            log_prob, finished = tf.reduce_max(total, axis=-1), state["finished"]
+        else:
+            ranked = total / length_penalty(length, self.alpha)[:, None]
+            # Best `beam` of the beam * vocab candidates of each image.
+            top, index = tf.math.top_k(tf.reshape(ranked, [batch, beam * vocab]), k=beam)
+            parent = tf.reshape(index // vocab + tf.range(batch)[:, None] * beam, [-1])
+            tokens = tf.reshape(index % vocab, [-1])
+            # Reorder what belongs to a hypothesis by its parent row.
             cache = tf.nest.map_structure(lambda t: tf.gather(t, parent), cache)
-        at_step = tf.one_hot(step, self.max_length, on_value=True, off_value=False)[None]
+            log_prob = tf.gather(tf.reshape(total, [-1]), parent * vocab + tokens)
+            length, finished = tf.gather(length, parent), tf.gather(state["finished"], parent)
         state = dict(
             step=step + 1,
             tokens=tokens,
-            log_prob=tf.gather(tf.reshape(total, [-1]), parent * vocab + tokens),
-            length=tf.gather(length, parent),
-            finished=tf.logical_or(tf.gather(state["finished"], parent), tokens == self.tokenizer.end_id),
-            sequence=tf.where(at_step, tokens[:, None], tf.gather(state["sequence"], parent)),
-            attention=tf.where(at_step[..., None], tf.gather(tf.cast(attention, tf.float32), parent)[:, None],
-                               tf.gather(state["attention"], parent)),
+            log_prob=log_prob,
+            length=length,
+            finished=tf.logical_or(finished, tokens == self.tokenizer.end_id),
+            chosen=state["chosen"].write(step, tokens),
+            parents=state["parents"].write(step, parent),
+            attention=state["attention"].write(step, tf.cast(attention, tf.float32)),
         )
         return state, cache
 
