@@ -77,11 +77,17 @@ def test_decode_step_matches_full_call(architecture):
     def decode_all(features, tokens):
         # A graph-mode loop over a tensor step, as the decoders run it.
         memory = model.encode(features)
-        cache = model.init_cache(tf.shape(features)[0])
-        steps = tf.TensorArray(tf.float32, size=tf.shape(tokens)[1])
-        for step in tf.range(tf.shape(tokens)[1]):
+
+        def body(step, cache, steps):
             logits, cache, _ = model.decode_step(tokens[:, step], step, memory, cache)
-            steps = steps.write(step, logits)
+            return step + 1, cache, steps.write(step, logits)
+
+        cache = model.init_cache(tf.shape(features)[0])
+        # The transformer's cache grows by a position per step.
+        grows = tf.nest.map_structure(lambda c: tf.TensorShape([None] * (c.shape.rank - 1) + c.shape[-1:]), cache)
+        steps = tf.TensorArray(tf.float32, size=tf.shape(tokens)[1])
+        _, _, steps = tf.while_loop(lambda step, *_: step < tf.shape(tokens)[1], body, (0, cache, steps),
+                                    shape_invariants=(tf.TensorShape([]), grows, tf.TensorShape(None)))
         return tf.transpose(steps.stack(), (1, 0, 2))
 
     stepped = decode_all(features, tokens).numpy()

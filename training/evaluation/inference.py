@@ -135,7 +135,10 @@ class BeamSearchDecoder:
         def body(state, cache):
             return self._step(state, cache, memory, batch)
 
-        state, _ = tf.while_loop(not_done, body, (state, cache))
+        # The cache may grow along any axis but the last (the transformer's appends a step each time).
+        grows = tf.nest.map_structure(lambda t: tf.TensorShape([None] * (t.shape.rank - 1) + t.shape[-1:]), cache)
+        keep = tf.nest.map_structure(lambda t: t.shape if isinstance(t, tf.Tensor) else tf.TensorShape(None), state)
+        state, _ = tf.while_loop(not_done, body, (state, cache), shape_invariants=(keep, grows))
         best = tf.range(batch) * beam  # top_k leaves each image's hypotheses sorted, best first
         picked = {k: tf.gather(state[k], best) for k in ("log_prob", "length", "finished")}
         picked["sequence"], picked["attention"] = self._backtrack(state, best, regions)

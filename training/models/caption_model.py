@@ -145,11 +145,12 @@ class CaptionModel(keras.Model):
     def init_cache(self, batch_size):
         """Empty decoding state for `batch_size` sequences (int or scalar tensor).
 
-        transformer: {"keys": (...), "values": (...)}, per layer (B, heads, max_length, hidden/heads) zeros
+        transformer: {"keys": (...), "values": (...)}, per layer (B, heads, 0, hidden/heads): each
+            decode_step appends a position, so in a loop only the last axis keeps its size
         lstm_attention: {"h": (B, hidden), "c": (B, hidden)} zeros
         """
         if self.architecture == "transformer":
-            shape = (batch_size, self.num_heads, self.max_length, self.hidden_dim // self.num_heads)
+            shape = (batch_size, self.num_heads, 0, self.hidden_dim // self.num_heads)
             buffers = tuple(ops.zeros(shape, dtype=self.compute_dtype) for _ in self.decoder_blocks)
             return {"keys": buffers, "values": tuple(ops.zeros_like(b) for b in buffers)}
         h, c = self.lstm.initial_state(batch_size)
