@@ -173,9 +173,7 @@ class CaptionModel(keras.Model):
             new_keys, new_values = [], []
             for i, block in enumerate(self.decoder_blocks):
                 region_kv = (memory["keys"][i], memory["values"][i])
-                x, (keys, values), weights = block.decode_step(
-                    x, step, region_kv, (cache["keys"][i], cache["values"][i])
-                )
+                x, (keys, values), weights = block.decode_step(x, region_kv, (cache["keys"][i], cache["values"][i]))
                 new_keys.append(keys)
                 new_values.append(values)
             logits = self.output_layer(self.final_norm(x))[:, 0]

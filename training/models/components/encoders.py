@@ -11,9 +11,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from training.models.components.dropout import Dropout
-
 from training.models.components.attention import BahdanauAttention, MultiHeadCrossAttention
+from training.models.components.dropout import Dropout
 
 
 @keras.saving.register_keras_serializable(package="training")
@@ -153,8 +152,8 @@ class TransformerDecoderBlock(keras.layers.Layer):
         x = x + self.dropout_layer(self.cross_attention(h, regions, training=training), training=training)
         return self._feed_forward(x, training)
 
-    def decode_step(self, x, step, region_kv, cache_kv):
-        """One position: x (B, 1, D) at index `step`; cache_kv holds the (B, H, step, D/H) keys and values so far;
+    def decode_step(self, x, region_kv, cache_kv):
+        """One position: x (B, 1, D); cache_kv holds the (B, H, steps so far, D/H) keys and values;
         region_kv (B / k, H, R, D/H) for k rows per image (k divides B).
 
         Returns the new x, the updated (keys, values) buffers and the cross-attention
