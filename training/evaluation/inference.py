@@ -15,6 +15,8 @@ Choices shared by both decoders:
   the demo model) that gave 1.3-1.8x the images/s of one search while the cores were free, and no
   change while other processes kept them busy. Each shard also stops as soon as its own images are
   done. The captions are the same; a batch smaller than 2 x MIN_SHARD_IMAGES is never split.
+  The ops of a step are small, so TensorFlow's intra-op threads cost more than they give: a process
+  that only decodes ran 1.3-2x faster with TF_NUM_INTRAOP_THREADS=1 (process-wide, so not set here).
 - Padding, the start token and the unknown-word token are never emitted: their log-probs are set to
   -inf after the softmax (unk stands for every rare word, so a model often rates it likely, but a
   caption saying "<unk>" tells a reader nothing). Scores stay the model's own log-probabilities over
