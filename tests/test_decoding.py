@@ -230,3 +230,21 @@ def test_large_batches_split_across_cores_decode_like_single_images(tokenizer):
     assert [c.tokens for c in batched[:10]] == [c.tokens for c in alone]
     greedy = GreedyDecoder(model, tokenizer, batch_size=70).decode(many)
     assert [c.tokens for c in greedy] == reference_greedy(model, tokenizer, many, model.max_length)
+
+
+@pytest.mark.parametrize("architecture", ["transformer", "lstm_attention"])
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_caption_models_decode_batches_and_single_images_alike(tokenizer, features, architecture, beam_size):
+    # The real models, through the decoders' loop: an image alone (batch of 1) and in batches of 3, 3, 1.
+    from training.configs import ModelConfig
+    from training.models import build_caption_model
+
+    keras.utils.set_random_seed(3)
+    config = ModelConfig(architecture=architecture, feature_dim=6, embedding_dim=5, hidden_dim=8, num_layers=2,
+                         num_heads=2, ff_dim=16, dropout=0.0)
+    model = build_caption_model(config, tokenizer.vocab_size, max_length=6)
+    decoder = BeamSearchDecoder(model, tokenizer, beam_size=beam_size, batch_size=3)
+    batched, alone = decoder.decode(features), decoder.decode_one_at_a_time(features)
+    assert [c.tokens for c in batched] == [c.tokens for c in alone]
+    np.testing.assert_allclose([c.score for c in batched], [c.score for c in alone], rtol=1e-4)
+    assert all(c.attention.shape == (len(c.tokens), features.shape[1]) for c in batched)

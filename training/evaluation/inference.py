@@ -137,8 +137,11 @@ class BeamSearchDecoder:
         def body(state, cache):
             return self._step(state, cache, memory, batch)
 
-        # The cache may grow along any axis but the last (the transformer's appends a step each time).
-        grows = tf.nest.map_structure(lambda t: tf.TensorShape([None] * (t.shape.rank - 1) + t.shape[-1:]), cache)
+        # The cache may grow along any axis but the first (rows) and the last (the transformer's
+        # appends a step each time); keeping the row count static keeps every step's shapes known.
+        grows = tf.nest.map_structure(
+            lambda t: tf.TensorShape(t.shape[:1] + [None] * (t.shape.rank - 2) + t.shape[-1:]) if t.shape.rank > 1 else t.shape,
+            cache)
         keep = tf.nest.map_structure(lambda t: t.shape if isinstance(t, tf.Tensor) else tf.TensorShape(None), state)
         state, _ = tf.while_loop(not_done, body, (state, cache), shape_invariants=(keep, grows))
         best = tf.range(batch) * beam  # top_k leaves each image's hypotheses sorted, best first
