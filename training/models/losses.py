@@ -77,11 +77,13 @@ class FusedAdam(keras.optimizers.Adam):
         )
 
 
-def compile_caption_model(model: keras.Model, learning_rate: float, clipnorm: float | None = None) -> keras.Model:
-    """Compile with Adam and the masked loss/accuracy; returns the model."""
+def compile_caption_model(model: keras.Model, learning_rate: float, clipnorm: float | None = None,
+                          jit_compile: bool | str = "auto") -> keras.Model:
+    """Compile with Adam and the masked loss/accuracy; `jit_compile` as in keras.Model.compile. Returns the model."""
     model.compile(
         optimizer=FusedAdam(learning_rate=learning_rate, clipnorm=clipnorm),
         loss=masked_sparse_categorical_crossentropy,
         metrics=[masked_accuracy],
+        jit_compile=jit_compile,
     )
     return model

@@ -19,7 +19,7 @@ from training.callbacks.checkpoint import BestModelCheckpoint, ResumeState
 from training.callbacks.metrics import MetricsCallback, ProgressCallback
 from training.configs import Config, ConfigError
 from training.models import build_caption_model
-from training.models.losses import FusedAdam, masked_accuracy, masked_sparse_categorical_crossentropy
+from training.models.losses import compile_caption_model
 from training.utils.io import save_json
 
 log = logging.getLogger("training.trainers")
@@ -70,13 +70,8 @@ def config_fingerprint(config: Config) -> str:
 
 
 def compile_model(model, config: Config) -> None:
-    optimizer = FusedAdam(learning_rate=config.training.learning_rate, clipnorm=config.training.clipnorm)
-    model.compile(
-        optimizer=optimizer,
-        loss=masked_sparse_categorical_crossentropy,
-        metrics=[masked_accuracy],
-        jit_compile=config.training.use_xla,
-    )
+    compile_caption_model(model, config.training.learning_rate, config.training.clipnorm,
+                          jit_compile=config.training.use_xla)
     _build_training_state(model)
 
 
