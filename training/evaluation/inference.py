@@ -158,10 +158,10 @@ class BeamSearchDecoder:
         attention = tf.TensorArray(tf.float32, size=taken)
 
         def back(step, rows, tokens, attention):
-            parents = state["parents"].read(step)
+            parents = tf.gather(state["parents"].read(step), rows)
             tokens = tokens.write(step, tf.gather(state["chosen"].read(step), rows))
-            attention = attention.write(step, tf.gather(state["attention"].read(step), tf.gather(parents, rows)))
-            return step - 1, tf.gather(parents, rows), tokens, attention
+            attention = attention.write(step, tf.gather(state["attention"].read(step), parents))
+            return step - 1, parents, tokens, attention
 
         _, _, tokens, attention = tf.while_loop(lambda step, *_: step >= 0, back, (taken - 1, rows, tokens, attention))
         missing = self.max_length - taken
@@ -187,7 +187,7 @@ class BeamSearchDecoder:
         else:
             ranked = total / length_penalty(length, self.alpha)[:, None]
             # Best `beam` of the beam * vocab candidates of each image.
-            top, index = tf.math.top_k(tf.reshape(ranked, [batch, beam * vocab]), k=beam)
+            _, index = tf.math.top_k(tf.reshape(ranked, [batch, beam * vocab]), k=beam)
             parent = tf.reshape(index // vocab + tf.range(batch)[:, None] * beam, [-1])
             tokens = tf.reshape(index % vocab, [-1])
             # Reorder what belongs to a hypothesis by its parent row.
