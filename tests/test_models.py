@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from training.configs import ModelConfig
+from training.evaluation.inference import cache_shape_invariants
 from training.models import (
     CaptionModel,
     build_caption_model,
@@ -83,11 +84,11 @@ def test_decode_step_matches_full_call(architecture):
             return step + 1, cache, steps.write(step, logits)
 
         cache = model.init_cache(tf.shape(features)[0])
-        # The transformer's cache grows by a position per step.
-        grows = tf.nest.map_structure(lambda c: tf.TensorShape([None] * (c.shape.rank - 1) + c.shape[-1:]), cache)
         steps = tf.TensorArray(tf.float32, size=tf.shape(tokens)[1])
+        # The transformer's cache grows by a position per step.
+        invariants = (tf.TensorShape([]), cache_shape_invariants(cache), tf.TensorShape(None))
         _, _, steps = tf.while_loop(lambda step, *_: step < tf.shape(tokens)[1], body, (0, cache, steps),
-                                    shape_invariants=(tf.TensorShape([]), grows, tf.TensorShape(None)))
+                                    shape_invariants=invariants)
         return tf.transpose(steps.stack(), (1, 0, 2))
 
     stepped = decode_all(features, tokens).numpy()

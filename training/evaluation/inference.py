@@ -57,6 +57,15 @@ def cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def cache_shape_invariants(cache):
+    """tf.while_loop shape invariants for a decode cache: any axis but the first (rows) and the last
+    may change from step to step (the transformer's cache grows by a position each step); keeping
+    the row count static keeps every step's shapes known."""
+    return tf.nest.map_structure(
+        lambda t: tf.TensorShape(t.shape[:1] + [None] * (t.shape.rank - 2) + t.shape[-1:]) if t.shape.rank > 1 else t.shape,
+        cache)
+
+
 class BeamSearchDecoder:
     """Beam search with `beam_size` hypotheses per image, folded into the batch axis (B * beam rows).
 
@@ -137,13 +146,8 @@ class BeamSearchDecoder:
         def body(state, cache):
             return self._step(state, cache, memory, batch)
 
-        # The cache may grow along any axis but the first (rows) and the last (the transformer's
-        # appends a step each time); keeping the row count static keeps every step's shapes known.
-        grows = tf.nest.map_structure(
-            lambda t: tf.TensorShape(t.shape[:1] + [None] * (t.shape.rank - 2) + t.shape[-1:]) if t.shape.rank > 1 else t.shape,
-            cache)
         keep = tf.nest.map_structure(lambda t: t.shape if isinstance(t, tf.Tensor) else tf.TensorShape(None), state)
-        state, _ = tf.while_loop(not_done, body, (state, cache), shape_invariants=(keep, grows))
+        state, _ = tf.while_loop(not_done, body, (state, cache), shape_invariants=(keep, cache_shape_invariants(cache)))
         best = tf.range(batch) * beam  # top_k leaves each image's hypotheses sorted, best first
         picked = {k: tf.gather(state[k], best) for k in ("log_prob", "length", "finished")}
         picked["sequence"], picked["attention"] = self._backtrack(state, best, regions)
