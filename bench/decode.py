@@ -12,9 +12,10 @@ bench's own, made on first use and then reused (about 1-2 minutes on 2 cores): 1
 generated into bench_data/decode/demo_data (seed 0), then the real `python -m training.train --config
 training/config.demo.yaml`, its paths overridden to point into bench_data/decode and trained for
 BENCH_EPOCHS epochs. A short training is honest for speed: each decode step costs the same whatever
-the weights. What the weights do change is where captions end (a batch decodes until its longest
-caption ends; one image alone stops at its own), so the JSON reports mean_caption_steps, the steps an
-image needs on its own (12.6 for the full demo run, 10.5 for the bench's model; at most 18).
+the weights. What the weights do change is where captions end (images leave a batch in groups as
+their search ends, so a batch still steps some done images along and runs until its longest caption
+ends; one image alone stops at its own), so the JSON reports mean_caption_steps, the steps an image
+needs on its own (12.6 for the full demo run, 10.5 for the bench's model; at most 18).
 The images: the first --images rows of that run's feature store (PatchGrid, 64 regions x 192), read
 into memory (float16, as stored) before timing, so no disk reads are timed.
 

@@ -232,6 +232,38 @@ def test_large_batches_split_across_cores_decode_like_single_images(tokenizer):
     assert [c.tokens for c in greedy] == reference_greedy(model, tokenizer, many, model.max_length)
 
 
+class RowCountingModel(TinyRecurrentModel):
+    """TinyRecurrentModel that records how many rows each decode step was given."""
+
+    def __init__(self, *args, **kwargs):
+        self.rows_at_step = tf.Variable(tf.zeros([12], tf.int32))  # max_length steps
+        super().__init__(*args, **kwargs)
+
+    def decode_step(self, tokens, step, memory, cache):
+        self.rows_at_step.scatter_nd_update([[step]], [tf.shape(tokens)[0]])
+        return super().decode_step(tokens, step, memory, cache)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_images_leave_the_batch_when_their_search_is_over(tokenizer, beam_size):
+    many = np.random.default_rng(3).normal(size=(24, 4, 6)).astype(np.float32)
+    model = RowCountingModel(tokenizer.vocab_size, channels=6, seed=4, end_per_step=0.5)
+    decoder = BeamSearchDecoder(model, tokenizer, beam_size=beam_size, length_penalty=0.6, batch_size=24)
+    batched = decoder.decode(many)
+    rows = model.rows_at_step.numpy()
+    taken = int((rows > 0).sum())
+    # The batch shrinks, in groups, as images finish, down to the images of the longest search.
+    assert rows[0] == 24 * beam_size and 0 < rows[taken - 1] < rows[0] and (np.diff(rows[:taken]) <= 0).all()
+    assert len(set(rows[:taken])) > 2
+    alone = decoder.decode_one_at_a_time(many)
+    assert [c.tokens for c in batched] == [c.tokens for c in alone]
+    assert len({len(c.tokens) for c in batched}) > 2  # captions of varied lengths
+    np.testing.assert_allclose([c.score for c in batched], [c.score for c in alone], rtol=1e-5)
+    np.testing.assert_allclose([c.normalized_score for c in batched], [c.normalized_score for c in alone], rtol=1e-5)
+    for b, a in zip(batched, alone):
+        np.testing.assert_allclose(b.attention, a.attention, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("architecture", ["transformer", "lstm_attention"])
 @pytest.mark.parametrize("beam_size", [1, 3])
 def test_caption_models_decode_batches_and_single_images_alike(tokenizer, features, architecture, beam_size):
