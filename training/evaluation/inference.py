@@ -15,11 +15,11 @@ Choices shared by both decoders:
   the demo model) that gave 1.3-1.8x the images/s of one search while the cores were free, and no
   change while other processes kept them busy. The captions are the same; a batch smaller than
   2 x MIN_SHARD_IMAGES is never split.
-- Images leave a search as soon as it is over for them, in groups (see `_search_shard`), so a step
-  costs what the images still searched need rather than what the slowest one does. This is why
-  every leaf of the model's memory holds one image per row of its first axis.
   The ops of a step are small, so TensorFlow's intra-op threads cost more than they give: a process
   that only decodes ran 1.3-2x faster with TF_NUM_INTRAOP_THREADS=1 (process-wide, so not set here).
+- Images leave a search once it is over for them, in groups (see `_search_shard`), so a step
+  costs what the images still searched need rather than what the slowest one does. This is why
+  every leaf of the model's memory holds one image per row of its first axis.
 - Padding, the start token and the unknown-word token are never emitted: their log-probs are set to
   -inf after the softmax (unk stands for every rare word, so a model often rates it likely, but a
   caption saying "<unk>" tells a reader nothing). Scores stay the model's own log-probabilities over
@@ -163,9 +163,9 @@ class BeamSearchDecoder:
             if compact:
                 state["done"] = done = self._images_done(state)
                 # Leaving copies the memory and cache of the images that stay, so it waits until an
-                # eighth of them are done (demo model, 1000 images, batches of 250: beam-3 ran 13-17%
-                # and greedy 10% faster than with no images leaving; a quarter, or any one image done,
-                # gained less).
+                # eighth of them are done (demo model, 1000 images, batches of 250, one process: beam-3
+                # ran ~10% faster than with no images leaving, greedy the same; leaving when a quarter,
+                # or any one image, was done gained less).
                 worth_it = tf.logical_and(8 * tf.reduce_sum(tf.cast(done, tf.int32)) >= tf.size(done),
                                           tf.logical_not(tf.reduce_all(done)))
                 state, cache, memory = tf.cond(worth_it, lambda: self._compact(state, cache, memory, done),
