@@ -60,13 +60,17 @@ def cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def cache_shape_invariants(cache):
+def cache_shape_invariants(cache, rows_change: bool = False):
     """tf.while_loop shape invariants for a decode cache: any axis but the first (rows) and the last
-    may change from step to step (the transformer's cache grows by a position each step); keeping
-    the row count static keeps every step's shapes known."""
-    return tf.nest.map_structure(
-        lambda t: tf.TensorShape(t.shape[:1] + [None] * (t.shape.rank - 2) + t.shape[-1:]) if t.shape.rank > 1 else t.shape,
-        cache)
+    may change from step to step (the transformer's cache grows by a position each step). The row
+    count stays static, which keeps every step's shapes known, unless `rows_change` (rows leave)."""
+    def invariant(t):
+        rows = [None] if rows_change else t.shape[:1]
+        if t.shape.rank < 2:
+            return tf.TensorShape(rows) if t.shape.rank else t.shape
+        return tf.TensorShape(rows + [None] * (t.shape.rank - 2) + t.shape[-1:])
+
+    return tf.nest.map_structure(invariant, cache)
 
 
 class BeamSearchDecoder:
@@ -179,11 +183,8 @@ class BeamSearchDecoder:
                 for k, t in state.items()}
         if compact:
             keep["result"] = tf.nest.map_structure(lambda t: t.shape, state["result"])
-        cache_keep = tf.nest.map_structure(
-            lambda s: tf.TensorShape([None] + s[1:]) if compact and s.rank else s, cache_shape_invariants(cache))
-        memory_keep = tf.nest.map_structure(invariant, memory)
-        state, _, _ = tf.while_loop(not_done, body, (state, cache, memory),
-                                    shape_invariants=(keep, cache_keep, memory_keep))
+        state, _, _ = tf.while_loop(not_done, body, (state, cache, memory), shape_invariants=(
+            keep, cache_shape_invariants(cache, rows_change=compact), tf.nest.map_structure(invariant, memory)))
         picked = self._results(state) if compact else {k: state[k] for k in ("log_prob", "length", "finished")}
         best = tf.range(batch) * beam  # top_k leaves each image's hypotheses sorted, best first
         picked = {k: tf.gather(v, best) for k, v in picked.items()}
