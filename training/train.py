@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -14,10 +15,12 @@ from pathlib import Path
 from training.configs import Config, ConfigError, load_config
 from training.utils import ExperimentTracker, ensure_dir, save_json, set_global_seed, setup_logging
 from training.utils.io import atomic_path, remove_stale_temporaries
+from training.utils import lifecycle
+from training.utils.lifecycle import Terminated, check_rerun, finished_and_unchanged, keep_aside, raise_terminated
 
 log = logging.getLogger("training")
 
-FINAL_MODEL = "image_caption_model_final.keras"
+FINAL_MODEL = lifecycle.FINAL_MODEL
 
 
 def require_path(path: str | None, key: str, kind: str = "file") -> Path:
@@ -31,13 +34,24 @@ def require_path(path: str | None, key: str, kind: str = "file") -> Path:
     return resolved
 
 
+def check_glove_header(path: Path, embedding_dim: int) -> None:
+    """The GloVe file's first line must hold a word and `embedding_dim` numbers (checked before any work)."""
+    with open(path, "rb") as handle:
+        first = handle.readline().rstrip(b"\r\n").rstrip(b" ").split(b" ")
+    if len(first) - 1 != embedding_dim:
+        raise ConfigError(
+            f"{path}: vectors have {len(first) - 1} values (line 1) but embedding_dim is {embedding_dim}; "
+            f"set embedding_dim to {len(first) - 1} or point glove_path at a file of {embedding_dim}-d vectors"
+        )
+
+
 class TrainingPipeline:
     """Load -> clean -> split -> vocabulary -> embeddings -> features -> datasets -> train -> evaluate."""
 
     def __init__(self, config_path: str | Path | Config, overrides: list[str] | None = None, callbacks: list | None = None):
         self.config = config_path if isinstance(config_path, Config) else load_config(config_path, overrides)
         self.callbacks = list(callbacks or [])  # extra Keras callbacks for model.fit
-        self.artifacts_dir = ensure_dir(self.config.data.artifacts_dir)
+        self.artifacts_dir = Path(self.config.data.artifacts_dir)  # created once the inputs are checked
         self.tracker: ExperimentTracker | None = None
 
     # -- data ------------------------------------------------------------------------------------
@@ -54,6 +68,13 @@ class TrainingPipeline:
         split = create_splits(captions, d.train_split, d.val_split, d.test_split, seed=d.seed, file_splits=loader.file_splits)
         log.info("captions: %s", split.summary())
         return split
+
+    def check_inputs(self) -> None:
+        """Fail on a missing images folder or GloVe file, or a GloVe dimension other than embedding_dim."""
+        d = self.config.data
+        require_path(d.images_path, "images_path", kind="folder")
+        if d.glove_path:
+            check_glove_header(require_path(d.glove_path, "glove_path"), self.config.model.embedding_dim)
 
     def extract_features(self, image_ids: list[str]):
         from training.features import FeatureStore, get_feature_extractor
@@ -88,29 +109,43 @@ class TrainingPipeline:
         return DistributedTrainer(self.config, self.artifacts_dir, self.tracker)
 
     def run(self) -> dict:
-        import keras
-
         from training.data.caption_loader import DataSplit, get_max_caption_length
+
+        started = time.perf_counter()
+        c = self.config
+        # Nothing is written to the run folder before the inputs are checked and the rerun allowed.
+        split = self.load_captions()
+        self.check_inputs()
+        fresh = not c.training.resume
+        if not fresh:
+            check_rerun(self.artifacts_dir, c)
+            nothing_to_do = finished_and_unchanged(self.artifacts_dir, c)
+            if nothing_to_do:
+                log.info("%s holds this finished run with this config; nothing to do (%s). "
+                         "A larger epochs extends it.", self.artifacts_dir, nothing_to_do)
+                return {"artifacts_dir": str(self.artifacts_dir), "unchanged": True}
+        import keras  # TensorFlow loads only now: a refused or finished rerun stops in a fraction of a second
+
         from training.data.dataset import DatasetBuilder
         from training.data.tokenizer import Tokenizer
         from training.evaluate import evaluate_split
         from training.utils import configure_precision
 
-        started = time.perf_counter()
-        c = self.config
-        for path in remove_stale_temporaries(self.artifacts_dir):
-            log.info("removed %s, left by an interrupted write", path)
         set_global_seed(c.data.seed)
         configure_precision(c.training.use_mixed_precision)
-        self.tracker = ExperimentTracker(self.artifacts_dir, run_name=c.training.run_name, seed=c.data.seed)
         trainer = self.create_trainer()  # before other TensorFlow work: multi-worker setup requires it
-        if not trainer.is_chief:
-            self.tracker = None
-            trainer.tracker = None
-        else:
+        if fresh and trainer.is_chief:
+            kept = keep_aside(self.artifacts_dir)
+            if kept:
+                log.warning("--fresh: the previous run was moved to %s; the feature store stays for reuse", kept)
+        ensure_dir(self.artifacts_dir)
+        for path in remove_stale_temporaries(self.artifacts_dir):
+            log.info("removed %s, left by an interrupted write", path)
+        if trainer.is_chief:
+            self.tracker = ExperimentTracker(self.artifacts_dir, run_name=c.training.run_name, seed=c.data.seed)
             self.tracker.log_config(c.to_dict())
+        trainer.tracker = self.tracker
 
-        split = self.load_captions()
         store = self.extract_features(list(split.train) + list(split.val) + list(split.test))
         if store.bad_images:
             split = DataSplit(*({k: v for k, v in part.items() if k in store.index} for part in (split.train, split.val, split.test)))
@@ -128,7 +163,8 @@ class TrainingPipeline:
             store.features, store.index, tokenizer, max_length, c.training.batch_size, c.data.seed, pooled=not c.model.use_regions
         )
         model = trainer.build_model(tokenizer.vocab_size, max_length - 1, self.embedding_matrix(tokenizer))
-        trainer.train(model, builder.build(split.train), builder.build(split.val, training=False), callbacks=self.callbacks)
+        trainer.train(model, builder.build(split.train, first_epoch=trainer.initial_epoch), builder.build(split.val, training=False),
+                      callbacks=self.callbacks, steps_per_epoch=builder.steps(split.train))
         if not trainer.is_chief:
             return {}
 
@@ -167,25 +203,27 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a config value, e.g. --set epochs=3 (repeatable)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue the interrupted run in artifacts_dir (the default)")
-    group.add_argument("--fresh", action="store_true", help="ignore any saved state and train from scratch")
+    group.add_argument("--fresh", action="store_true",
+                       help="train from scratch; a run already in artifacts_dir is moved to its previous_runs/ folder (the feature store stays)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     overrides = args.overrides + (["resume=false"] if args.fresh else ["resume=true"] if args.resume else [])
+    previous_handler = signal.signal(signal.SIGTERM, raise_terminated)  # a preempted machine's SIGTERM stops the run like Ctrl-C
     try:
         TrainingPipeline(args.config, overrides).run()
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        print("\nterminated" if isinstance(interrupt, Terminated) else "\ninterrupted", file=sys.stderr)
+        return 143 if isinstance(interrupt, Terminated) else 130
     except Exception as error:  # noqa: BLE001 - one clear line for errors users cause, traceback otherwise
         from training.trainers import NonFiniteLoss, TrainingInterrupted
 
         if isinstance(error, TrainingInterrupted):
             print(f"error: {error}", file=sys.stderr)
-            return 130
+            return 143 if error.terminated else 130
         if isinstance(error, (NonFiniteLoss, FileNotFoundError, ValueError)):
             print(f"error: {error}", file=sys.stderr)
             return 1
@@ -195,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     return 0
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -10,8 +9,10 @@ import shutil
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from training.utils.io import atomic_path, save_json
+from training.utils.lifecycle import MODEL_FILE, STATE_FILE, latest_state
 
 log = logging.getLogger("training.trainers")
 
@@ -44,36 +45,32 @@ class ResumeState(keras.callbacks.Callback):
     """After every epoch, saves model + optimizer and the other callbacks' counters to `directory`.
 
     Each epoch's state goes to a new folder renamed into place when complete, so a kill at any
-    moment leaves the previous epoch's state intact. Put this callback last: it records what the
-    callbacks before it decided at the end of the epoch.
+    moment leaves the previous epoch's state intact; nothing is saved in the middle of an epoch,
+    so the resume point never claims more than was trained. Put this callback last: it records
+    what the callbacks before it decided at the end of the epoch. `identity` (the settings that
+    shaped the weights) and `epochs` (the budget) are stored with each state so a rerun can
+    tell a changed config from an extended one.
     """
 
-    STATE_FILE = "state.json"
-    MODEL_FILE = "model.keras"
+    STATE_FILE = STATE_FILE
+    MODEL_FILE = MODEL_FILE
 
-    def __init__(self, directory, fingerprint: str, tracked: dict[str, keras.callbacks.Callback]):
+    def __init__(self, directory, fingerprint: str, tracked: dict[str, keras.callbacks.Callback],
+                 identity: dict | None = None, epochs: int | None = None):
         super().__init__()
         self.directory = Path(directory)
         self.fingerprint = fingerprint
         self.tracked = tracked  # name -> callback whose counters are saved
+        self.identity = identity
+        self.epochs = epochs
         self.restore_from: dict | None = None
         self.last_saved_epoch = 0
 
     # -- reading -------------------------------------------------------------------------------
     def latest(self) -> tuple[Path, dict] | None:
-        """The newest complete state whose fingerprint matches, or None."""
-        if not self.directory.is_dir():
-            return None
-        for folder in sorted(self.directory.glob("epoch_*"), reverse=True):
-            state_file = folder / self.STATE_FILE
-            if folder.name.endswith(".tmp") or not state_file.is_file():
-                continue
-            state = json.loads(state_file.read_text(encoding="utf-8"))
-            if state.get("fingerprint") != self.fingerprint:
-                log.warning("resume state in %s is from a different configuration; starting afresh", self.directory)
-                return None
-            return folder / self.MODEL_FILE, state
-        return None
+        """The newest complete state: (its model file, its state), or None."""
+        latest = latest_state(self.directory)
+        return (latest[0] / self.MODEL_FILE, latest[1]) if latest else None
 
     def on_train_begin(self, logs=None):
         # Runs after the other callbacks' on_train_begin, which reset their counters.
@@ -91,17 +88,18 @@ class ResumeState(keras.callbacks.Callback):
             counters[name] = {a: (float(v) if isinstance(v, float) or hasattr(v, "dtype") else v) for a, v in values.items() if v is not None}
         return counters
 
-    def save(self, epoch: int, interrupted: bool = False) -> Path:
+    def save(self, epoch: int) -> Path:
         """Write the state of a run whose first `epoch` epochs are complete."""
-        name = f"epoch_{epoch:05d}" + ("_interrupted" if interrupted else "")
+        name = f"epoch_{epoch:05d}"
         final, tmp = self.directory / name, self.directory / f"{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         self.model.save(tmp / self.MODEL_FILE)
         state = {
             "fingerprint": self.fingerprint,
+            "identity": self.identity,
             "epoch": epoch,
-            "interrupted": interrupted,
+            "epochs": self.epochs,
             "callbacks": self._callback_counters(),
         }
         save_json(state, tmp / self.STATE_FILE)
@@ -113,7 +111,32 @@ class ResumeState(keras.callbacks.Callback):
         self.last_saved_epoch = epoch
         return final
 
+    def mark_ended(self, reason: str, **details) -> None:
+        """Record in the newest state that the run ended for good (`early_stopping` or `nan`)."""
+        latest = self.latest()
+        if latest:
+            save_json(dict(latest[1], ended=reason, **details), latest[0].parent / self.STATE_FILE)
+
     def on_epoch_end(self, epoch, logs=None):
         # An epoch that ended in NaN (TerminateOnNaN) must not become the state a rerun resumes from.
         if all(math.isfinite(v) for k, v in (logs or {}).items() if "loss" in k):
             self.save(epoch + 1)
+
+
+class EpochSeeds(keras.callbacks.Callback):
+    """Sets every random seed state of the model (dropout's) from (seed, epoch) when an epoch begins.
+
+    Keras does not save these states, so a resumed process would otherwise draw other dropout
+    masks than an uninterrupted run; drawn from (seed, epoch), epoch k's masks are the same
+    whichever process trains it. The seed states are found among the model's variables.
+    """
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.seed = int(seed)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        states = [v for v in self.model.non_trainable_variables if v.name == "seed_generator_state"]
+        for position, state in enumerate(states):
+            value = np.random.SeedSequence([self.seed, epoch, position]).generate_state(1)[0] % (2**31 - 1)
+            state.assign(np.array([value, 0], dtype=keras.backend.standardize_dtype(state.dtype)))

@@ -45,6 +45,8 @@ class DatasetBuilder:
     - Training batches are drawn from a shuffle of the rows (images) and grouped by length in
       buckets `bucket_width` tokens wide, so a batch pads to little more than its own longest
       row; padding (id 0) is masked out of the loss. bucket_width=None turns bucketing off.
+    - With `first_epoch`, epoch e's shuffle is drawn from (seed, e) alone, so a run resumed in a
+      new process at epoch e sees the very batches an uninterrupted run would.
     - Image features are gathered per batch from the (memory-mapped) store, so the store is
       never loaded whole into memory.
     """
@@ -131,27 +133,34 @@ class DatasetBuilder:
         features = tf.cast(tf.ensure_shape(features, (None,) + self.feature_shape), tf.float32)
         return (features, inputs, positions), targets
 
-    def build(self, captions: dict[str, list[str]], training: bool = True) -> tf.data.Dataset:
+    def build(self, captions: dict[str, list[str]], training: bool = True, first_epoch: int | None = None) -> tf.data.Dataset:
+        """Batches of ((features, inputs, positions), targets).
+
+        training=False: one pass in a fixed order. training=True: one pass, reshuffled (seeded) on
+        every pass. training=True with `first_epoch`: an endless stream of epochs first_epoch,
+        first_epoch + 1, ..., each `self.steps(captions)` batches long and shuffled by (seed, epoch);
+        pass steps_per_epoch=self.steps(captions) to fit.
+        """
         image_rows, lengths, inputs, targets, positions = self.rows(captions)
         if not len(image_rows):
             raise ValueError("no captions to build a dataset from")
         ends = np.cumsum(lengths)
         starts, ends = tf.constant(ends - lengths), tf.constant(ends)
         inputs, targets, positions = (tf.constant(flat) for flat in (inputs, targets, positions))
-
-        def row(index, image_row):
-            span = slice(starts[index], ends[index])
-            return image_row, inputs[span], targets[span], positions[span]
-
-        dataset = tf.data.Dataset.from_tensor_slices((np.arange(len(image_rows)), image_rows))
-        if training:
-            # Shuffle images before bucketing: a full-size buffer gives a true shuffle, and the
-            # seed makes the epoch order repeatable.
-            dataset = dataset.shuffle(len(image_rows), seed=self.seed, reshuffle_each_iteration=True)
-        dataset = dataset.map(row)
+        image_rows_tensor = tf.constant(image_rows)
         rows_per_batch = self.rows_per_batch(captions)
-        if self.bucket_width:
-            boundaries = self._bucket_boundaries(lengths)
+        boundaries = self._bucket_boundaries(lengths)
+        batch_count = self._batch_count(lengths, rows_per_batch)
+
+        def row(index):
+            span = slice(starts[index], ends[index])
+            return image_rows_tensor[index], inputs[span], targets[span], positions[span]
+
+        def batches(order: tf.data.Dataset) -> tf.data.Dataset:
+            """One epoch's batches, rows taken in `order`."""
+            dataset = order.map(row)
+            if not self.bucket_width:
+                return dataset.padded_batch(rows_per_batch)
             dataset = dataset.bucket_by_sequence_length(
                 lambda row, inputs, targets, positions: tf.shape(inputs)[0],
                 bucket_boundaries=boundaries,
@@ -159,13 +168,27 @@ class DatasetBuilder:
             )
             # tf.data cannot know the count of bucketed batches; telling it lets Keras show
             # progress and end the epoch without an "input ran out of data" warning.
-            dataset = dataset.apply(tf.data.experimental.assert_cardinality(self._batch_count(lengths, rows_per_batch)))
+            return dataset.apply(tf.data.experimental.assert_cardinality(batch_count))
+
+        count = len(image_rows)
+        if not training:
+            dataset = batches(tf.data.Dataset.range(count))
+        elif first_epoch is None:
+            # Shuffle images before bucketing: a full-size buffer gives a true shuffle.
+            dataset = batches(tf.data.Dataset.range(count).shuffle(count, seed=self.seed, reshuffle_each_iteration=True))
         else:
-            dataset = dataset.padded_batch(rows_per_batch)
+            dataset = tf.data.Dataset.range(first_epoch, 2**62).flat_map(
+                lambda epoch: batches(tf.data.Dataset.from_tensor_slices(self.epoch_order(count, epoch)))
+            )
         dataset = dataset.map(self._to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+    def epoch_order(self, count: int, epoch) -> tf.Tensor:
+        """The order of `count` rows in epoch `epoch`: a permutation drawn from (seed, epoch) alone."""
+        seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(epoch, tf.int64)])
+        return tf.argsort(tf.random.stateless_uniform([count], seed=seed), stable=True)
 
     def image_batches(self, image_ids: list[str]) -> np.ndarray:
         """Features of the given images, in order, for decoding: float16 as stored (a COCO test split in

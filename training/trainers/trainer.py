@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import os
@@ -15,18 +13,22 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from training.callbacks.checkpoint import BestModelCheckpoint, ResumeState
+from training.callbacks.checkpoint import BestModelCheckpoint, EpochSeeds, ResumeState
 from training.callbacks.metrics import MetricsCallback, ProgressCallback
 from training.configs import Config, ConfigError
 from training.models import build_caption_model
 from training.models.losses import compile_caption_model
-from training.utils.io import save_json
+from training.utils.lifecycle import RunConflict, Terminated, differences, identity_fingerprint, run_identity, training_left
 
 log = logging.getLogger("training.trainers")
 
 
 class TrainingInterrupted(RuntimeError):
-    """Ctrl-C during training: the state was saved and the same command resumes."""
+    """Ctrl-C (or SIGTERM) during training: the last completed epoch stays the resume point."""
+
+    def __init__(self, message: str, terminated: bool = False):
+        super().__init__(message)
+        self.terminated = terminated
 
 
 class NonFiniteLoss(RuntimeError):
@@ -62,11 +64,8 @@ class CallbackFactory:
 
 
 def config_fingerprint(config: Config) -> str:
-    """What must match for a saved state to be resumed: everything but the epoch budget and resume flag."""
-    settings = config.to_dict()
-    for key in ("epochs", "resume", "eval_max_images", "beam_size", "run_name"):
-        settings["training"].pop(key)
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    """What must match for a saved state to be resumed: every key but those that extend or describe a run."""
+    return identity_fingerprint(run_identity(config))
 
 
 def compile_model(model, config: Config) -> None:
@@ -103,6 +102,7 @@ class Trainer:
         self.strategy = self.create_strategy()
         self.initial_epoch = 0
         self._resume_from: dict | None = None
+        self.identity = run_identity(config)
 
     # -- strategy --------------------------------------------------------------------------------
     def create_strategy(self) -> tf.distribute.Strategy:
@@ -124,7 +124,8 @@ class Trainer:
     # -- model -----------------------------------------------------------------------------------
     def _resume_state(self, tracked=None, directory=None) -> ResumeState:
         directory = directory or self.output_dir / "resume"
-        return ResumeState(directory, config_fingerprint(self.config), tracked or {})
+        return ResumeState(directory, identity_fingerprint(self.identity), tracked or {},
+                           identity=self.identity, epochs=self.config.training.epochs)
 
     def build_model(self, vocab_size: int, max_length: int, embedding_matrix=None):
         """A compiled model: resumed from the last completed epoch when allowed, else new."""
@@ -134,6 +135,10 @@ class Trainer:
         with self.strategy.scope():
             if latest:
                 model_path, state = latest
+                changed = differences(state.get("identity") or {}, self.identity)
+                if changed:  # the training command refuses this before writing anything; a library caller gets the same
+                    raise RunConflict(f"{model_path.parent} was trained with other settings: {'; '.join(changed)}. "
+                                      "Use another artifacts_dir, or set resume: false (--fresh).")
                 model = keras.saving.load_model(model_path)
                 self.initial_epoch, self._resume_from = state["epoch"], state
                 log.info("resuming from %s: %d epoch(s) done", model_path.parent, state["epoch"])
@@ -148,7 +153,7 @@ class Trainer:
         checkpoint = CallbackFactory.model_checkpoint(self.checkpoint_path)
         early_stopping = CallbackFactory.early_stopping(t.early_stopping_patience)
         reduce_lr = CallbackFactory.reduce_lr(t.reduce_lr_factor, t.reduce_lr_patience, t.min_learning_rate)
-        callbacks = [keras.callbacks.TerminateOnNaN(), checkpoint, early_stopping, reduce_lr]
+        callbacks = [EpochSeeds(self.config.data.seed), keras.callbacks.TerminateOnNaN(), checkpoint, early_stopping, reduce_lr]
         if self.is_chief:
             callbacks.append(CallbackFactory.tensorboard(self.output_dir / "logs"))
             callbacks.append(CallbackFactory.progress(t.epochs))
@@ -159,13 +164,17 @@ class Trainer:
         return callbacks + [resume], resume
 
     def train(self, model, train_dataset, val_dataset, callbacks: list | None = None,
-              verbose: int | str = "auto") -> keras.callbacks.History | None:
+              verbose: int | str = "auto", steps_per_epoch: int | None = None) -> keras.callbacks.History | None:
         """model.fit from `initial_epoch` to `epochs` with the standard callbacks plus `callbacks`.
 
-        Ctrl-C saves the state before it stops."""
+        `train_dataset` is either one epoch of batches, or an endless stream of epochs starting at
+        `initial_epoch` (DatasetBuilder.build(..., first_epoch=...)) with `steps_per_epoch` batches
+        each. Ctrl-C or SIGTERM stops at once; the last completed epoch stays the resume point."""
         epochs = self.config.training.epochs
-        if self.initial_epoch >= epochs or (self._resume_from or {}).get("finished"):
-            log.info("training already complete (%d epochs); nothing to fit", self.initial_epoch)
+        left, why = training_left(self._resume_from, self.config)
+        if self._resume_from or not left:
+            log.info("%s", why)
+        if not left:
             return None
         standard, resume = self.create_callbacks()
         callbacks = list(callbacks or []) + standard  # user callbacks first: the resume state comes last
@@ -176,31 +185,31 @@ class Trainer:
                 validation_data=val_dataset,
                 epochs=epochs,
                 initial_epoch=self.initial_epoch,
+                steps_per_epoch=steps_per_epoch,
                 callbacks=callbacks,
                 shuffle=False,  # the tf.data pipeline shuffles, by seed
                 verbose=verbose,
             )
-        except KeyboardInterrupt:
-            folder = resume.save(resume.last_saved_epoch, interrupted=True)
+        except KeyboardInterrupt as interrupt:
+            done = resume.last_saved_epoch
+            what = "SIGTERM" if isinstance(interrupt, Terminated) else "interrupted"
+            point = f"epoch {done}'s state in {resume.directory}" if done else "none: no epoch was complete"
             raise TrainingInterrupted(
-                f"interrupted after {resume.last_saved_epoch} complete epoch(s); state saved to {folder}. "
-                "Run the same command again to continue."
+                f"{what} in epoch {done + 1}; nothing was saved from that epoch. The resume point is {point}. "
+                f"Run the same command again to continue (epoch {done + 1} is trained again).",
+                terminated=isinstance(interrupt, Terminated),
             ) from None
         losses = history.history.get("loss", []) + history.history.get("val_loss", [])
         if model.stop_training and any(not math.isfinite(v) for v in losses):
+            resume.mark_ended("nan")
             raise NonFiniteLoss(
                 f"the loss became NaN or infinite in epoch {len(history.epoch) + self.initial_epoch}; "
                 f"the last good model is {self.checkpoint_path}. Lower learning_rate or set clipnorm."
             )
-        self._mark_finished(resume)
+        if resume.tracked["early_stopping"].stopped_epoch:
+            # Only an early stop ends a run for good: a larger `epochs` extends any other.
+            resume.mark_ended("early_stopping", early_stopping_patience=self.config.training.early_stopping_patience)
         return history
-
-    def _mark_finished(self, resume: ResumeState) -> None:
-        # Early stopping ends a run before `epochs`: record it so a rerun does not train on.
-        latest = resume.latest()
-        if latest:
-            state_file = latest[0].parent / ResumeState.STATE_FILE
-            save_json(dict(latest[1], finished=True), state_file)
 
 
 def _symbolic_build_from_one_replica(model, iterator=None, data_batch=None):

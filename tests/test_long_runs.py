@@ -1,0 +1,223 @@
+"""Long runs: a rerun never replaces a run silently, extends it, survives kills and signals, and resumes exactly."""
+
+import csv
+import fnmatch
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import yaml
+
+from helpers import REPO, run_python, tiny_config
+from training.utils.lifecycle import KEPT_BY_FRESH
+
+# Determinism on CPU: deterministic kernels, and no oneDNN (its kernels may sum in a thread-dependent
+# order). PATH holds only the virtualenv, so the evaluation finds no Java and skips METEOR: these
+# tests are about training, and each JVM start would cost ~15 s.
+ENV = {"TF_DETERMINISTIC_OPS": "1", "TF_ENABLE_ONEDNN_OPTS": "0", "PATH": os.path.dirname(sys.executable)}
+
+# A user callback is the public way into the training loop; it times each fault for real.
+FAULTY_RUN = textwrap.dedent(
+    """
+    import os, signal, sys, time, keras
+    from training.train import main, TrainingPipeline
+
+    fault, at_epoch, at_batch = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+
+    class Fault(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+        def on_train_batch_end(self, batch, logs=None):
+            if (self.epoch, batch) != (at_epoch, at_batch):
+                return
+            if fault == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            if fault == "pause":  # the test sends the signal while this epoch is half done
+                open(sys.argv[1] + ".paused", "w").close()
+                time.sleep(120)
+        def on_epoch_end(self, epoch, logs=None):
+            if fault == "worse" and epoch == at_epoch:
+                logs["val_loss"] += 1.0  # no improvement: early stopping with patience 1 ends the run here
+
+    original = TrainingPipeline.__init__
+    def with_fault(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.callbacks.append(Fault())
+    TrainingPipeline.__init__ = with_fault
+    sys.exit(main(["--config", sys.argv[1], *sys.argv[5:]]))
+    """
+)
+
+
+def write_config(path, demo_data, artifacts, **overrides):
+    settings = dict(dropout=0.1, epochs=3, eval_max_images=2, beam_size=1)
+    path.write_text(yaml.safe_dump(tiny_config(demo_data, artifacts, **{**settings, **overrides})))
+    return path
+
+
+def train(config_path, *args, check=True):
+    return run_python(["-m", "training.train", "--config", str(config_path), *args], check=check, env=ENV)
+
+
+def train_with_fault(config_path, fault, epoch=0, batch=0, *args):
+    return run_python(["-c", FAULTY_RUN, str(config_path), fault, str(epoch), str(batch), *args], check=False, env=ENV)
+
+
+def metrics(artifacts):
+    """metrics.csv without the wall time of each epoch."""
+    with open(artifacts / "metrics.csv", newline="") as handle:
+        return [{k: v for k, v in row.items() if k != "epoch_time_seconds"} for row in csv.DictReader(handle)]
+
+
+def digests(folder):
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def resume_points(artifacts):
+    return [(p.name, json.loads((p / "state.json").read_text())["epoch"]) for p in sorted((artifacts / "resume").iterdir())]
+
+
+@pytest.fixture(scope="module")
+def reference(demo_data, tmp_path_factory):
+    """An uninterrupted 3-epoch run: (its config, its artifacts_dir)."""
+    work = tmp_path_factory.mktemp("reference")
+    config = write_config(work / "config.yaml", demo_data, work / "artifacts")
+    train(config)
+    assert len(metrics(work / "artifacts")) == 3
+    return config, work / "artifacts"
+
+
+def copy_of(reference, tmp_path):
+    """The reference run copied to a new folder, with a config pointing there."""
+    config, artifacts = reference
+    shutil.copytree(artifacts, tmp_path / "artifacts")
+    settings = yaml.safe_load(config.read_text())
+    settings["artifacts_dir"] = str(tmp_path / "artifacts")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(settings))
+    return tmp_path / "config.yaml", tmp_path / "artifacts"
+
+
+# -- 0: a rerun never replaces a run silently --------------------------------------------------
+def test_reruns_that_change_nothing_or_fail_leave_every_file_byte_identical(reference, tmp_path):
+    config, artifacts = reference
+    before = digests(artifacts)
+
+    changed = train(config, "--set", "learning_rate=0.002", "--set", "num_layers=2", check=False)
+    assert changed.returncode == 2, changed.stderr[-3000:]
+    assert "learning_rate: 0.003 -> 0.002" in changed.stderr and "num_layers: 1 -> 2" in changed.stderr
+    assert "--fresh" in changed.stderr and "artifacts_dir" in changed.stderr
+    assert str(artifacts / "previous_runs") in changed.stderr
+    assert digests(artifacts) == before
+
+    typo = train(config, "--set", f"captions_file={tmp_path / 'captons.txt'}", check=False)
+    assert typo.returncode == 2 and "'captions_file'" in typo.stderr and "Traceback" not in typo.stderr
+    assert digests(artifacts) == before
+
+    bad_glove = tmp_path / "glove.txt"
+    bad_glove.write_text("the " + " ".join(["0.1"] * 60) + "\n")
+    wrong_dimension = train(config, "--set", f"glove_path={bad_glove}", check=False)
+    assert wrong_dimension.returncode == 2 and "embedding_dim is 50" in wrong_dimension.stderr
+    assert digests(artifacts) == before
+
+    unchanged = train(config, "--set", "resume=true")
+    assert "nothing to do" in unchanged.stderr
+    assert digests(artifacts) == before  # run_summary.json included
+
+
+def test_fresh_moves_the_old_run_aside_and_keeps_the_feature_store(reference, tmp_path):
+    config, artifacts = copy_of(reference, tmp_path)
+    before = digests(artifacts)
+    refused = train(config, "--set", "learning_rate=0.002", check=False)
+    kept = artifacts / refused.stderr.split(f"moved to {artifacts}/")[1].split()[0]
+    features_inode = (artifacts / "features.npy").stat().st_ino
+
+    # --fresh, and a plateau in epoch 2 that early stopping (patience 1) ends the new run at.
+    done = train_with_fault(config, "worse", 1, 0, "--fresh", "--set", "learning_rate=0.002", "--set", "early_stopping_patience=1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"moved to {kept}" in done.stderr
+    stays = lambda name: any(fnmatch.fnmatch(name.split("/")[0], pattern) for pattern in KEPT_BY_FRESH)  # noqa: E731
+    old = {name: digest for name, digest in before.items() if not stays(name)}
+    assert digests(kept) == old  # every file of the old run, byte for byte, where the message said
+    assert (artifacts / "features.npy").stat().st_ino == features_inode  # the store stayed, untouched
+    assert digests(artifacts)["features.npy"] == before["features.npy"]
+    assert len(metrics(artifacts)) == 2 and metrics(artifacts) != metrics(kept)[:2]
+
+    # 1: an early stop ends the run for good; a larger early_stopping_patience reopens it.
+    settings = yaml.safe_load(config.read_text())
+    settings.update(learning_rate=0.002, early_stopping_patience=1)
+    config.write_text(yaml.safe_dump(settings))
+    summary = (artifacts / "run_summary.json").read_bytes()
+    again = train(config)
+    assert "ended by early stopping after epoch 2" in again.stderr and "nothing to do" in again.stderr
+    assert (artifacts / "run_summary.json").read_bytes() == summary
+    reopened = train(config, "--set", "early_stopping_patience=3")
+    assert "reopening the early-stopped run (early_stopping_patience 1 -> 3)" in reopened.stderr
+    assert [row["epoch"] for row in metrics(artifacts)] == ["1", "2", "3"]
+
+
+# -- 1: a larger epochs extends a finished run -------------------------------------------------
+def test_a_larger_epochs_extends_a_finished_run_even_with_its_data_moved(reference, tmp_path):
+    config, artifacts = copy_of(reference, tmp_path)
+    settings = yaml.safe_load(config.read_text())
+    moved_captions = shutil.copy(settings["captions_file"], tmp_path / "captions_moved.txt")
+    done = train(config, "--set", "epochs=5", "--set", f"captions_file={moved_captions}")
+    assert "resuming from" in done.stderr and "extending the finished run from 3 to 5 epochs" in done.stderr
+    rows = metrics(artifacts)
+    assert [row["epoch"] for row in rows] == ["1", "2", "3", "4", "5"]
+    assert rows[:3] == metrics(reference[1])
+    assert resume_points(artifacts) == [("epoch_00005", 5)]
+
+
+# -- 2 and 3: kills and signals; resuming is exact -----------------------------------------------
+def test_resume_after_sigkill_writes_the_metrics_of_an_uninterrupted_run(reference, demo_data, tmp_path):
+    config = write_config(tmp_path / "config.yaml", demo_data, tmp_path / "artifacts")
+    killed = train_with_fault(config, "kill", 1, 1)  # epoch 2, second batch: epoch 1 is complete
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert resume_points(tmp_path / "artifacts") == [("epoch_00001", 1)]
+    assert not (tmp_path / "artifacts" / "image_caption_model_final.keras").exists()
+
+    done = train(config)
+    assert "resuming from" in done.stderr and "1 epoch(s) done" in done.stderr
+    assert metrics(tmp_path / "artifacts") == metrics(reference[1])
+    assert (tmp_path / "artifacts" / "image_caption_model_final.keras").is_file()
+    assert not list((tmp_path / "artifacts" / "resume").glob("*.tmp"))
+
+
+def interrupt_mid_epoch(config, sig):
+    """Run until epoch 2 is half done, send `sig` from outside, and wait for the process to end."""
+    paused = config.with_name(config.name + ".paused")
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2", **ENV)
+    with open(config.with_suffix(".log"), "w+") as log:
+        process = subprocess.Popen([sys.executable, "-c", FAULTY_RUN, str(config), "pause", "1", "2"],
+                                   cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 300
+        while not paused.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert paused.exists(), "the run never reached the middle of epoch 2"
+        process.send_signal(sig)
+        returncode = process.wait(timeout=120)
+        log.seek(0)
+        return returncode, log.read()
+
+
+@pytest.mark.parametrize("sig, returncode", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_mid_epoch_keeps_the_last_complete_epoch_as_the_resume_point(reference, demo_data, tmp_path, sig, returncode):
+    artifacts = tmp_path / "artifacts"
+    config = write_config(tmp_path / "config.yaml", demo_data, artifacts)
+    code, output = interrupt_mid_epoch(config, sig)
+    assert code == returncode, output[-3000:]
+    assert "in epoch 2" in output and "resume point is epoch 1's state" in output and "Traceback" not in output
+    assert resume_points(artifacts) == [("epoch_00001", 1)]  # never the half-trained epoch 2
+    assert [row["epoch"] for row in metrics(artifacts)] == ["1"]
+    if sig == signal.SIGINT:  # resuming is exact: the half-done epoch 2 is trained again from epoch 1's state
+        done = train(config)
+        assert "1 epoch(s) done" in done.stderr
+        assert metrics(artifacts) == metrics(reference[1])
