@@ -177,47 +177,84 @@ def test_a_larger_epochs_extends_a_finished_run_even_with_its_data_moved(referen
 
 
 # -- 2 and 3: kills and signals; resuming is exact -----------------------------------------------
-def test_resume_after_sigkill_writes_the_metrics_of_an_uninterrupted_run(reference, demo_data, tmp_path):
-    config = write_config(tmp_path / "config.yaml", demo_data, tmp_path / "artifacts")
-    killed = train_with_fault(config, "kill", 1, 1)  # epoch 2, second batch: epoch 1 is complete
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    assert resume_points(tmp_path / "artifacts") == [("epoch_00001", 1)]
-    assert not (tmp_path / "artifacts" / "image_caption_model_final.keras").exists()
-
-    done = train(config)
-    assert "resuming from" in done.stderr and "1 epoch(s) done" in done.stderr
-    assert metrics(tmp_path / "artifacts") == metrics(reference[1])
-    assert (tmp_path / "artifacts" / "image_caption_model_final.keras").is_file()
-    assert not list((tmp_path / "artifacts" / "resume").glob("*.tmp"))
-
-
-def interrupt_mid_epoch(config, sig):
-    """Run until epoch 2 is half done, send `sig` from outside, and wait for the process to end."""
+def interrupt_mid_epoch(config, sig, epoch):
+    """Run until epoch `epoch` (from 0) is half done, send `sig` from outside, wait for the end: (returncode, output)."""
     paused = config.with_name(config.name + ".paused")
+    paused.unlink(missing_ok=True)
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2", **ENV)
     with open(config.with_suffix(".log"), "w+") as log:
-        process = subprocess.Popen([sys.executable, "-c", FAULTY_RUN, str(config), "pause", "1", "2"],
+        process = subprocess.Popen([sys.executable, "-c", FAULTY_RUN, str(config), "pause", str(epoch), "2"],
                                    cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 300
         while not paused.exists() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert paused.exists(), "the run never reached the middle of epoch 2"
+        assert paused.exists(), f"the run never reached the middle of epoch {epoch + 1}"
         process.send_signal(sig)
         returncode = process.wait(timeout=120)
         log.seek(0)
         return returncode, log.read()
 
 
-@pytest.mark.parametrize("sig, returncode", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_mid_epoch_keeps_the_last_complete_epoch_as_the_resume_point(reference, demo_data, tmp_path, sig, returncode):
+def test_kill_sigterm_and_sigint_then_resume_write_the_metrics_of_an_uninterrupted_run(reference, demo_data, tmp_path):
     artifacts = tmp_path / "artifacts"
     config = write_config(tmp_path / "config.yaml", demo_data, artifacts)
-    code, output = interrupt_mid_epoch(config, sig)
-    assert code == returncode, output[-3000:]
-    assert "in epoch 2" in output and "resume point is epoch 1's state" in output and "Traceback" not in output
+
+    killed = train_with_fault(config, "kill", 1, 1)  # epoch 2, second batch: epoch 1 is complete
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert resume_points(artifacts) == [("epoch_00001", 1)]
+
+    # Resumed, then SIGTERM (a preempted machine) half-way through epoch 2 again.
+    code, output = interrupt_mid_epoch(config, signal.SIGTERM, epoch=1)
+    assert code == 143, output[-3000:]
+    assert "1 epoch(s) done" in output and "SIGTERM in epoch 2" in output and "Traceback" not in output
+    assert "resume point is epoch 1's state" in output
     assert resume_points(artifacts) == [("epoch_00001", 1)]  # never the half-trained epoch 2
-    assert [row["epoch"] for row in metrics(artifacts)] == ["1"]
-    if sig == signal.SIGINT:  # resuming is exact: the half-done epoch 2 is trained again from epoch 1's state
-        done = train(config)
-        assert "1 epoch(s) done" in done.stderr
-        assert metrics(artifacts) == metrics(reference[1])
+
+    # Resumed, then Ctrl-C half-way through epoch 3.
+    code, output = interrupt_mid_epoch(config, signal.SIGINT, epoch=2)
+    assert code == 130, output[-3000:]
+    assert "interrupted in epoch 3" in output and "resume point is epoch 2's state" in output
+    assert resume_points(artifacts) == [("epoch_00002", 2)]
+    assert [row["epoch"] for row in metrics(artifacts)] == ["1", "2"]
+    assert not (artifacts / "image_caption_model_final.keras").exists()
+
+    done = train(config)
+    assert "2 epoch(s) done" in done.stderr and "continuing the interrupted run: epochs 3 to 3" in done.stderr
+    # Every epoch was trained on the batches, dropout masks and optimizer state of the uninterrupted run.
+    assert metrics(artifacts) == metrics(reference[1])
+    assert (artifacts / "image_caption_model_final.keras").is_file()
+    assert not list((artifacts / "resume").glob("*.tmp"))
+
+
+# -- what a rerun may change, without training -------------------------------------------------
+def test_only_keys_that_shape_the_weights_change_a_runs_identity(demo_data, tmp_path):
+    from training.configs import config_from_dict
+    from training.utils.lifecycle import EXTENDING_KEYS, differences, run_identity
+
+    base = tiny_config(demo_data, tmp_path / "a")
+    identity = run_identity(config_from_dict(base))
+    moved = tmp_path / "captions.txt"
+    shutil.copy(base["captions_file"], moved)
+    extended = dict(base, epochs=30, early_stopping_patience=9, beam_size=5, eval_max_images=None, run_name="x",
+                    artifacts_dir=str(tmp_path / "b"), images_path=str(tmp_path), captions_file=str(moved))
+    assert {"epochs", "early_stopping_patience", "artifacts_dir", "features_dir"} <= EXTENDING_KEYS
+    assert run_identity(config_from_dict(extended)) == identity
+    moved.write_text(moved.read_text().replace("circle", "disc"))
+    changed = run_identity(config_from_dict(dict(base, captions_file=str(moved), hidden_dim=64, seed=7)))
+    lines = differences(identity, changed)
+    assert [line.split(":")[0] for line in lines] == ["captions_file", "hidden_dim", "seed"]
+    assert "hidden_dim: 32 -> 64" in lines and "seed: 42 -> 7" in lines
+
+
+def test_only_an_early_stop_or_a_nan_loss_ends_a_run(demo_data, tmp_path):
+    from training.configs import config_from_dict
+    from training.utils.lifecycle import training_left
+
+    config = config_from_dict(tiny_config(demo_data, tmp_path, epochs=5, early_stopping_patience=2))
+    assert training_left({"epoch": 3, "epochs": 3}, config)[0]  # a finished 3-epoch run extends to 5
+    assert "extending the finished run from 3 to 5" in training_left({"epoch": 3, "epochs": 3}, config)[1]
+    assert not training_left({"epoch": 5, "epochs": 5}, config)[0]
+    stopped = {"epoch": 3, "epochs": 5, "ended": "early_stopping", "early_stopping_patience": 2}
+    assert not training_left(stopped, config)[0]
+    assert training_left(dict(stopped, early_stopping_patience=1), config)[0]  # now patience 2 > 1: reopened
+    assert not training_left({"epoch": 1, "epochs": 5, "ended": "nan"}, config)[0]

@@ -1,8 +1,7 @@
-"""The whole pipeline on a small generated demo set: train, artifacts, resume after SIGKILL, caption, evaluate."""
+"""The whole pipeline on a small generated demo set: train, artifacts, rerun, caption, evaluate (kills and resumes: test_long_runs)."""
 
 import csv
 import json
-import textwrap
 
 import pytest
 import yaml
@@ -72,44 +71,6 @@ def test_evaluate_command_rescores_the_test_split(trained):
     artifacts, _ = trained
     done = run_python(["-m", "training.evaluate", "--artifacts", str(artifacts), "--split", "test", "--beam", "1"])
     assert "bleu1" in done.stdout and "cider" in done.stdout
-
-
-KILL_AT_EPOCH_3 = textwrap.dedent(
-    """
-    import os, signal, sys, keras
-    from training.train import TrainingPipeline
-    from training.utils import setup_logging
-
-    class Kill(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            if self._epoch == 2 and batch == 2:
-                os.kill(os.getpid(), signal.SIGKILL)  # a real kill, mid-epoch, nothing gets to clean up
-        def on_epoch_begin(self, epoch, logs=None):
-            self._epoch = epoch
-
-    setup_logging()
-    TrainingPipeline(sys.argv[1], callbacks=[Kill()]).run()
-    """
-)
-
-
-def test_resume_after_sigkill_continues_at_the_right_epoch(demo_data, tmp_path):
-    artifacts = tmp_path / "artifacts"
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(tiny_config(demo_data, artifacts, epochs=5, early_stopping_patience=10)))
-    killed = run_python(["-c", KILL_AT_EPOCH_3, str(path)], check=False)
-    assert killed.returncode == -9, killed.stderr[-3000:]
-    rows_before = read_metrics(artifacts / "metrics.csv")
-    assert [r["epoch"] for r in rows_before] == ["1", "2"]
-    assert not (artifacts / "image_caption_model_final.keras").exists()
-
-    done = run_python(["-m", "training.train", "--config", str(path)])
-    assert "resuming from" in done.stderr + done.stdout and "2 epoch(s) done" in done.stderr + done.stdout
-    rows_after = read_metrics(artifacts / "metrics.csv")
-    assert [r["epoch"] for r in rows_after] == ["1", "2", "3", "4", "5"]
-    assert rows_after[:2] == rows_before  # the rows written before the kill are kept as they were
-    assert (artifacts / "image_caption_model_final.keras").is_file()
-    assert not list((artifacts / "resume").glob("*.tmp"))
 
 
 def test_same_seed_gives_identical_losses(demo_data, tmp_path):

@@ -76,6 +76,15 @@ class TrainingPipeline:
         if d.glove_path:
             check_glove_header(require_path(d.glove_path, "glove_path"), self.config.model.embedding_dim)
 
+    def check_extractor(self) -> None:
+        """An unknown feature_extractor, or a feature_dim it does not give, stops the run before anything is written."""
+        from training.features import FeatureExtractorRegistry
+
+        m = self.config.model
+        feature_dim = FeatureExtractorRegistry().lookup(m.feature_extractor).FEATURE_DIM
+        if feature_dim and feature_dim != m.feature_dim:
+            raise ConfigError(f"'feature_dim' is {m.feature_dim} but {m.feature_extractor} gives {feature_dim}: set feature_dim: {feature_dim}")
+
     def extract_features(self, image_ids: list[str]):
         from training.features import FeatureStore, get_feature_extractor
 
@@ -134,6 +143,7 @@ class TrainingPipeline:
         set_global_seed(c.data.seed)
         configure_precision(c.training.use_mixed_precision)
         trainer = self.create_trainer()  # before other TensorFlow work: multi-worker setup requires it
+        self.check_extractor()
         if fresh and trainer.is_chief:
             kept = keep_aside(self.artifacts_dir)
             if kept:
