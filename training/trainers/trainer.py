@@ -195,8 +195,8 @@ class Trainer:
             what = "SIGTERM" if isinstance(interrupt, Terminated) else "interrupted"
             point = f"epoch {done}'s state in {resume.directory}" if done else "none: no epoch was complete"
             raise TrainingInterrupted(
-                f"{what} in epoch {done + 1}; nothing was saved from that epoch. The resume point is {point}. "
-                f"Run the same command again to continue (epoch {done + 1} is trained again).",
+                f"{what} in epoch {done + 1}. The resume point is {point}; run the same command again "
+                f"to continue (the half-trained epoch {done + 1} is trained again).",
                 terminated=isinstance(interrupt, Terminated),
             ) from None
         losses = history.history.get("loss", []) + history.history.get("val_loss", [])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import time
 from fnmatch import fnmatch
@@ -19,8 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from training.configs import Config, ConfigError
-
-log = logging.getLogger("training")
 
 # Keys a rerun may change without being refused. Later training stages add their epoch budgets here.
 EXTENDING_KEYS = frozenset({
@@ -44,7 +41,7 @@ PREVIOUS_RUNS = "previous_runs"
 # Files that show a folder holds a (partly) trained run.
 TRAINED_RUN_FILES = (RESUME_DIR, "checkpoint.keras", FINAL_MODEL, "metrics.csv", SUMMARY_FILE)
 # What --fresh leaves in place: the feature store (reused by image id), locks, and older runs.
-KEPT_BY_FRESH = ("features*", ".features*", "*.lock", ".*.lock", PREVIOUS_RUNS)
+KEPT_BY_FRESH = ("features*", ".features*", "*lock*", PREVIOUS_RUNS)
 
 _WHOLE_FILE_LIMIT = 256 << 20  # larger files (GloVe 840B is 5.6 GB) hash their first and last MB
 
