@@ -130,8 +130,7 @@ class TrainingPipeline:
             check_rerun(self.artifacts_dir, c)
             nothing_to_do = finished_and_unchanged(self.artifacts_dir, c)
             if nothing_to_do:
-                log.info("%s holds this finished run with this config; nothing to do (%s). "
-                         "A larger epochs extends it.", self.artifacts_dir, nothing_to_do)
+                log.info("%s holds this finished run with this config; nothing to do: %s", self.artifacts_dir, nothing_to_do)
                 return {"artifacts_dir": str(self.artifacts_dir), "unchanged": True}
         import keras  # TensorFlow loads only now: a refused or finished rerun stops in a fraction of a second
 

@@ -196,7 +196,7 @@ def training_left(state: dict | None, config: Config) -> tuple[bool, str]:
                            "a larger early_stopping_patience reopens it")
         reopened = True
     if done >= t.epochs:
-        return False, f"training already complete ({done} of {t.epochs} epochs): nothing to fit"
+        return False, f"training already complete ({done} of {t.epochs} epochs): nothing to fit; a larger epochs extends it"
     if reopened:
         return True, (f"reopening the early-stopped run (early_stopping_patience {state['early_stopping_patience']} -> "
                       f"{t.early_stopping_patience}): epochs {done + 1} to {t.epochs}")
