@@ -310,6 +310,26 @@ def _resume(directory: Path, wanted: dict):
     return state, features
 
 
+def link_store(store_dir: str | Path, run_dir: str | Path) -> None:
+    """Show the store in `store_dir` inside `run_dir` under the usual names (symbolic links), so tools that
+    read a run folder find its features; a store that grows later stays visible through the links."""
+    run_dir = Path(run_dir)
+    own = [name for name in (FEATURES_FILE, INDEX_FILE) if (run_dir / name).exists() and not (run_dir / name).is_symlink()]
+    if own:
+        raise FeatureStoreConflict(
+            f"{run_dir} holds a feature store of its own ({', '.join(own)}); it is left as it is. Use it "
+            f"(features_dir: {run_dir}), or move those files away to link the store in {store_dir} instead."
+        )
+    for name in (FEATURES_FILE, INDEX_FILE):
+        link, target = run_dir / name, (Path(store_dir) / name).resolve()
+        if link.is_symlink() and link.resolve() == target:
+            continue
+        temporary = run_dir / f".{name}.link.tmp"
+        temporary.unlink(missing_ok=True)
+        temporary.symlink_to(target)
+        os.replace(temporary, link)
+
+
 def _fill(features, state, extractor, images_path, directory: Path, chunk_size: int, verbose: int) -> None:
     """Extract the rows not yet on disk, recording progress after each chunk."""
     image_ids, row = state["image_ids"], state["rows_done"]
