@@ -327,3 +327,21 @@ def test_a_second_builder_waits_for_the_first_and_reuses_its_store(tmp_path):
         assert waiter.is_alive() and not results
     waiter.join(timeout=30)
     assert len(results) == 1 and results[0].image_ids == names
+
+
+def test_a_run_folder_links_to_a_shared_store_but_never_hides_its_own(tmp_path):
+    from training.features.store import link_store
+
+    names = write_images(tmp_path / "images", 3)
+    FeatureStore.build(tmp_path / "shared", get_feature_extractor("PatchGrid"), names, tmp_path / "images", verbose=0)
+    (tmp_path / "run").mkdir()
+    link_store(tmp_path / "shared", tmp_path / "run")
+    link_store(tmp_path / "shared", tmp_path / "run")  # again: nothing to do
+    assert FeatureStore.open(tmp_path / "run").image_ids == names
+    assert (tmp_path / "run" / "features.npy").is_symlink()
+
+    FeatureStore.build(tmp_path / "own", get_feature_extractor("PatchGrid"), names[:1], tmp_path / "images", verbose=0)
+    before = (tmp_path / "own" / "features.npy").read_bytes()
+    with pytest.raises(FeatureStoreConflict, match=r"holds a feature store of its own \(features.npy, features_index.json\)"):
+        link_store(tmp_path / "shared", tmp_path / "own")
+    assert (tmp_path / "own" / "features.npy").read_bytes() == before and not (tmp_path / "own" / "features.npy").is_symlink()

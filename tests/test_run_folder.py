@@ -135,3 +135,18 @@ def test_one_run_per_folder_and_a_killed_run_does_not_block(demo_data, tmp_path)
     assert json.loads((artifacts / "run_summary.json").read_text())["metadata"]["run_name"] != "intruder"
     assert json.loads((artifacts / "config_snapshot.json").read_text())["training"]["run_name"] is None
     assert not (artifacts / ".run.lock.json").exists()  # the holder's details go with it
+
+
+def test_only_the_chief_of_a_multi_worker_run_holds_the_folder(monkeypatch):
+    from training.configs import config_from_dict
+    from training.train import _is_chief_task
+
+    def chief(task, cluster, distribution="multi_worker"):
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": task}))
+        return _is_chief_task(config_from_dict({"distribution": distribution}))
+
+    workers = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    assert chief({"type": "worker", "index": 0}, workers) and not chief({"type": "worker", "index": 1}, workers)
+    with_chief = dict(workers, chief=["127.0.0.1:3"])
+    assert chief({"type": "chief", "index": 0}, with_chief) and not chief({"type": "worker", "index": 0}, with_chief)
+    assert chief({"type": "worker", "index": 1}, workers, distribution="none")  # TF_CONFIG unused without multi_worker
