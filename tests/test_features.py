@@ -304,6 +304,8 @@ def test_extraction_killed_midway_resumes_to_the_same_array(tmp_path, caplog):
                                      tmp_path / "images", chunk_size=4, verbose=0)
     resumed_at = re.search(r"resuming feature extraction in .* at row (\d+) of 20", caplog.text)
     assert resumed_at and 8 <= int(resumed_at.group(1)) <= 12  # where the killed run stopped, not row 0
+    rows_on_disk = int(resumed_at.group(1))
+    assert (resumed.reused, resumed.extracted) == (rows_on_disk, 20 - rows_on_disk)
     assert visible_files(store_dir) == ["features.npy", "features_index.json"]
 
     fresh = FeatureStore.build(tmp_path / "fresh", get_feature_extractor("PatchGrid", batch_size=4), names,

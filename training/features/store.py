@@ -177,11 +177,12 @@ class FeatureStore:
     @classmethod
     def _build(cls, directory, extractor, image_ids, images_path, chunk_size, max_bad_fraction, verbose):
         wanted = recipe(extractor)
-        extracted = 0
+        extracted, resumed = 0, set()
         state, features = _resume(directory, wanted)
         if state is not None:
             logger.info("resuming feature extraction in %s at row %d of %d", directory, state["rows_done"], len(features))
-            extracted += len(features) - state["rows_done"]
+            resumed = set(state["image_ids"][state["rows_done"]:])
+            extracted += len(resumed)
             _fill(features, state, extractor, images_path, directory, chunk_size, verbose)
             del features  # unmaps the file before it is renamed
             _publish(directory, state)
@@ -206,7 +207,8 @@ class FeatureStore:
             save_json(dict(index, bad_images=bad_images), directory / INDEX_FILE)
 
         store = cls.open(directory)
-        store.reused, store.extracted, store.skipped = len(image_ids) - len(missing), extracted, bad
+        store.reused = sum(1 for image_id in image_ids if image_id in held and image_id not in resumed)
+        store.extracted, store.skipped = extracted, bad
         logger.info(
             "feature store %s (%s): %d image(s) reused, %d extracted%s",
             directory, extractor.name, store.reused, store.extracted,
