@@ -60,7 +60,7 @@ def finished_run(artifacts: Path) -> bool:
 
 def make_bench_model() -> tuple[Path, str]:
     """Train (once) a demo-config model in bench_data/decode/; reused while its recipe is unchanged."""
-    import fcntl
+    from filelock import FileLock
 
     data, artifacts = BENCH_DIR / "demo_data", BENCH_DIR / "artifacts"
     overrides = [f"images_path={data / 'Images'}", f"captions_file={data / 'captions.txt'}",
@@ -75,8 +75,7 @@ def make_bench_model() -> tuple[Path, str]:
             + f" (a {BENCH_EPOCHS}-epoch training: decoding speed per step does not depend on how well the model is trained)")
     (REPO / BENCH_DIR).mkdir(parents=True, exist_ok=True)
     recipe_file = REPO / BENCH_DIR / "recipe.json"
-    with open(REPO / BENCH_DIR / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a second bench started meanwhile waits, then reuses the model
+    with FileLock(REPO / BENCH_DIR / ".lock"):  # a second bench started meanwhile waits, then reuses the model
         if finished_run(REPO / artifacts) and recipe_file.is_file() and json.loads(recipe_file.read_text()) == commands:
             return REPO / artifacts, made
         print(f"making the bench model in {BENCH_DIR} (once; later runs reuse it)", file=sys.stderr, flush=True)

@@ -70,5 +70,6 @@ recorder = BatchLosses()
 # Shuffle off: the test compares the same first batch everywhere.
 train = builder.build(captions, training=False)
 trainer.train(model, train, builder.build(captions, training=False), callbacks=[recorder], verbose=0)
+worker_dir = getattr(trainer, "_worker_dir", None)  # a non-chief worker's temporary folder
 print(json.dumps({"mode": mode, "replicas": trainer.strategy.num_replicas_in_sync, "is_chief": trainer.is_chief,
-                  "batch_losses": recorder.losses}))
+                  "batch_losses": recorder.losses, "worker_dir": worker_dir and str(worker_dir)}))

@@ -27,6 +27,7 @@ from training.features import registry as registry_module
 from training.features.efficientnet import EfficientNetB3Extractor
 from training.features.images import find_bad_images
 from training.features.patches import PatchGridExtractor
+from training.features.store import FeatureStoreConflict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -196,11 +197,12 @@ class CoarsePatchGrid(PatchGridExtractor):
     MIN_IMAGE_SIZE = 16
 
 
-def test_store_round_trips_is_reused_and_rebuilt_when_the_extractor_changes(tmp_path, caplog):
+def test_store_round_trips_and_is_reused(tmp_path, caplog):
     names = write_images(tmp_path / "images", 7)
     extractor = get_feature_extractor("PatchGrid", batch_size=3)
     store = FeatureStore.build(tmp_path / "store", extractor, names, tmp_path / "images", chunk_size=2, verbose=0)
     assert visible_files(tmp_path / "store") == ["features.npy", "features_index.json"]
+    assert (store.reused, store.extracted, store.skipped) == (0, 7, [])
 
     opened = FeatureStore.open(tmp_path / "store")
     assert isinstance(opened.features, np.memmap) and not opened.features.flags.writeable
@@ -215,18 +217,56 @@ def test_store_round_trips_is_reused_and_rebuilt_when_the_extractor_changes(tmp_
     mtime = (tmp_path / "store" / "features.npy").stat().st_mtime_ns
     with caplog.at_level(logging.INFO, logger="training.features.store"):
         again = FeatureStore.build(tmp_path / "store", get_feature_extractor("PatchGrid"), names, tmp_path / "images", verbose=0)
-    assert "reusing" in caplog.text and (tmp_path / "store" / "features.npy").stat().st_mtime_ns == mtime
-    assert again.fingerprint == store.fingerprint
+    assert "7 image(s) reused, 0 extracted" in caplog.text
+    assert (tmp_path / "store" / "features.npy").stat().st_mtime_ns == mtime
+    assert again.fingerprint == store.fingerprint and (again.reused, again.extracted) == (7, 0)
 
-    coarse = FeatureStore.build(tmp_path / "store", CoarsePatchGrid(), names, tmp_path / "images", verbose=0)
-    assert coarse.features.shape == (7, 16, 768) and coarse.extractor_name == "CoarsePatchGrid"
-    assert FeatureStore.open(tmp_path / "store").fingerprint != store.fingerprint
-    # A changed image list also rebuilds.
-    fewer = FeatureStore.build(tmp_path / "store", CoarsePatchGrid(), names[:4], tmp_path / "images", verbose=0)
-    assert fewer.image_ids == names[:4]
+    # Any subset, in any order, is read from the store as it is: the rows depend on the image alone.
+    fewer = FeatureStore.build(tmp_path / "store", extractor, names[5:1:-1], tmp_path / "images", verbose=0)
+    assert (fewer.reused, fewer.extracted) == (4, 0) and fewer.image_ids == names
+    assert (tmp_path / "store" / "features.npy").stat().st_mtime_ns == mtime
 
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere")):
         FeatureStore.open(tmp_path / "nowhere")
+
+
+def test_new_images_are_appended_and_old_rows_kept(tmp_path):
+    names = write_images(tmp_path / "images", 9)
+    extractor = get_feature_extractor("PatchGrid", batch_size=2)
+    first = FeatureStore.build(tmp_path / "store", extractor, names[:5], tmp_path / "images", verbose=0)
+    old_rows = np.array(first.features)
+    # Two of the requested images are new, one of them unreadable for now.
+    (tmp_path / "images" / names[7]).write_bytes(b"")
+    grown = FeatureStore.build(tmp_path / "store", extractor, [names[6], names[7], *names[:3]], tmp_path / "images",
+                               max_bad_fraction=0.5, verbose=0)
+    assert (grown.reused, grown.extracted) == (3, 1)
+    assert [b["image"] for b in grown.skipped] == [names[7]] and "empty" in grown.skipped[0]["reason"]
+    assert grown.image_ids == names[:5] + [names[6]] and [b["image"] for b in grown.bad_images] == [names[7]]
+    np.testing.assert_array_equal(np.asarray(grown.features[:5]), old_rows)
+    expected = extractor.extract_features([names[6]], tmp_path / "images", verbose=0)[names[6]]
+    np.testing.assert_array_equal(grown.get(names[6]), expected)
+    assert visible_files(tmp_path / "store") == ["features.npy", "features_index.json"]
+
+    # The unreadable image is tried again; fixed, it is extracted and leaves the bad list.
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "images" / "fixed.png")
+    os.replace(tmp_path / "images" / "fixed.png", tmp_path / "images" / names[7])
+    fixed = FeatureStore.build(tmp_path / "store", extractor, [names[7]], tmp_path / "images", verbose=0)
+    assert (fixed.reused, fixed.extracted, fixed.skipped, fixed.bad_images) == (0, 1, [], [])
+    assert fixed.image_ids[-1] == names[7] and len(fixed) == 7
+
+
+def test_a_store_of_other_settings_is_never_replaced(tmp_path):
+    names = write_images(tmp_path / "images", 4)
+    FeatureStore.build(tmp_path / "store", get_feature_extractor("PatchGrid"), names, tmp_path / "images", verbose=0)
+    before = {name: (tmp_path / "store" / name).read_bytes() for name in visible_files(tmp_path / "store")}
+    with pytest.raises(FeatureStoreConflict, match=r"extractor 'PatchGrid' -> 'CoarsePatchGrid'.*features_dir.*delete"):
+        FeatureStore.build(tmp_path / "store", CoarsePatchGrid(), names, tmp_path / "images", verbose=0)
+    with pytest.raises(FeatureStoreConflict, match=r"image_size \[64, 64\] -> \[96, 96\]"):
+        FeatureStore.build(tmp_path / "store", get_feature_extractor("PatchGrid", image_size=(96, 96)), names,
+                           tmp_path / "images", verbose=0)
+    assert {name: (tmp_path / "store" / name).read_bytes() for name in visible_files(tmp_path / "store")} == before
+    coarse = FeatureStore.build(tmp_path / "coarse", CoarsePatchGrid(), names, tmp_path / "images", verbose=0)
+    assert coarse.features.shape == (4, 16, 768) and coarse.fingerprint != FeatureStore.open(tmp_path / "store").fingerprint
 
 
 @pytest.mark.slow
@@ -264,6 +304,8 @@ def test_extraction_killed_midway_resumes_to_the_same_array(tmp_path, caplog):
                                      tmp_path / "images", chunk_size=4, verbose=0)
     resumed_at = re.search(r"resuming feature extraction in .* at row (\d+) of 20", caplog.text)
     assert resumed_at and 8 <= int(resumed_at.group(1)) <= 12  # where the killed run stopped, not row 0
+    rows_on_disk = int(resumed_at.group(1))
+    assert (resumed.reused, resumed.extracted) == (rows_on_disk, 20 - rows_on_disk)
     assert visible_files(store_dir) == ["features.npy", "features_index.json"]
 
     fresh = FeatureStore.build(tmp_path / "fresh", get_feature_extractor("PatchGrid", batch_size=4), names,
@@ -287,3 +329,21 @@ def test_a_second_builder_waits_for_the_first_and_reuses_its_store(tmp_path):
         assert waiter.is_alive() and not results
     waiter.join(timeout=30)
     assert len(results) == 1 and results[0].image_ids == names
+
+
+def test_a_run_folder_links_to_a_shared_store_but_never_hides_its_own(tmp_path):
+    from training.features.store import link_store
+
+    names = write_images(tmp_path / "images", 3)
+    FeatureStore.build(tmp_path / "shared", get_feature_extractor("PatchGrid"), names, tmp_path / "images", verbose=0)
+    (tmp_path / "run").mkdir()
+    link_store(tmp_path / "shared", tmp_path / "run")
+    link_store(tmp_path / "shared", tmp_path / "run")  # again: nothing to do
+    assert FeatureStore.open(tmp_path / "run").image_ids == names
+    assert (tmp_path / "run" / "features.npy").is_symlink()
+
+    FeatureStore.build(tmp_path / "own", get_feature_extractor("PatchGrid"), names[:1], tmp_path / "images", verbose=0)
+    before = (tmp_path / "own" / "features.npy").read_bytes()
+    with pytest.raises(FeatureStoreConflict, match=r"holds a feature store of its own \(features.npy, features_index.json\)"):
+        link_store(tmp_path / "shared", tmp_path / "own")
+    assert (tmp_path / "own" / "features.npy").read_bytes() == before and not (tmp_path / "own" / "features.npy").is_symlink()

@@ -119,7 +119,7 @@ def test_run_summary_shape(tmp_path):
     tracker.log_bleu_scores(bleu4=0.25)
     tracker.log_scores(meteor=0.2, rouge_l=0.4, cider=np.float64(0.6))
     tracker.log_artifact("model", tmp_path / "model.keras")
-    tracker.log_bad_images(["broken.jpg"])
+    tracker.log_bad_images(["broken.jpg", {"image": "empty.jpg", "path": tmp_path / "empty.jpg", "reason": "empty file"}])
     tracker.finalize()
 
     summary = json.loads((tmp_path / "run" / "run_summary.json").read_text())  # strict JSON: NaN became null
@@ -138,7 +138,8 @@ def test_run_summary_shape(tmp_path):
     assert summary["bleu_scores"] == {"test_bleu4": 0.25}
     assert summary["scores"] == {"meteor": 0.2, "rouge_l": 0.4, "cider": 0.6}
     assert summary["artifacts"] == {"model": str(tmp_path / "model.keras")}
-    assert summary["bad_images"] == ["broken.jpg"]
+    assert summary["bad_images"] == [{"image": "broken.jpg", "path": None, "reason": None},
+                                     {"image": "empty.jpg", "path": str(tmp_path / "empty.jpg"), "reason": "empty file"}]
     assert read_csv(tmp_path / "run" / "metrics.csv")[1][1] == "nan"  # the CSV keeps the NaN visible
     assert not list((tmp_path / "run").glob(".*tmp*"))  # atomic writes left no temporary files
 

@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -70,8 +72,9 @@ class TrainingPipeline:
         return split
 
     def check_inputs(self) -> None:
-        """Fail on a missing images folder or GloVe file, or a GloVe dimension other than embedding_dim."""
+        """Fail on a missing captions file, images folder or GloVe file, or a GloVe dimension other than embedding_dim."""
         d = self.config.data
+        require_path(d.captions_file, "captions_file")
         require_path(d.images_path, "images_path", kind="folder")
         if d.glove_path:
             check_glove_header(require_path(d.glove_path, "glove_path"), self.config.model.embedding_dim)
@@ -87,6 +90,7 @@ class TrainingPipeline:
 
     def extract_features(self, image_ids: list[str]):
         from training.features import FeatureStore, get_feature_extractor
+        from training.features.store import FeatureStoreConflict, link_store
 
         m = self.config.model
         images_path = require_path(self.config.data.images_path, "images_path", kind="folder")
@@ -95,9 +99,21 @@ class TrainingPipeline:
             raise ConfigError(
                 f"'feature_dim' is {m.feature_dim} but {m.feature_extractor} gives {extractor.FEATURE_DIM}: set feature_dim: {extractor.FEATURE_DIM}"
             )
-        return FeatureStore.build(
-            self.artifacts_dir, extractor, image_ids, images_path, max_bad_fraction=self.config.data.max_bad_image_fraction
-        )
+        features_dir = Path(self.config.data.features_dir or self.artifacts_dir)
+        try:
+            store = FeatureStore.build(
+                features_dir, extractor, image_ids, images_path, max_bad_fraction=self.config.data.max_bad_image_fraction
+            )
+            if features_dir.resolve() != self.artifacts_dir.resolve():  # a shared store: the run folder links to it
+                link_store(features_dir, self.artifacts_dir)
+        except FeatureStoreConflict as error:
+            raise ConfigError(f"'features_dir': {error}") from None
+        if store.skipped:
+            shown = "".join(f"\n  {entry['path']}: {entry['reason']}" for entry in store.skipped[:5])
+            more = f"\n  ... and {len(store.skipped) - 5} more" if len(store.skipped) > 5 else ""
+            log.warning("skipping %d unreadable image(s) of %d (max_bad_image_fraction=%s):%s%s", len(store.skipped),
+                        len(image_ids), self.config.data.max_bad_image_fraction, shown, more)
+        return store
 
     def embedding_matrix(self, tokenizer):
         from training.data.tokenizer import GloVeEmbeddings
@@ -118,13 +134,22 @@ class TrainingPipeline:
         return DistributedTrainer(self.config, self.artifacts_dir, self.tracker)
 
     def run(self) -> dict:
+        """The whole run, holding artifacts_dir (RunFolderBusy at once when another run holds it)."""
+        from training.utils.run_lock import hold_run_folder
+
+        self.check_inputs()  # before the lock creates the folder: a mistyped path leaves nothing behind
+        if not _is_chief_task(self.config):  # the workers of one multi-worker run share the chief's folder
+            return self._run()
+        with hold_run_folder(self.artifacts_dir):
+            return self._run()
+
+    def _run(self) -> dict:
         from training.data.caption_loader import DataSplit, get_max_caption_length
 
         started = time.perf_counter()
         c = self.config
         # Nothing is written to the run folder before the inputs are checked and the rerun allowed.
         split = self.load_captions()
-        self.check_inputs()
         fresh = not c.training.resume
         if not fresh:
             check_rerun(self.artifacts_dir, c)
@@ -156,10 +181,10 @@ class TrainingPipeline:
         trainer.tracker = self.tracker
 
         store = self.extract_features(list(split.train) + list(split.val) + list(split.test))
-        if store.bad_images:
+        if store.skipped:
             split = DataSplit(*({k: v for k, v in part.items() if k in store.index} for part in (split.train, split.val, split.test)))
             if self.tracker:
-                self.tracker.log_bad_images(store.bad_images)
+                self.tracker.log_bad_images(store.skipped)
         save_json({name: list(getattr(split, name)) for name in ("train", "val", "test")}, self.artifacts_dir / "splits.json")
 
         tokenizer = Tokenizer(min_word_count=c.data.word_count_threshold).fit(
@@ -203,6 +228,17 @@ class TrainingPipeline:
             if not path.name.startswith("."):
                 print(f"  {path.name}{'/' if path.is_dir() else ''}")
         print(f"\nDone in {elapsed:.0f} s.")
+
+
+def _is_chief_task(config: Config) -> bool:
+    """Whether this process writes the run (TF_CONFIG read as TensorFlow does, before TensorFlow starts)."""
+    if config.training.distribution != "multi_worker" or not os.environ.get("TF_CONFIG"):
+        return True
+    spec = json.loads(os.environ["TF_CONFIG"])
+    task = spec.get("task") or {}
+    if task.get("type") == "chief":
+        return True
+    return task.get("type") == "worker" and int(task.get("index", 0)) == 0 and "chief" not in (spec.get("cluster") or {})
 
 
 def main(argv: list[str] | None = None) -> int:

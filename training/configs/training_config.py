@@ -28,6 +28,7 @@ class DataConfig:
     captions_format: str = "auto"
     glove_path: str | None = "data/glove.6B.200d.txt"
     artifacts_dir: str = "artifacts/flickr8k"
+    features_dir: str | None = None  # the feature store; None: artifacts_dir. Runs may share one.
     train_split: float = 0.8
     val_split: float = 0.1
     test_split: float = 0.1

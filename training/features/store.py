@@ -1,12 +1,17 @@
-"""Feature grids on disk: extract once into features.npy, resume after interruption, read memory-mapped.
+"""Feature grids on disk, keyed by image id: extract each image once, resume after interruption, read memory-mapped.
+
+An image's features depend only on the extractor, its weights and the image size (the
+store's recipe), never on which run asked for it or in which order, so every run over the
+same images reuses them: a new seed, split or max_images extracts nothing, and more images
+extract only the new ones (the existing rows are copied into a larger file).
 
 Files in the store directory:
   features.npy                 float16 (images, regions, channels), rows in `image_ids` order
-  features_index.json          image ids, bad images, fingerprint, grid shape; "complete": true
+  features_index.json          recipe, image ids, bad images, grid shape; "complete": true
   features.partial.npy         the array being filled (renamed to features.npy when done)
-  features.partial.json        what is being extracted (ids, bad images, fingerprint)
+  features.partial.json        what is being built (recipe, ids, bad images)
   features.partial.rows.json   how many rows are safely on disk; rewritten after every chunk
-  .features.lock               held while a process builds, so workers sharing the folder build it once
+  .features.lock               held while a process builds, so runs sharing the folder build it once
 """
 
 from __future__ import annotations
@@ -20,12 +25,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-try:
-    import fcntl
-except ImportError:  # Windows: no inter-process lock; run one extraction per folder at a time
-    fcntl = None
-
 import numpy as np
+from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from training.features.base import BaseFeatureExtractor
@@ -39,21 +40,30 @@ INDEX_FILE = "features_index.json"
 PARTIAL_FEATURES_FILE = "features.partial.npy"
 PARTIAL_STATE_FILE = "features.partial.json"
 PARTIAL_ROWS_FILE = "features.partial.rows.json"
+LOCK_FILE = ".features.lock"
 FORMAT_VERSION = 1
+# What an image's features depend on; two stores with the same values hold the same rows.
+RECIPE_KEYS = ("extractor", "weights", "image_size", "feature_dim")
 
 
-def fingerprint(extractor: BaseFeatureExtractor, image_ids: list[str]) -> str:
-    """What the features depend on: extractor, its weights and image size, and the ordered image list."""
-    # The images folder is left out on purpose: moving a dataset must not force a re-extraction.
-    recipe = {
-        "format": FORMAT_VERSION,
+class FeatureStoreConflict(ValueError):
+    """The folder holds features of another extractor, weights or image size: never replaced silently."""
+
+
+def recipe(extractor: BaseFeatureExtractor) -> dict:
+    """What the features depend on: the extractor, its weights and the image size (not the images folder,
+    so a moved data set is not re-extracted; not the image list, so any run over the same images shares rows)."""
+    return {
         "extractor": extractor.name,
-        "feature_dim": extractor.FEATURE_DIM,
         "weights": extractor.weights,
         "image_size": list(extractor.image_size),
-        "image_ids": hashlib.sha256("\n".join(image_ids).encode()).hexdigest(),
+        "feature_dim": extractor.FEATURE_DIM or extractor.feature_dim,
     }
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def fingerprint(extractor_recipe: dict) -> str:
+    settings = {"format": FORMAT_VERSION, **{key: extractor_recipe[key] for key in RECIPE_KEYS}}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def check_bad_fraction(bad_images: list[dict], total: int, max_bad_fraction: float) -> None:
@@ -70,7 +80,12 @@ def check_bad_fraction(bad_images: list[dict], total: int, max_bad_fraction: flo
 
 
 class FeatureStore:
-    """A finished store: `features[index[image_id]]` is that image's (regions, channels) grid."""
+    """A finished store: `features[index[image_id]]` is that image's (regions, channels) grid.
+
+    A store returned by `build` also says what that build did: `reused` and `extracted` count the
+    requested images found in the store and extracted now, `skipped` lists the requested images
+    that could not be read ({"image", "path", "reason"}).
+    """
 
     def __init__(self, directory: Path, features: np.ndarray, index: dict):
         self.directory = Path(directory)
@@ -84,6 +99,7 @@ class FeatureStore:
         self.image_size: tuple[int, int] = tuple(index["image_size"])
         self.feature_dim: int = int(index["feature_dim"])
         self.fingerprint: str = index["fingerprint"]
+        self.reused, self.extracted, self.skipped = 0, 0, []
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -142,7 +158,10 @@ class FeatureStore:
         max_bad_fraction: float = 0.01,
         verbose: int = 1,
     ) -> "FeatureStore":
-        """Reuse a finished store with the same fingerprint, resume a partial one, or extract from scratch."""
+        """The store in `directory` with the features of `image_ids`: images already in it are reused, the
+        others extracted and added (an interrupted extraction resumes first). Images the store holds beyond
+        `image_ids` stay in it. A store of another extractor, weights or image size is never replaced:
+        that raises FeatureStoreConflict."""
         directory = ensure_dir(directory)
         image_ids = [str(image_id) for image_id in image_ids]
         if not image_ids:
@@ -157,87 +176,160 @@ class FeatureStore:
 
     @classmethod
     def _build(cls, directory, extractor, image_ids, images_path, chunk_size, max_bad_fraction, verbose):
-        store_fingerprint = fingerprint(extractor, image_ids)
-        index_path = directory / INDEX_FILE
-        if index_path.is_file() and (directory / FEATURES_FILE).is_file():
-            index = load_json(index_path)
-            if index.get("complete") and index.get("fingerprint") == store_fingerprint:
-                check_bad_fraction(index["bad_images"], len(image_ids), max_bad_fraction)
-                logger.info("reusing feature store %s (%s, %d images)", directory, extractor.name, len(index["image_ids"]))
-                return cls.open(directory)
-            logger.info("feature store %s was made with other settings or images; rebuilding it", directory)
-
-        state, features = _resume(directory, store_fingerprint)
-        if state is None:
-            bad_images = find_bad_images(image_ids, images_path, verbose=verbose)
-            check_bad_fraction(bad_images, len(image_ids), max_bad_fraction)
-            state, features = _start(directory, extractor, image_ids, bad_images, store_fingerprint)
-        else:
-            check_bad_fraction(state["bad_images"], len(image_ids), max_bad_fraction)
+        wanted = recipe(extractor)
+        extracted, resumed = 0, set()
+        state, features = _resume(directory, wanted)
+        if state is not None:
             logger.info("resuming feature extraction in %s at row %d of %d", directory, state["rows_done"], len(features))
+            resumed = set(state["image_ids"][state["rows_done"]:])
+            extracted += len(resumed)
+            _fill(features, state, extractor, images_path, directory, chunk_size, verbose)
+            del features  # unmaps the file before it is renamed
+            _publish(directory, state)
 
-        _fill(features, state, extractor, images_path, directory, chunk_size, verbose)
-        del features  # unmaps the file before it is renamed
-        _publish(directory, state)
-        return cls.open(directory)
+        old = _open_matching(directory, wanted)
+        held = old.index if old is not None else {}
+        missing = [image_id for image_id in image_ids if image_id not in held]  # new, or unreadable last time
+        bad = find_bad_images(missing, images_path, verbose=verbose) if missing else []
+        check_bad_fraction(bad, len(image_ids), max_bad_fraction)
+        bad_ids, missing_ids = {entry["image"] for entry in bad}, set(missing)
+        new = [image_id for image_id in missing if image_id not in bad_ids]
+        bad_images = [entry for entry in (old.bad_images if old else []) if entry["image"] not in missing_ids] + bad
+        if new:
+            state, features = _start(directory, wanted, extractor, old, new, bad_images)
+            del old  # the old rows are copied; features.npy is replaced when the new file is complete
+            _fill(features, state, extractor, images_path, directory, chunk_size, verbose)
+            del features
+            _publish(directory, state)
+            extracted += len(new)
+        elif bad_images != old.bad_images:  # an image is still unreadable, or unreadable now: note it, rows unchanged
+            index = load_json(directory / INDEX_FILE)
+            save_json(dict(index, bad_images=bad_images), directory / INDEX_FILE)
+
+        store = cls.open(directory)
+        store.reused = sum(1 for image_id in image_ids if image_id in held and image_id not in resumed)
+        store.extracted, store.skipped = extracted, bad
+        logger.info(
+            "feature store %s (%s): %d image(s) reused, %d extracted%s",
+            directory, extractor.name, store.reused, store.extracted,
+            f", {len(bad)} unreadable skipped" if bad else "",
+        )
+        return store
 
 
 @contextmanager
 def _build_lock(directory: Path) -> Iterator[None]:
-    # Every distributed worker builds the store in the shared artifacts_dir: the first extracts,
-    # the others wait here and then reuse its result. The OS drops the lock if the holder dies.
-    with open(directory / ".features.lock", "a") as handle:
-        if fcntl is not None:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                logger.info("waiting for another process building the feature store in %s", directory)
-                fcntl.flock(handle, fcntl.LOCK_EX)
+    # Every run sharing the folder (and every distributed worker) builds here: the first extracts,
+    # the others wait and then reuse its rows. The OS drops the lock if the holder dies.
+    lock = FileLock(directory / LOCK_FILE)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        logger.info("waiting for another process building the feature store in %s", directory)
+        lock.acquire()
+    try:
         yield
+    finally:
+        lock.release()
 
 
-def _start(directory: Path, extractor, image_ids, bad_images, store_fingerprint):
-    bad = {entry["image"] for entry in bad_images}
-    good = [image_id for image_id in image_ids if image_id not in bad]
+def _conflict(directory: Path, what: str, found: dict, wanted: dict, remove: list[str]) -> FeatureStoreConflict:
+    differs = ", ".join(f"{key} {found.get(key)!r} -> {wanted[key]!r}" for key in RECIPE_KEYS if found.get(key) != wanted[key])
+    files = " and ".join(str(directory / name) for name in remove)
+    return FeatureStoreConflict(
+        f"{directory} holds {what} made with other settings ({differs}); it is left as it is. "
+        f"Keep these features in another folder (set features_dir, or artifacts_dir, to a new one), "
+        f"or delete {files} to replace them."
+    )
+
+
+def _open_matching(directory: Path, wanted: dict) -> FeatureStore | None:
+    """The finished store in `directory` when its recipe is `wanted`; None when there is none."""
+    if not (directory / INDEX_FILE).is_file() or not (directory / FEATURES_FILE).is_file():
+        return None
+    index = load_json(directory / INDEX_FILE)
+    if not index.get("complete") or index.get("format") != FORMAT_VERSION:
+        index = {}  # another version's store: every recipe key differs
+    if any(index.get(key) != wanted[key] for key in RECIPE_KEYS):
+        raise _conflict(directory, "a feature store", index, wanted, [FEATURES_FILE, INDEX_FILE])
+    return FeatureStore.open(directory)
+
+
+def _start(directory: Path, wanted: dict, extractor, old: FeatureStore | None, new_ids: list[str], bad_images: list[dict]):
+    """A partial store of the old rows (copied) followed by room for `new_ids`."""
+    old_ids = old.image_ids if old is not None else []
+    if old is not None and tuple(old.grid_shape) != tuple(extractor.grid_shape):
+        found = dict(wanted, extractor=f"{old.extractor_name} with a {tuple(old.grid_shape)} grid")
+        raise _conflict(directory, "a feature store", found, wanted, [FEATURES_FILE, INDEX_FILE])
     state = {
         "format": FORMAT_VERSION,
-        "fingerprint": store_fingerprint,
-        "extractor": extractor.name,
-        "weights": extractor.weights,
-        "image_size": list(extractor.image_size),
+        "fingerprint": fingerprint(wanted),
+        **wanted,
         "grid_shape": list(extractor.grid_shape),
-        "feature_dim": extractor.feature_dim,
-        "image_ids": good,
+        "image_ids": old_ids + new_ids,
         "bad_images": bad_images,
-        "rows_done": 0,
+        "rows_done": len(old_ids),
     }
     for name in (PARTIAL_ROWS_FILE, PARTIAL_STATE_FILE, PARTIAL_FEATURES_FILE):
         (directory / name).unlink(missing_ok=True)
-    shape = (len(good), extractor.num_regions, extractor.feature_dim)
+    shape = (len(state["image_ids"]), extractor.num_regions, extractor.feature_dim)
     # open_memmap writes the .npy header now; rows are filled in place, chunk by chunk.
     features = np.lib.format.open_memmap(directory / PARTIAL_FEATURES_FILE, mode="w+", dtype=np.float16, shape=shape)
+    for begin in range(0, len(old_ids), 1024):
+        end = min(begin + 1024, len(old_ids))
+        features[begin:end] = old.features[begin:end]
+    # The state files are written once the copy is on disk: a kill during the copy leaves no partial to resume.
+    features.flush()
     save_json({k: v for k, v in state.items() if k != "rows_done"}, directory / PARTIAL_STATE_FILE)
-    save_json({"fingerprint": store_fingerprint, "rows_done": 0}, directory / PARTIAL_ROWS_FILE)
+    save_json({"fingerprint": state["fingerprint"], "rows_done": len(old_ids)}, directory / PARTIAL_ROWS_FILE)
+    if old_ids:
+        logger.info("copied the %d rows of %s into a larger file for %d new image(s)", len(old_ids), directory / FEATURES_FILE, len(new_ids))
     return state, features
 
 
-def _resume(directory: Path, store_fingerprint: str):
-    """The partial extraction left in `directory` for this fingerprint, or (None, None)."""
+def _resume(directory: Path, wanted: dict):
+    """The partial extraction left in `directory`, or (None, None); one of another recipe is refused."""
     paths = [directory / name for name in (PARTIAL_STATE_FILE, PARTIAL_ROWS_FILE, PARTIAL_FEATURES_FILE)]
     if not all(path.is_file() for path in paths):
         return None, None
     try:
         state, rows = load_json(paths[0]), load_json(paths[1])
-        if state.get("fingerprint") != store_fingerprint or rows.get("fingerprint") != store_fingerprint:
+        if rows.get("fingerprint") != state.get("fingerprint"):
             return None, None
+    except (ValueError, OSError):  # damaged partial files: start over rather than trust them
+        return None, None
+    if any(state.get(key) != wanted[key] for key in RECIPE_KEYS):
+        raise _conflict(directory, "an unfinished feature extraction", state, wanted,
+                        [PARTIAL_FEATURES_FILE, PARTIAL_STATE_FILE, PARTIAL_ROWS_FILE])
+    try:
         features = np.lib.format.open_memmap(paths[2], mode="r+")
         shape = (len(state["image_ids"]), state["grid_shape"][0] * state["grid_shape"][1], state["feature_dim"])
         if features.shape != shape or features.dtype != np.float16 or not 0 <= rows["rows_done"] <= shape[0]:
             return None, None
-    except (ValueError, OSError, KeyError, TypeError):  # damaged partial files: start over rather than trust them
+    except (ValueError, OSError, KeyError, TypeError):
         return None, None
     state["rows_done"] = int(rows["rows_done"])
     return state, features
+
+
+def link_store(store_dir: str | Path, run_dir: str | Path) -> None:
+    """Show the store in `store_dir` inside `run_dir` under the usual names (symbolic links), so tools that
+    read a run folder find its features; a store that grows later stays visible through the links."""
+    run_dir = Path(run_dir)
+    own = [name for name in (FEATURES_FILE, INDEX_FILE) if (run_dir / name).exists() and not (run_dir / name).is_symlink()]
+    if own:
+        raise FeatureStoreConflict(
+            f"{run_dir} holds a feature store of its own ({', '.join(own)}); it is left as it is. Use it "
+            f"(features_dir: {run_dir}), or move those files away to link the store in {store_dir} instead."
+        )
+    for name in (FEATURES_FILE, INDEX_FILE):
+        link, target = run_dir / name, (Path(store_dir) / name).resolve()
+        if link.is_symlink() and link.resolve() == target:
+            continue
+        temporary = run_dir / f".{name}.link.tmp"
+        temporary.unlink(missing_ok=True)
+        temporary.symlink_to(target)
+        os.replace(temporary, link)
 
 
 def _fill(features, state, extractor, images_path, directory: Path, chunk_size: int, verbose: int) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from training.utils.keras_private import FusedClipByNorm, adam_moments
+
 
 @keras.saving.register_keras_serializable(package="training")
 def masked_sparse_categorical_crossentropy(y_true, y_pred):
@@ -36,7 +38,7 @@ def masked_accuracy(y_true, y_pred):
 
 
 @keras.saving.register_keras_serializable(package="training")
-class FusedAdam(keras.optimizers.Adam):
+class FusedAdam(FusedClipByNorm, keras.optimizers.Adam):
     """keras.optimizers.Adam, updating each variable with TensorFlow's fused Adam kernel.
 
     Same algorithm, settings, state variables and checkpoints as Keras' Adam. Keras writes the
@@ -44,15 +46,8 @@ class FusedAdam(keras.optimizers.Adam):
     its two moments; on 2 CPU cores that was ~15% of a W1 training step (bench/train.py), and
     ResourceApplyAdam does it in one. Other backends, and amsgrad, use Keras' own update.
     Clipping by norm (clipnorm) likewise reads each gradient twice instead of four times.
+    The Keras internals this needs are in training/utils/keras_private.py.
     """
-
-    def _clip_by_norm(self, values, axes=None):
-        if keras.backend.backend() != "tensorflow" or axes is not None:
-            return super()._clip_by_norm(values, axes)
-        import tensorflow as tf
-
-        norm = ops.sqrt(2.0 * tf.nn.l2_loss(values))  # l2_loss = sum(values ** 2) / 2, one fused pass
-        return values * (self.clipnorm / ops.maximum(norm, self.clipnorm))
 
     def update_step(self, gradient, variable, learning_rate):
         if keras.backend.backend() != "tensorflow" or self.amsgrad:
@@ -60,13 +55,13 @@ class FusedAdam(keras.optimizers.Adam):
         import tensorflow as tf
 
         dtype = variable.dtype
-        index = self._get_variable_index(variable)
+        momentum, velocity = adam_moments(self, variable)
         step = ops.cast(self.iterations + 1, dtype)
         beta_1, beta_2 = ops.cast(self.beta_1, dtype), ops.cast(self.beta_2, dtype)
         tf.raw_ops.ResourceApplyAdam(
             var=variable.handle,
-            m=self._momentums[index].handle,
-            v=self._velocities[index].handle,
+            m=momentum.handle,
+            v=velocity.handle,
             beta1_power=ops.power(beta_1, step),
             beta2_power=ops.power(beta_2, step),
             lr=ops.cast(learning_rate, dtype),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import tempfile
-import types
 from pathlib import Path
 
 import keras
@@ -19,6 +19,8 @@ from training.configs import Config, ConfigError
 from training.models import build_caption_model
 from training.models.losses import compile_caption_model
 from training.utils.lifecycle import RunConflict, Terminated, differences, identity_fingerprint, run_identity, training_left
+from training.utils import keras_private
+from training.utils.io import save_json
 
 log = logging.getLogger("training.trainers")
 
@@ -78,14 +80,12 @@ def _build_training_state(model) -> None:
     """Create the optimizer's, loss tracker's and metrics' variables now, from a symbolic batch.
 
     Keras otherwise creates them inside the first traced train step, and tf.function then traces
-    the whole step a second time: ~2.5 s of every run's first step on 2 CPU cores (W1). Keras does
-    this itself under a distribution strategy; `_symbolic_build` is its private method for it.
+    the whole step a second time: ~2.5 s of every run's first step on 2 CPU cores (W1).
     """
-    if not hasattr(model, "_symbolic_build") or not hasattr(model, "feature_dim"):
-        model.optimizer.build(model.trainable_variables)
-        return
     tokens = np.ones((1, 2), dtype="int32")
-    model._symbolic_build(data_batch=((np.zeros((1, 1, model.feature_dim), "float32"), tokens), tokens))
+    batch = ((np.zeros((1, 1, getattr(model, "feature_dim", 1)), "float32"), tokens), tokens)
+    if not hasattr(model, "feature_dim") or not keras_private.build_training_state(model, batch):
+        model.optimizer.build(model.trainable_variables)
 
 
 class Trainer:
@@ -212,44 +212,6 @@ class Trainer:
         return history
 
 
-def _symbolic_build_from_one_replica(model, iterator=None, data_batch=None):
-    """Keras' TensorFlow trainer builds metrics from the first batch, reduced across replicas as one
-    nested value, which MultiWorkerMirroredStrategy cannot reduce. Only shapes and dtypes matter
-    there, so take the first local replica's part of each tensor instead."""
-    if iterator is not None and data_batch is None:
-        for _, _, batches in iterator:
-            batch = next(batches)
-            break
-        local = model.distribute_strategy.experimental_local_results
-        data_batch = tf.nest.map_structure(
-            lambda v: local(v)[0] if isinstance(v, tf.distribute.DistributedValues) else v, batch
-        )
-    return type(model)._maybe_symbolic_build(model, data_batch=data_batch)
-
-
-def _reduce_scalars_across_workers() -> None:
-    """Keras 3's fit reduces every step output with axis=0 under MultiWorkerMirroredStrategy, which
-    fails on scalar losses and metrics (tensorflow/tensorflow#72388); reduce those with axis=None."""
-    from keras.src.backend.tensorflow import trainer as keras_tf_trainer
-
-    keras_reduce = keras_tf_trainer.reduce_per_replica
-    if getattr(keras_reduce, "reduces_scalars", False):
-        return
-
-    def reduce_per_replica(values, strategy, reduction):
-        if reduction not in ("auto", "mean") or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-            return keras_reduce(values, strategy, reduction)
-
-        def reduce(value):
-            local = strategy.experimental_local_results(value)[0] if isinstance(value, tf.distribute.DistributedValues) else value
-            return strategy.reduce("MEAN", value, axis=0 if local.shape.rank else None)
-
-        return tf.nest.map_structure(reduce, values)
-
-    reduce_per_replica.reduces_scalars = True
-    keras_tf_trainer.reduce_per_replica = reduce_per_replica
-
-
 class DistributedTrainer(Trainer):
     """Trainer under MirroredStrategy (devices of one host) or MultiWorkerMirroredStrategy (TF_CONFIG).
 
@@ -271,7 +233,7 @@ class DistributedTrainer(Trainer):
         if distribution == "multi_worker":
             if "TF_CONFIG" not in os.environ:
                 raise ConfigError("distribution: multi_worker needs the TF_CONFIG environment variable (cluster and task)")
-            _reduce_scalars_across_workers()
+            keras_private.reduce_scalars_across_workers()
             return tf.distribute.MultiWorkerMirroredStrategy()
         if distribution == "mirrored":
             # Every GPU; on a CPU-only host, every logical CPU device the user configured.
@@ -281,8 +243,15 @@ class DistributedTrainer(Trainer):
 
     def build_model(self, vocab_size: int, max_length: int, embedding_matrix=None):
         model = super().build_model(vocab_size, max_length, embedding_matrix)
-        model._maybe_symbolic_build = types.MethodType(_symbolic_build_from_one_replica, model)
+        keras_private.build_metrics_from_one_replica(model)
         return model
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            if self._worker_dir is not None:  # a non-chief worker's checkpoints and logs, of no use afterwards
+                shutil.rmtree(self._worker_dir, ignore_errors=True)
 
     @property
     def is_chief(self) -> bool:

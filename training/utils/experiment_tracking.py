@@ -141,7 +141,7 @@ class ExperimentTracker:
         self.bleu_scores: dict[str, float] = {}
         self.scores: dict[str, float] = {}
         self.artifacts: dict[str, str] = {}
-        self.bad_images: list[str] = []
+        self.bad_images: list[dict[str, Any]] = []
         self.metrics_path = self.output_dir / METRICS_FILE
         self.rows = self._read_metrics()  # a resumed run continues the existing file
 
@@ -181,9 +181,12 @@ class ExperimentTracker:
     def log_artifact(self, name: str, path: str | Path) -> None:
         self.artifacts[name] = str(path)
 
-    def log_bad_images(self, images: list[str]) -> None:
-        """Images that could not be read and were skipped."""
-        self.bad_images.extend(str(image) for image in images)
+    def log_bad_images(self, images: list[dict[str, Any] | str]) -> None:
+        """Images that could not be read and were skipped: {"image", "path", "reason"} dicts, or image names."""
+        for image in images:
+            entry = image if isinstance(image, dict) else {"image": str(image)}
+            self.bad_images.append(_to_jsonable({"image": entry.get("image"), "path": entry.get("path"),
+                                                 "reason": entry.get("reason")}))
 
     def summary(self) -> dict[str, Any]:
         final_metrics = _to_jsonable({k: v for k, v in self.rows[-1].items() if v is not None} if self.rows else {})

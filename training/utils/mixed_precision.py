@@ -36,12 +36,9 @@ def cpu_supports_bfloat16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
     if not set(BFLOAT16_CPU_FLAGS) & set(flags):
         return False
-    try:
-        from tensorflow.python.util import _pywrap_util_port
+    from training.utils.keras_private import onednn_enabled
 
-        return bool(_pywrap_util_port.IsMklEnabled())  # False with TF_ENABLE_ONEDNN_OPTS=0
-    except (ImportError, AttributeError):
-        return False
+    return onednn_enabled()  # False with TF_ENABLE_ONEDNN_OPTS=0
 
 
 def configure_precision(use_mixed_precision: bool) -> str:

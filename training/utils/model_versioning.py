@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import re
@@ -12,6 +11,8 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
+
+from filelock import FileLock
 
 from training.utils.io import ensure_dir, load_json, save_json
 
@@ -68,12 +69,8 @@ class ModelVersionManager:
     @contextmanager
     def _locked(self) -> Iterator[None]:
         # Every read-modify-write of the index happens under this lock, so two processes never lose an update.
-        with open(self.root / LOCK_FILE, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with FileLock(self.root / LOCK_FILE):
+            yield
 
     def _read_index(self) -> dict[str, dict[str, Any]]:
         # The index is replaced atomically, so reading it without the lock still sees a whole file.
