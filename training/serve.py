@@ -4,7 +4,8 @@
 
     POST /caption[?beam=5]   body: one JPEG or PNG (Content-Type image/jpeg or image/png)
                              -> {"caption": "...", "score": -4.2}  (score: sum of log-probabilities)
-    GET  /health             -> 200 {"status": "ready"} (the server listens once the model is loaded and traced)
+    GET  /health             -> 200 {"status": "ready", "images_captioned": n, "batches": m}
+                             (the server listens once the model is loaded and traced)
 
 Requests that arrive within --max-wait-ms of the first waiting one are decoded together, up to
 --max-batch images; a batch is padded to a few fixed sizes, all traced before /health says ready, so
@@ -19,6 +20,7 @@ import argparse
 import asyncio
 import io
 import logging
+import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -64,6 +66,7 @@ class Batcher:
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captioner")  # TensorFlow work, in order
         self.queue: asyncio.Queue | None = None
         self.waiting = 0  # accepted requests not answered yet
+        self.batches = self.captioned = 0
 
     async def start(self):
         loop = asyncio.get_running_loop()
@@ -105,6 +108,7 @@ class Batcher:
             for beam in dict.fromkeys(beam for _, beam, _ in batch):
                 items = [item for item in batch if item[1] == beam]
                 results = await loop.run_in_executor(self.worker, self.caption_batch, [data for data, _, _ in items], beam)
+                self.batches, self.captioned = self.batches + 1, self.captioned + len(items)
                 for (_, _, future), result in zip(items, results):
                     if future.done():  # the client went away
                         continue
@@ -166,7 +170,7 @@ def create_app(captioner, max_batch: int = 32, max_wait_ms: float = 5.0, max_que
 
     @app.get("/health")
     async def health():
-        return {"status": "ready"}
+        return {"status": "ready", "images_captioned": batcher.captioned, "batches": batcher.batches}
 
     @app.post("/caption")
     async def caption(request: Request, beam: int | None = Query(None, ge=1, le=MAX_BEAM)):
@@ -226,7 +230,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     app = create_app(captioner, args.max_batch, args.max_wait_ms, args.max_queue, args.max_image_bytes)
     log.info("tracing %s, then serving on http://%s:%d", args.artifacts, args.host, args.port)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # uvicorn shuts down gracefully on SIGTERM and SIGINT, then raises the signal again: exit quietly then.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    except KeyboardInterrupt:
+        return 130
+    log.info("stopped")
     return 0
 
 
