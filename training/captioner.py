@@ -179,7 +179,8 @@ class Captioner(keras.Model):
         if features.ndim != 3:
             raise ValueError(f"region features must be (images, regions, channels), got shape {features.shape}")
         if not self.use_regions and features.shape[1] > 1:  # the run attends over the pooled vector only
-            features = features.astype(np.float32).mean(axis=1, keepdims=True)
+            # The same op as the exported graph's, so both give the same captions.
+            features = tf.reduce_mean(tf.cast(features, tf.float32), axis=1, keepdims=True).numpy()
         count = len(features)
         if count == 0:
             return []
