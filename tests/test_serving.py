@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 
 import httpx
 import pytest
@@ -64,6 +65,10 @@ def exported(run, tmp_path_factory):
 
 def test_load_model_in_a_fresh_process_gives_the_same_captions(exported, images, reference):
     assert sorted(p.name for p in exported.iterdir()) == ["captioner.keras", "saved_model"]  # nothing beside it
+    with zipfile.ZipFile(exported / "captioner.keras") as archive:  # the vocabulary travels inside the file
+        [vocabulary] = [name for name in archive.namelist() if name.endswith("vocabulary.txt")]
+        words = archive.read(vocabulary).decode().split()
+    assert words[:2] == ["<pad>", "<unk>"] and "startseq" in words and "endseq" in words
     code = f"""
 import json, sys
 import keras, numpy as np

@@ -30,6 +30,10 @@ log = logging.getLogger("training.serve")
 
 IMAGE_TYPES = ("image/jpeg", "image/png")
 MAX_BEAM = 10
+# Images up to this size are checked on the event loop, larger ones on a thread: checking took 0.5 ms
+# for a 64 px demo PNG and 9 ms for an 83 KB 300 px JPEG (on a busy 2-core machine), and a thread
+# hand-off per small request costs about what the check does.
+INLINE_CHECK_BYTES = 16 * 1024
 
 
 class QueueFull(Exception):
@@ -188,7 +192,10 @@ def create_app(captioner, max_batch: int = 32, max_wait_ms: float = 5.0, max_que
         if not body:
             return error(400, "empty body: send the image's bytes")
         try:
-            await run_in_threadpool(check_image_bytes, bytes(body))
+            if len(body) > INLINE_CHECK_BYTES:
+                await run_in_threadpool(check_image_bytes, bytes(body))
+            else:
+                check_image_bytes(bytes(body))
             result = await batcher.caption(bytes(body), beam)
         except BadImage as problem:
             return error(400, str(problem))
