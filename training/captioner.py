@@ -61,7 +61,7 @@ class Captioner(keras.Model):
         self.tokenizer: Tokenizer | None = None
         if vocabulary is not None:
             self.set_vocabulary(vocabulary)
-        self._decoders: dict[int, BeamSearchDecoder] = {}
+        self._decoders: dict[tuple[int, int], BeamSearchDecoder] = {}  # (beam size, batch size)
         self._encoded_features = tf.function(self._features_from_encoded,
                                              input_signature=[tf.TensorSpec([None], tf.string)])
         self._pixel_features = tf.function(self.call, reduce_retracing=True)
