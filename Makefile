@@ -13,7 +13,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON_SYSTEM) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[$(EXTRA),dev]'
+	$(PY) -m pip install -q -e '.[$(EXTRA),serve,dev]'
 	touch $@
 
 demo: install

@@ -1,7 +1,8 @@
 """The README's Python examples run as written.
 
 The tracking, versioning and Kaggle examples run in test_utils, test_versioning and test_kaggle,
-which also check that the README still shows them verbatim.
+the Captioner example in test_serving (it needs a trained run), which also check that the README
+still shows them verbatim.
 """
 
 import re
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from helpers import REPO, run_python
 
-TESTED_ELSEWHERE = ("ExperimentTracker(", "ModelVersionManager(", "kaggle_utils")
+TESTED_ELSEWHERE = ("ExperimentTracker(", "ModelVersionManager(", "kaggle_utils", "Captioner.from_artifacts")
 
 
 def readme_blocks():

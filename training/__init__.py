@@ -15,6 +15,10 @@ def __getattr__(name):
         from training.train import TrainingPipeline
 
         return TrainingPipeline
+    if name == "Captioner":  # importing it also registers every Keras class a saved captioner needs
+        from training.captioner import Captioner
+
+        return Captioner
     if name == "load_config":
         from training.configs import load_config
 

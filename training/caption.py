@@ -1,4 +1,4 @@
-"""Captioning new images with a trained run: image files -> features -> beam search -> captions.
+"""Captioning new images with a trained run, through its Captioner: image files -> captions.
 
     python -m training.caption photo.jpg [more.jpg ...] --artifacts artifacts/demo [--beam 3] [--json]
 """
@@ -17,31 +17,25 @@ def caption_images(paths: list[str], artifacts_dir, beam_size: int | None = None
     """Caption each readable image; returns (captions, bad images with reasons)."""
     import numpy as np
 
-    from training.evaluate import load_trained, make_decoder
-    from training.features import get_feature_extractor
+    from training.captioner import Captioner
+    from training.features.images import find_bad_images
 
-    config, model, tokenizer = load_trained(artifacts_dir)
-    m = config.model
-    # The run's own extractor and image size: features must match what the model was trained on.
-    extractor = get_feature_extractor(m.feature_extractor, image_size=m.image_size, weights=m.extractor_weights)
     resolved = [str(Path(p).resolve()) for p in paths]
-    features = extractor.extract_features(resolved, images_path="/", verbose=0)
-    good = [p for p in resolved if p in features]
+    bad = find_bad_images(resolved, "/", verbose=0)
+    good = [p for p in resolved if p not in {entry["image"] for entry in bad}]
     if not good:
-        return [], extractor.bad_images
-    batch = np.stack([features[p] for p in good]).astype(np.float32)
-    if not m.use_regions:
-        batch = batch.mean(axis=1, keepdims=True)
-    results = make_decoder(model, tokenizer, beam_size or config.training.beam_size).decode(batch)
+        return [], bad
+    captioner = Captioner.from_artifacts(artifacts_dir, beam_size=beam_size)
+    words = captioner.tokenizer.index_word
     captions = []
-    for path, result in zip(good, results):
+    for path, result in zip(good, captioner.caption(good, attention=True)):
         record = {"image": path, "caption": result.text, "score": float(result.score),
-                  "words": [tokenizer.index_word[t] for t in result.tokens]}
-        if result.attention is not None and m.use_regions:
-            record["grid_shape"] = list(extractor.grid_shape)
+                  "words": [words[t] for t in result.tokens]}
+        if result.attention is not None and captioner.use_regions:
+            record["grid_shape"] = list(captioner.extractor.grid_shape)
             record["attention"] = np.round(np.asarray(result.attention, dtype=float), 4).tolist()
         captions.append(record)
-    return captions, extractor.bad_images
+    return captions, bad
 
 
 def main(argv: list[str] | None = None) -> int:

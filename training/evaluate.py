@@ -22,12 +22,11 @@ def strip_wrappers(caption: str) -> str:
     return " ".join(w for w in caption.split() if w not in ("startseq", "endseq"))
 
 
-def make_decoder(model, tokenizer, beam_size: int, batch_size: int = 64):
-    from training.evaluation import BeamSearchDecoder, GreedyDecoder
+def features_captioner(model, tokenizer, config: Config, beam_size: int | None = None):
+    """The run's Captioner for precomputed features: its CNN is built without loading weights, as it never runs."""
+    from training.captioner import Captioner
 
-    if beam_size == 1:
-        return GreedyDecoder(model, tokenizer, batch_size=batch_size)
-    return BeamSearchDecoder(model, tokenizer, beam_size=beam_size, batch_size=batch_size)
+    return Captioner.from_run(model, tokenizer, config, beam_size=beam_size, extractor_weights=None)
 
 
 def evaluate_split(model, tokenizer, builder, captions: dict, config: Config, artifacts_dir, tracker=None,
@@ -40,7 +39,7 @@ def evaluate_split(model, tokenizer, builder, captions: dict, config: Config, ar
     image_ids = list(captions)[: config.training.eval_max_images]
     if not image_ids:
         raise ValueError(f"the {split_name} split has no images to evaluate: check the split ratios")
-    results = make_decoder(model, tokenizer, beam_size).decode(builder.image_batches(image_ids))
+    results = features_captioner(model, tokenizer, config, beam_size).caption(builder.image_batches(image_ids), attention=True)
     predictions = {image_id: result.text for image_id, result in zip(image_ids, results)}
     references = {image_id: [strip_wrappers(c) for c in captions[image_id]] for image_id in image_ids}
 

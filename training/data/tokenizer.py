@@ -139,6 +139,23 @@ class Tokenizer:
         save_json({str(index): word for index, word in index_word.items()}, directory / IXTOWORD_FILE)
 
     @classmethod
+    def from_vocabulary(cls, words: Sequence[str], start_token: str = "startseq", end_token: str = "endseq") -> "Tokenizer":
+        """A fitted tokenizer whose word i has id i (the order of `ixtoword.json`)."""
+        words = list(words)
+        if words[:2] != [PAD_TOKEN, UNK_TOKEN] or start_token not in words or end_token not in words:
+            raise ValueError(f"a vocabulary starts with {PAD_TOKEN!r}, {UNK_TOKEN!r} and holds {start_token!r} and {end_token!r}")
+        tokenizer = cls(start_token=start_token, end_token=end_token)
+        tokenizer.min_word_count = None
+        tokenizer._set_vocabulary(words)
+        return tokenizer
+
+    @property
+    def vocabulary(self) -> list[str]:
+        """The words in id order."""
+        index_word = self._fitted()[1]
+        return [index_word[i] for i in range(len(index_word))]
+
+    @classmethod
     def load(cls, directory: str | Path, start_token: str = "startseq", end_token: str = "endseq") -> "Tokenizer":
         directory = Path(directory)
         word_path, index_path = directory / WORDTOIX_FILE, directory / IXTOWORD_FILE

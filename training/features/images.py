@@ -62,7 +62,16 @@ def find_bad_images(image_ids: Sequence[str], images_path: str | Path, verbose: 
 
 def load_image(path: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
     """Read, decode (grayscale, RGBA and palette become RGB) and resize one file; float32 in [0, 255]."""
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    return decode_image(tf.io.read_file(path), image_size)
+
+
+def decode_image(encoded: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
+    """Decode one encoded image (JPEG, PNG, ...; RGB out) and resize it; float32 in [0, 255]."""
+    return resize_image(tf.io.decode_image(encoded, channels=3, expand_animations=False), image_size)
+
+
+def resize_image(image: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
+    """One (height, width, 3) image -> image_size, float32 in [0, 255]."""
     # Shrinking: an area (box) filter averages every source pixel, so no aliasing, at ~40% of the CPU
     # of antialiased bilinear; on a CPU machine decoding competes with the CNN for the same cores.
     # Growing (or mixed): bilinear, as area would give blocky nearest-neighbour-like output.
