@@ -1,6 +1,6 @@
 """Benchmark of training and decoding at Flickr8k scale: workload W1, region and pooled features.
 
-Run: python bench/train.py [--rows region,pooled] [--epochs 1] [--scale 5] [--steps 300] [--no-memory]
+Run: python bench/train.py [--rows region,pooled] [--epochs 1] [--scale 5] [--steps 300] [--no-memory] [--peer-steps 150]
 Prints progress, then one JSON object as the last line (figures per row, the 5x-store memory test,
 the machine, and which targets are met).
 
@@ -26,6 +26,14 @@ Each row runs in its own process (clean peak-memory figures and dtype policy), w
     (default batch 64) after one warm-up batch of each, and reports images/s;
   - samples RssAnon (the process's own memory, not the page cache of the memory-mapped store)
     every 20 ms, and reads VmHWM (peak resident, page cache of the store included).
+After each of our rows, the peer row (`--peer-steps`, 0: none) runs in its own process: the decoder a
+user writes from the keras.io captioning example (keras.layers.MultiHeadAttention, pre-norm, the
+dims of training/config.yaml, the same precision policy, Adam with the same settings), trained with
+plain model.fit on one caption per row padded to W1's max_length (every caption whole), its image's
+regions projected for each caption (for the pooled row, the one pooled vector), on the same store,
+for a fixed window of steps. Our row gains `peer_captions_per_s` (steady, after 10 warm-up steps) and
+`speedup_vs_peer` (ours / the peer's steady captions per second) and the peer's own figures under
+`peer`.
 The memory test builds the store at `--scale` times the images (5x: 40,455 images, 12.4 GB; each
 Flickr8k image and its captions `scale` times under new ids, the features copied from the 1x
 store), trains `--steps` steps on it with region features and reports the peak RssAnon next to
@@ -45,6 +53,14 @@ model width D, feed-forward F, word vectors E, vocabulary V, N layers:
   step    = 3 * forward - U*R*C*D - U*L*E*D   (backward = 2x forward, except the two input
                                               projections, whose inputs need no gradient)
 Padding positions are counted (they are computed): `token_efficiency` is the share of real tokens.
+
+Useful FLOPs count the same formula for the model computing each caption alone and unpadded: L is
+the caption's own length (its self-attention over itself only), and the image terms (region
+projection, cross-attention keys/values) once per image of the epoch, so neither padding, packing
+nor a projection repeated per caption counts as work. They depend only on the epoch's captions, so
+they are the same for us and the peer: `useful_gflop_per_s` = useful FLOPs per caption of the epoch
+x steady captions/s, and `bf16_matmul_fraction` (`peer_bf16_matmul_fraction` for the peer) is that
+over the bfloat16 matmul rate measured in the same process.
 """
 
 from __future__ import annotations
@@ -343,9 +359,18 @@ def build_peer_model(m, vocab: int, length: int, regions: int):
     features = keras.Input((regions, m.feature_dim), name="image_features")
     tokens = keras.Input((length,), dtype="int32", name="tokens")
     image = layers.Dropout(m.dropout)(layers.LayerNormalization(epsilon=1e-5)(layers.Dense(D)(features)))
-    words = layers.Dense(D)(layers.Embedding(vocab, m.embedding_dim, trainable=False)(tokens))
-    positions = layers.Embedding(length, D)(keras.ops.arange(length))
-    x = layers.Dropout(m.dropout)(words + positions)
+
+    class PositionalEmbedding(layers.Layer):  # as in the keras.io example, with a projection to D
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.words = layers.Embedding(vocab, m.embedding_dim, trainable=False)
+            self.projection = layers.Dense(D)
+            self.positions = layers.Embedding(length, D)
+
+        def call(self, tokens):
+            return self.projection(self.words(tokens)) + self.positions(keras.ops.arange(keras.ops.shape(tokens)[-1]))
+
+    x = layers.Dropout(m.dropout)(PositionalEmbedding()(tokens))
     for _ in range(m.num_layers):
         h = layers.LayerNormalization(epsilon=1e-5)(x)
         h = layers.MultiHeadAttention(H, D // H, dropout=m.dropout)(h, h, use_causal_mask=True)
