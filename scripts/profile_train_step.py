@@ -4,7 +4,7 @@ Run: .venv/bin/python scripts/profile_train_step.py [--model ours|peer] [--steps
 
 Builds the model of training/config.yaml (ours, or bench/train.py's plain Keras peer) at W1's
 shapes on random data (ours: 13 packed rows of 5 captions of 9-15 tokens, 100 x 1536 regions;
-the peer: 64 single captions padded to 23 tokens), vocabulary 2600, the precision policy
+the peer: 64 single captions padded to 34 tokens, as W1 pads them), vocabulary 2284 (W1's), the precision policy
 configure_precision picks, trains a few warm-up steps, then profiles `--steps` steps. Prints the
 op types by their share of the profiled op time and, last, one JSON line of the same.
 """
@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import numpy as np  # noqa: E402
 
-VOCAB, ROWS, ROW_LENGTH, REGIONS, PEER_BATCH, PEER_LENGTH = 2600, 13, 64, 100, 64, 23
+VOCAB, ROWS, ROW_LENGTH, REGIONS, PEER_BATCH, PEER_LENGTH = 2284, 13, 64, 100, 64, 34
 
 
 def our_batches(rng):
