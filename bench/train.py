@@ -1,6 +1,6 @@
 """Benchmark of training and decoding at Flickr8k scale: workload W1, region and pooled features.
 
-Run: python bench/train.py [--rows region,pooled] [--epochs 1] [--scale 5] [--steps 300] [--no-memory]
+Run: python bench/train.py [--rows region,pooled] [--epochs 1] [--scale 5] [--steps 300] [--no-memory] [--peer-steps 150]
 Prints progress, then one JSON object as the last line (figures per row, the 5x-store memory test,
 the machine, and which targets are met).
 
@@ -26,6 +26,14 @@ Each row runs in its own process (clean peak-memory figures and dtype policy), w
     (default batch 64) after one warm-up batch of each, and reports images/s;
   - samples RssAnon (the process's own memory, not the page cache of the memory-mapped store)
     every 20 ms, and reads VmHWM (peak resident, page cache of the store included).
+After each of our rows, the peer row (`--peer-steps`, 0: none) runs in its own process: the decoder a
+user writes from the keras.io captioning example (keras.layers.MultiHeadAttention, pre-norm, the
+dims of training/config.yaml, the same precision policy, Adam with the same settings), trained with
+plain model.fit on one caption per row padded to W1's max_length (every caption whole), its image's
+regions projected for each caption (for the pooled row, the one pooled vector), on the same store,
+for a fixed window of steps. Our row gains `peer_captions_per_s` (steady, after 10 warm-up steps) and
+`speedup_vs_peer` (ours / the peer's steady captions per second) and the peer's own figures under
+`peer`.
 The memory test builds the store at `--scale` times the images (5x: 40,455 images, 12.4 GB; each
 Flickr8k image and its captions `scale` times under new ids, the features copied from the 1x
 store), trains `--steps` steps on it with region features and reports the peak RssAnon next to
@@ -45,6 +53,14 @@ model width D, feed-forward F, word vectors E, vocabulary V, N layers:
   step    = 3 * forward - U*R*C*D - U*L*E*D   (backward = 2x forward, except the two input
                                               projections, whose inputs need no gradient)
 Padding positions are counted (they are computed): `token_efficiency` is the share of real tokens.
+
+Useful FLOPs count the same formula for the model computing each caption alone and unpadded: L is
+the caption's own length (its self-attention over itself only), and the image terms (region
+projection, cross-attention keys/values) once per image of the epoch, so neither padding, packing
+nor a projection repeated per caption counts as work. They depend only on the epoch's captions, so
+they are the same for us and the peer: `useful_gflop_per_s` = useful FLOPs per caption of the epoch
+x steady captions/s, and `bf16_matmul_fraction` (`peer_bf16_matmul_fraction` for the peer) is that
+over the bfloat16 matmul rate measured in the same process.
 """
 
 from __future__ import annotations
@@ -85,6 +101,8 @@ TARGETS = {  # the issue's targets for a 2-core machine
     "greedy_images_per_s": 150.0,
     "beam3_images_per_s": 50.0,
     "memory_5x_rss_anon_gb": 3.0,
+    "speedup_vs_peer": 3.0,  # steady captions/s over the plain Keras peer's, same run
+    "bf16_matmul_fraction": 0.2,  # useful GFLOP/s over the bfloat16 matmul rate, same process
 }
 
 
@@ -308,6 +326,138 @@ def decode_rate(decoder, features: np.ndarray, warmup: int = 64) -> tuple[float,
     return len(features) / (time.perf_counter() - start), captions
 
 
+def fraction_key(dtype: str) -> str:
+    """JSON key of useful GFLOP/s over the matmul rate of the compute dtype: bf16_matmul_fraction, ..."""
+    return {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[dtype] + "_matmul_fraction"
+
+
+def useful_step_flops(caption_lengths, images: int, regions: int, m, vocab: int) -> float:
+    """Training-step FLOPs of the model computing each caption alone and unpadded (see the module docstring)."""
+    D, F, E, V, C, N, R = m.hidden_dim, m.ff_dim, m.embedding_dim, vocab, m.feature_dim, m.num_layers, regions
+    lengths = np.asarray(caption_lengths, dtype=np.float64)
+    per_token = E * D + D * V + N * (4 * D * D + 2 * D * D + 2 * R * D + 2 * D * F)
+    per_image = R * C * D + N * 2 * R * D * D
+    forward = per_token * lengths.sum() + N * 2 * D * np.sum(lengths**2) + per_image * images
+    inputs = E * D * lengths.sum() + R * C * D * images
+    return 2.0 * (3 * forward - inputs)
+
+
+def useful_flops_per_caption(builder, captions: dict, regions: int, m, vocab: int) -> float:
+    """The epoch's useful FLOPs over its captions: the same figure for any model that trains the epoch."""
+    lengths = [len(sample.tokens) - 1 for sample in builder.samples(captions)]
+    return useful_step_flops(lengths, len(captions), regions, m, vocab) / len(lengths)
+
+
+def build_peer_model(m, vocab: int, length: int, regions: int):
+    """The decoder a user writes from the keras.io captioning example, pre-norm, at our dims: one caption
+    per row, its image's regions projected for it, keras.layers.MultiHeadAttention, mixed-precision
+    policy as set (logits in the policy's dtype, loss in float32, as the Keras mixed-precision guide does)."""
+    import keras
+    from keras import layers
+
+    D, H = m.hidden_dim, m.num_heads
+    features = keras.Input((regions, m.feature_dim), name="image_features")
+    tokens = keras.Input((length,), dtype="int32", name="tokens")
+    image = layers.Dropout(m.dropout)(layers.LayerNormalization(epsilon=1e-5)(layers.Dense(D)(features)))
+
+    class PositionalEmbedding(layers.Layer):  # as in the keras.io example, with a projection to D
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.words = layers.Embedding(vocab, m.embedding_dim, trainable=False)
+            self.projection = layers.Dense(D)
+            self.positions = layers.Embedding(length, D)
+
+        def call(self, tokens):
+            return self.projection(self.words(tokens)) + self.positions(keras.ops.arange(keras.ops.shape(tokens)[-1]))
+
+    x = layers.Dropout(m.dropout)(PositionalEmbedding()(tokens))
+    for _ in range(m.num_layers):
+        h = layers.LayerNormalization(epsilon=1e-5)(x)
+        h = layers.MultiHeadAttention(H, D // H, dropout=m.dropout)(h, h, use_causal_mask=True)
+        x = x + layers.Dropout(m.dropout)(h)
+        h = layers.LayerNormalization(epsilon=1e-5)(x)
+        h = layers.MultiHeadAttention(H, D // H, dropout=m.dropout)(h, image)
+        x = x + layers.Dropout(m.dropout)(h)
+        h = layers.LayerNormalization(epsilon=1e-5)(x)
+        h = layers.Dropout(m.dropout)(layers.Dense(m.ff_dim, activation="gelu")(h))
+        x = x + layers.Dropout(m.dropout)(layers.Dense(D)(h))
+    logits = layers.Dense(vocab)(layers.LayerNormalization(epsilon=1e-5)(x))
+    return keras.Model([features, tokens], logits, name="peer")
+
+
+def peer_dataset(builder, captions: dict, length: int, seed: int):
+    """((features, tokens), targets, weights): one caption per row, padded to `length`, shuffled, batched."""
+    import tensorflow as tf
+
+    samples = builder.samples(captions)
+    rows = np.array([builder.image_index[s.image_id] for s in samples], dtype=np.int64)
+    inputs = np.zeros((len(samples), length), np.int32)
+    targets = np.zeros((len(samples), length), np.int32)
+    for i, sample in enumerate(samples):
+        inputs[i, : len(sample.tokens) - 1] = sample.tokens[:-1]
+        targets[i, : len(sample.tokens) - 1] = sample.tokens[1:]
+
+    def to_batch(row, x, y):
+        features = tf.numpy_function(builder._gather, [row], tf.float16, stateful=False)
+        features = tf.cast(tf.ensure_shape(features, (None,) + builder.feature_shape), tf.float32)
+        return (features, x), y, tf.cast(y > 0, tf.float32)
+
+    dataset = tf.data.Dataset.from_tensor_slices((rows, inputs, targets)).shuffle(len(samples), seed=seed)
+    return dataset.batch(builder.batch_size).map(to_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def run_peer(args) -> dict:
+    """The peer row: the plain Keras model trained with model.fit for `--peer-steps` steps."""
+    import keras
+
+    from training.data.dataset import DatasetBuilder
+    from training.features import FeatureStore
+    from training.utils import configure_precision, set_global_seed
+
+    pooled = args.worker == "peer-pooled"
+    config = w1_config(pooled)
+    set_global_seed(config.data.seed)
+    policy = configure_precision(config.training.use_mixed_precision) if args.precision == "config" else args.precision
+    keras.mixed_precision.set_global_policy(policy)
+    split = load_split(Path(args.captions), 1, config)
+    tokenizer = Tokenizer(min_word_count=config.data.word_count_threshold).fit(
+        caption for captions in split.train.values() for caption in captions)
+    max_length = get_max_caption_length(split.train)
+    store = FeatureStore.open(store_dir(1))
+    builder = DatasetBuilder(store.features, store.index, tokenizer, max_length, config.training.batch_size,
+                             config.data.seed, pooled=pooled)
+    regions = 1 if pooled else REGIONS
+    model = build_peer_model(config.model, tokenizer.vocab_size, max_length - 1, regions)
+    model.compile(optimizer=keras.optimizers.Adam(config.training.learning_rate, clipnorm=config.training.clipnorm),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  weighted_metrics=["sparse_categorical_accuracy"])
+    compute_dtype = keras.mixed_precision.global_policy().compute_dtype
+    rates = {"float32": matmul_gflops("float32")}
+    if compute_dtype != "float32":
+        rates[compute_dtype] = matmul_gflops(compute_dtype)
+    times = StepTimes()
+    train = peer_dataset(builder, split.train, max_length - 1, config.data.seed).repeat()
+    log(f"{args.worker}: training {args.peer_steps} steps (policy {policy})")
+    model.fit(train, epochs=1, steps_per_epoch=args.peer_steps, callbacks=[times.callback], verbose=0)
+    for name, dtype_rates in list(rates.items()):
+        rates[name] = dtype_rates + matmul_gflops(name)
+    warmup = 10
+    steady_seconds = times.ends[-1] - times.ends[warmup - 1]
+    captions_per_s = config.training.batch_size * (len(times.ends) - warmup) / steady_seconds
+    useful = useful_flops_per_caption(builder, split.train, regions, config.model, tokenizer.vocab_size)
+    matmul = {name: round(statistics.median(r), 1) for name, r in rates.items()}
+    result = {
+        "policy": policy, "steps": len(times.ends), "first_batch_seconds": round(times.ends[0] - times.begin, 2),
+        "steady_captions_per_s": round(captions_per_s, 1),
+        "steady_step_ms": round(1000 * steady_seconds / (len(times.ends) - warmup), 1),
+        "useful_gflop_per_s": round(useful * captions_per_s / 1e9, 1),
+        "matmul_gflop_per_s": matmul,
+        "loss_first_and_last_batch": [round(times.losses[0], 3), round(times.losses[-1], 3)],
+    }
+    result[fraction_key(compute_dtype)] = round(useful * captions_per_s / 1e9 / matmul[compute_dtype], 3)
+    return result
+
+
 def run_row(args) -> dict:
     """One row of figures; runs in its own process."""
     sampler = MemorySampler()
@@ -366,6 +516,9 @@ def run_row(args) -> dict:
                 for rows, length, _, _ in steady)
     matmul = {name: round(statistics.median(r), 1) for name, r in rates.items()}
     gflops = flops / steady_seconds / 1e9
+    captions_per_s = sum(c for _, _, c, _ in steady) / steady_seconds
+    useful_gflops = useful_flops_per_caption(builder, split.train, 1 if pooled else REGIONS, config.model,
+                                             tokenizer.vocab_size) * captions_per_s / 1e9
     result = {
         "features": "pooled 1x1536" if pooled else f"regions {REGIONS}x{CHANNELS}",
         "images_in_store": len(store),
@@ -375,10 +528,11 @@ def run_row(args) -> dict:
         "batches_trained": batches,
         "first_batch_seconds": round(times.ends[0] - times.begin, 2),
         "slowest_later_batches_seconds": sorted((round(b - a, 2) for a, b in zip(times.ends, times.ends[1:])), reverse=True)[:3],
-        "steady_captions_per_s": round(sum(c for _, _, c, _ in steady) / steady_seconds, 1),
+        "steady_captions_per_s": round(captions_per_s, 1),
         "steady_step_ms": round(1000 * steady_seconds / len(steady), 1),
         "token_efficiency": round(sum(t for _, _, _, t in steady) / sum(r * n for r, n, _, _ in steady), 3),
         "train_gflop_per_s": round(gflops, 1),
+        "useful_gflop_per_s": round(useful_gflops, 1),
         "matmul_gflop_per_s": matmul,
         "matmul_fraction_float32": round(gflops / matmul["float32"], 3),
         # Keras' running mean over the epoch, after the first batch and at the end
@@ -387,6 +541,7 @@ def run_row(args) -> dict:
     }
     if compute_dtype != "float32":
         result[f"matmul_fraction_{compute_dtype}"] = round(gflops / matmul[compute_dtype], 3)
+    result[fraction_key(compute_dtype)] = round(useful_gflops / matmul[compute_dtype], 3)
     if steps:
         result["fit_seconds"] = round(fit_seconds, 1)
     else:
@@ -414,7 +569,7 @@ def run_row(args) -> dict:
 def run_worker(args, worker: str, scale: int = 1) -> dict:
     command = [sys.executable, __file__, "--worker", worker, "--scale", str(scale), "--epochs", str(args.epochs),
                "--steps", str(args.steps), "--decode-images", str(args.decode_images), "--captions", str(args.captions),
-               "--precision", args.precision]
+               "--precision", args.precision, "--peer-steps", str(args.peer_steps)]
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
     if done.returncode:
         raise SystemExit(f"bench/train.py: the {worker} row failed (exit {done.returncode})")
@@ -431,6 +586,13 @@ def targets(rows: dict, memory: dict | None) -> dict:
     for name, row in rows.items():
         fraction = row["matmul_fraction_float32"]
         met[f"{name}_matmul_fraction_float32"] = [fraction, TARGETS["matmul_fraction"], fraction >= TARGETS["matmul_fraction"]]
+    for name, row in rows.items():
+        if "speedup_vs_peer" in row:
+            met[f"{name}_speedup_vs_peer"] = [row["speedup_vs_peer"], TARGETS["speedup_vs_peer"],
+                                              row["speedup_vs_peer"] >= TARGETS["speedup_vs_peer"]]
+        if "bf16_matmul_fraction" in row:
+            met[f"{name}_bf16_matmul_fraction"] = [row["bf16_matmul_fraction"], TARGETS["bf16_matmul_fraction"],
+                                                   row["bf16_matmul_fraction"] >= TARGETS["bf16_matmul_fraction"]]
     if region and "greedy_images_per_s" in region:
         for key in ("greedy_images_per_s", "beam3_images_per_s"):
             met[key] = [region[key], TARGETS[key], region[key] >= TARGETS[key]]
@@ -451,13 +613,15 @@ def main() -> None:
     parser.add_argument("--precision", default="config",
                         help="'config' (configure_precision with the config's use_mixed_precision) or a Keras policy name")
     parser.add_argument("--no-memory", action="store_true", help="skip the big-store memory test")
+    parser.add_argument("--peer-steps", type=int, default=150,
+                        help="training steps of the plain Keras peer per row (0: no peer)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
         if args.worker == "memory":
             args.decode_images = 0
-        print(json.dumps(run_row(args)))
+        print(json.dumps(run_peer(args) if args.worker.startswith("peer-") else run_row(args)))
         return
 
     if not Path(args.captions).is_file():
@@ -468,8 +632,16 @@ def main() -> None:
     for row in [r.strip() for r in args.rows.split(",") if r.strip()]:
         if row not in ("region", "pooled"):
             raise SystemExit(f"bench/train.py: unknown row {row!r}; choose from region, pooled")
-        report["rows"][row] = run_worker(args, row)
-        log(f"{row}: {json.dumps(report['rows'][row])}")
+        report["rows"][row] = ours = run_worker(args, row)
+        log(f"{row}: {json.dumps(ours)}")
+        if args.peer_steps:  # right after ours, so both see the machine of the same minutes
+            peer = run_worker(args, f"peer-{row}")
+            log(f"peer-{row}: {json.dumps(peer)}")
+            ours["peer"] = peer
+            ours["peer_captions_per_s"] = peer["steady_captions_per_s"]
+            ours["speedup_vs_peer"] = round(ours["steady_captions_per_s"] / peer["steady_captions_per_s"], 2)
+            for key in [k for k in peer if k.endswith("_matmul_fraction")]:
+                ours[f"peer_{key}"] = peer[key]
     memory = None
     if args.scale > 1 and not args.no_memory:
         try:

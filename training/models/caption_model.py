@@ -85,8 +85,9 @@ class CaptionModel(keras.Model):
         else:
             self.lstm = LSTMEncoder(hidden_dim, name="lstm")
             self.output_dropout = Dropout(dropout)
-        # float32 output so the softmax/loss stay stable under mixed_float16.
-        self.output_layer = keras.layers.Dense(vocab_size, dtype="float32", name="logits")
+        # The logits matmul, the step's largest, runs in the compute dtype; its output is cast to
+        # float32 in `call` so the softmax and loss stay float32 (as the Keras mixed-precision guide does).
+        self.output_layer = keras.layers.Dense(vocab_size, name="logits")
 
     # ------------------------------------------------------------------ build / training path
 
@@ -126,7 +127,7 @@ class CaptionModel(keras.Model):
             x = self.final_norm(x)
         else:
             x = self.output_dropout(self.lstm(x, regions, token_mask=is_token, starts=starts), training=training)
-        return self.output_layer(x)
+        return ops.cast(self.output_layer(x), "float32")
 
     # ------------------------------------------------------------------ incremental decoding
 
@@ -176,13 +177,13 @@ class CaptionModel(keras.Model):
                 x, (keys, values), weights = block.decode_step(x, region_kv, (cache["keys"][i], cache["values"][i]))
                 new_keys.append(keys)
                 new_values.append(values)
-            logits = self.output_layer(self.final_norm(x))[:, 0]
+            logits = ops.cast(self.output_layer(self.final_norm(x))[:, 0], "float32")
             attention = ops.mean(weights[:, :, 0, :], axis=1)
             return logits, {"keys": tuple(new_keys), "values": tuple(new_values)}, attention
         word = self.text_embedding(tokens, training=False)[:, 0]
         state = (cache["h"], cache["c"])
         (h, c), attention = self.lstm.step(word, state, memory["regions"], memory["region_keys"])
-        return self.output_layer(h), {"h": h, "c": c}, attention
+        return ops.cast(self.output_layer(h), "float32"), {"h": h, "c": c}, attention
 
     def get_config(self):
         config = super().get_config()

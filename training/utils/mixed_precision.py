@@ -47,14 +47,17 @@ def configure_precision(use_mixed_precision: bool) -> str:
     With use_mixed_precision: float16 compute on a GPU; bfloat16 compute on a CPU with native
     bfloat16 (AMX or AVX512-BF16, through oneDNN), where it trained W1 ~10% faster than float32
     with the same loss curve (bench/train.py); float32 elsewhere, since emulated half precision
-    is slower than float32. Variables, the softmax and the logits stay float32 in every case.
+    is slower than float32. Variables, the softmax and the loss stay float32 in every case.
+
+    Every run calls this before it touches a device, so it also turns on GPU memory growth
+    (`configure_gpus`) whenever a GPU is visible, whatever the precision.
     """
     import keras
-    import tensorflow as tf
 
+    gpus = configure_gpus()
     policy = "float32"
     if use_mixed_precision:
-        if tf.config.list_physical_devices("GPU"):
+        if gpus:
             policy = "mixed_float16"
         elif cpu_supports_bfloat16():
             policy = "mixed_bfloat16"
