@@ -46,6 +46,10 @@ def evaluate_split(model, tokenizer, builder, captions: dict, config: Config, ar
 
     evaluator = CaptionEvaluator()
     scores = evaluator.evaluate(predictions, references)
+    if config.data.scenes_file:  # right about the image: colour+shape mentions and counts against the scenes
+        from training.evaluation.objects import object_scores
+
+        scores.update(object_scores(predictions, config.data.scenes_file))
     evaluator.write_per_image_csv(artifacts_dir / "logs" / "bleu_scores.csv")
     records = []
     for position, (image_id, result) in enumerate(zip(image_ids, results)):
