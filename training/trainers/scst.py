@@ -60,6 +60,23 @@ def scst_loss(log_probs, advantages):
     return -tf.reduce_mean(tf.cast(advantages, tf.float32) * log_probs)
 
 
+def scst_train_step(model, sampler):
+    """A compiled step: (image features, their sampled captions, advantages) -> one optimizer update; returns the loss."""
+    banned = sampler.banned_mask(model.vocab_size)
+    samples, start_id = sampler.samples, sampler.tokenizer.start_id
+
+    @tf.function(reduce_retracing=True)
+    def train_step(features, sequences, advantages):
+        rows = tf.repeat(features, samples, axis=0)  # each image's features for each of its samples
+        with tf.GradientTape() as tape:
+            loss = scst_loss(sequence_log_probs(model, rows, sequences, start_id, banned), advantages)
+        gradients = tape.gradient(loss, model.trainable_variables)
+        model.optimizer.apply(gradients, model.trainable_variables)
+        return loss
+
+    return train_step
+
+
 def compile_for_scst(model, learning_rate: float, clipnorm: float | None) -> None:
     """Give the model its SCST optimizer (saved with it, so a resumed stage keeps Adam's moments)."""
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate, clipnorm=clipnorm))
@@ -88,21 +105,6 @@ class SelfCriticalTrainer:
         texts = self.tokenizer.sequences_to_texts(sequences, strip_special=True)
         owners = [i for i in image_ids for _ in range(self.samples)]
         return np.array([self.cider.score(t, self.references[i], key=i) for t, i in zip(texts, owners)])
-
-    def make_train_step(self, model, sampler):
-        banned = sampler.banned_mask(model.vocab_size)
-        samples, start_id = self.samples, self.tokenizer.start_id
-
-        @tf.function(reduce_retracing=True)
-        def train_step(features, sequences, advantages):
-            rows = tf.repeat(features, samples, axis=0)
-            with tf.GradientTape() as tape:
-                loss = scst_loss(sequence_log_probs(model, rows, sequences, start_id, banned), advantages)
-            gradients = tape.gradient(loss, model.trainable_variables)
-            model.optimizer.apply(gradients, model.trainable_variables)
-            return loss
-
-        return train_step
 
     # -- state -------------------------------------------------------------------------------------
     def save_state(self, model, state: dict) -> None:
@@ -163,7 +165,7 @@ class SelfCriticalTrainer:
 
     def train(self, model, state: dict, sampler) -> None:
         t, seed = self.config.training, self.config.data.seed
-        train_step = self.make_train_step(model, sampler)
+        train_step = scst_train_step(model, sampler)
         image_ids = list(self.references)
         callbacks = keras.callbacks.CallbackList(self.callbacks, model=model) if self.callbacks else None
         if callbacks:
