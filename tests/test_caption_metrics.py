@@ -80,7 +80,8 @@ def test_object_scores_count_mentions_objects_and_numbers(tmp_path):
                       "count_accuracy": 0.5}
     assert ObjectMentions(load_scenes(path)).parse("a large red circle and two blue squares") == (
         [("red", "circle"), ("blue", "square")], [(2, ("blue", "square"))])
-    assert object_scores({"b.png": "a picture"}, path) == {"object_recall": 0.0}  # nothing to be precise about
+    assert object_scores({"b.png": "a picture"}, path) == {  # nothing to be precise about, no number stated
+        "object_precision": None, "object_recall": 0.0, "count_accuracy": None}
     with pytest.raises(ValueError, match="no scene"):
         object_scores({"c.png": "a red circle"}, path)
     with pytest.raises(FileNotFoundError, match="scenes_file"):

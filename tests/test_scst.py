@@ -185,7 +185,7 @@ def test_scst_continues_the_epochs_and_the_summary_says_which_model_is_final(scs
     assert facts["final_model"] == ("scst" if facts["scst_best_val_cider"] > facts["xe_val_cider"] else "xe")
     assert facts["xe_val_cider"] == pytest.approx(max(float(r["val_cider"]) for r in rows[:2]), abs=1e-9)
     assert facts["scst_best_val_cider"] == pytest.approx(max(float(r["val_cider"]) for r in rows[2:]), abs=1e-9)
-    keys = {"cider", "rouge_l", "object_precision", "object_recall", *(f"coco_bleu{n}" for n in range(1, 5))}
+    keys = {"cider", "rouge_l", "object_precision", "object_recall", "count_accuracy", *(f"coco_bleu{n}" for n in range(1, 5))}
     assert keys <= set(summary["scores"]) and keys <= set(summary["scores_before_scst"])
     assert set(summary["bleu_scores"]) == {f"test_bleu{n}" for n in range(1, 5)}
     assert (artifacts / "image_caption_model_xe.keras").is_file() and (artifacts / "checkpoint_scst.keras").is_file()

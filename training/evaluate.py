@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                             beam_size=args.beam, split_name=args.split)
     print()
     for name, value in scores.items():
-        print(f"{name:>8}: {value:.4f}")
+        print(f"{name:>8}: {value:.4f}" if value is not None else f"{name:>8}: n/a (nothing to count)")
     return 0
 
 

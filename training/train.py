@@ -223,13 +223,14 @@ class TrainingPipeline:
         print(f"\nTest scores of both stages (final model: {'SCST' if stage['final_model'] == 'scst' else 'cross-entropy'}; "
               f"val CIDEr-D cross-entropy {stage['xe_val_cider']:.4f}, SCST best {stage['scst_best_val_cider']:.4f}):")
         print(f"  {'':>16}  {'before SCST':>11}  {'final':>8}")
+        show = lambda value, width: f"{value:>{width}.4f}" if value is not None else f"{'n/a':>{width}}"  # noqa: E731
         for name, value in after.items():
-            print(f"  {name:>16}  {before.get(name, float('nan')):>11.4f}  {value:>8.4f}")
+            print(f"  {name:>16}  {show(before.get(name), 11)}  {show(value, 8)}")
 
     def print_summary(self, scores: dict, elapsed: float) -> None:
         print(f"\nTest scores ({self.config.training.beam_size}-beam):")
         for name, value in scores.items():
-            print(f"  {name:>8}: {value:.4f}")
+            print(f"  {name:>8}: {value:.4f}" if value is not None else f"  {name:>8}: n/a (nothing to count)")
         print(f"\nArtifacts in {self.artifacts_dir.resolve()}:")
         for path in sorted(self.artifacts_dir.iterdir()):
             if not path.name.startswith("."):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -39,7 +40,9 @@ class CaptionValidation:
         if decoder is None:  # one decoder per model: its compiled search is traced once and reused every epoch
             decoder = self._decoders[id(model)] = GreedyDecoder(model, self.tokenizer, batch_size=self.batch_size)
         texts = [c.text for c in decoder.decode(self.features)]
-        bleu = BLEUScore(smoothing=None).corpus_score(self.references, texts)["bleu4"]
+        with warnings.catch_warnings():  # NLTK warns at every epoch whose captions share no 4-gram with the references
+            warnings.simplefilter("ignore", UserWarning)
+            bleu = BLEUScore(smoothing=None).corpus_score(self.references, texts)["bleu4"]
         cider, _ = CiderD.corpus_score(texts, self.references)
         return {"val_bleu4": float(bleu), "val_cider": float(cider)}
 

@@ -89,7 +89,6 @@ class ObjectMentions:
                 "count_accuracy": ratio(right, counted)}
 
 
-def object_scores(predictions: Mapping[str, str], scenes_file: str | Path) -> dict[str, float]:
-    """The object scores of `predictions` against `scenes_file`, leaving out those with nothing to count."""
-    scores = ObjectMentions(load_scenes(scenes_file)).score(predictions)
-    return {k: v for k, v in scores.items() if v is not None}
+def object_scores(predictions: Mapping[str, str], scenes_file: str | Path) -> dict[str, float | None]:
+    """The object scores of `predictions` against `scenes_file` (None: nothing to count, e.g. no caption states a number)."""
+    return ObjectMentions(load_scenes(scenes_file)).score(predictions)
