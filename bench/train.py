@@ -414,7 +414,9 @@ def run_row(args) -> dict:
             validation.score(model)
             timings.append(time.perf_counter() - start)
         result["val_caption_metrics_seconds"] = [round(t, 2) for t in timings]
-        result["val_caption_metrics_fraction_of_epoch"] = round(timings[0] / result["epoch_seconds"], 3)
+        # Training reuses one traced search every epoch: the second call is what each later epoch pays.
+        result["val_caption_metrics_fraction_of_epoch"] = round(timings[1] / result["epoch_seconds"], 3)
+        result["val_caption_metrics_first_fraction_of_epoch"] = round(timings[0] / result["epoch_seconds"], 3)
     result["memory"] = sampler.snapshot()
     return result
 
