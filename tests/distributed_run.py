@@ -23,6 +23,7 @@ if mode == "mirrored":
 
 import keras  # noqa: E402
 
+from training.callbacks.caption_metrics import CaptionValidation  # noqa: E402
 from training.configs import config_from_dict  # noqa: E402
 from training.data.dataset import DatasetBuilder  # noqa: E402
 from training.data.tokenizer import Tokenizer  # noqa: E402
@@ -34,7 +35,7 @@ config = config_from_dict(
         "feature_dim": 8, "embedding_dim": 8, "hidden_dim": 16, "num_heads": 2, "num_layers": 1, "ff_dim": 32,
         "dropout": 0.0, "batch_size": 8, "epochs": 1, "learning_rate": 0.01, "glove_path": None,
         "distribution": {"single": "none", "mirrored": "mirrored", "worker": "multi_worker"}[mode],
-        "word_count_threshold": 1,
+        "word_count_threshold": 1, "monitor": "val_cider", "mode": "max",
     }
 )
 set_global_seed(0)
@@ -49,6 +50,8 @@ index = {f"img{i}": i for i in range(16)}
 tokenizer = Tokenizer(min_word_count=1).fit(c for cs in captions.values() for c in cs)
 builder = DatasetBuilder(features, index, tokenizer, max_length=6, batch_size=8, seed=0)
 
+# val_cider of greedy captions after the epoch: the monitored value, which every worker must agree on.
+trainer.caption_validation = CaptionValidation(tokenizer, builder, captions, max_images=16)
 model = trainer.build_model(tokenizer.vocab_size, 5)
 weights = out_dir / "initial.weights.h5"
 if mode == "single":
@@ -69,7 +72,8 @@ class BatchLosses(keras.callbacks.Callback):
 recorder = BatchLosses()
 # Shuffle off: the test compares the same first batch everywhere.
 train = builder.build(captions, training=False)
-trainer.train(model, train, builder.build(captions, training=False), callbacks=[recorder], verbose=0)
+history = trainer.train(model, train, builder.build(captions, training=False), callbacks=[recorder], verbose=0)
 worker_dir = getattr(trainer, "_worker_dir", None)  # a non-chief worker's temporary folder
 print(json.dumps({"mode": mode, "replicas": trainer.strategy.num_replicas_in_sync, "is_chief": trainer.is_chief,
-                  "batch_losses": recorder.losses, "worker_dir": worker_dir and str(worker_dir)}))
+                  "batch_losses": recorder.losses, "val_cider": history.history["val_cider"],
+                  "worker_dir": worker_dir and str(worker_dir)}))

@@ -66,6 +66,8 @@ def test_multi_worker_strategy_matches_single_device(single):
     assert [r["is_chief"] for r in results] == [True, False]
     for result in results:
         assert result["batch_losses"][0] == pytest.approx(reference["batch_losses"][0], rel=1e-4)
+    # The monitored val_cider is one value on every worker, or they would stop at different epochs.
+    assert results[0]["val_cider"] == results[1]["val_cider"] and len(results[0]["val_cider"]) == 1
     # Only the chief writes the run's artifacts; the other worker's temporary folder is gone at the end.
     assert (out / "artifacts_worker" / "checkpoint.keras").is_file()
     assert results[0]["worker_dir"] is None and results[1]["worker_dir"]

@@ -80,7 +80,8 @@ def test_bleu_sentence_scores_equal_nltk():
 @pytest.mark.skipif(shutil.which("java") is None, reason="METEOR and the PTB tokenizer need Java")
 def test_evaluator_equals_pycocoevalcap_on_ptb_tokens(evaluated, reference_meteor):
     evaluator, scores = evaluated
-    assert set(scores) == {"bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider"}
+    assert set(scores) == {"bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider",
+                           "coco_bleu1", "coco_bleu2", "coco_bleu3", "coco_bleu4"}
     for n, weights in enumerate(WEIGHTS, 1):
         assert scores[f"bleu{n}"] == pytest.approx(corpus_bleu(REF_TOKENS, HYP_TOKENS, weights=weights), abs=1e-12)
 

@@ -45,6 +45,10 @@ def evaluate_split(model, tokenizer, builder, captions: dict, config: Config, ar
 
     evaluator = CaptionEvaluator()
     scores = evaluator.evaluate(predictions, references)
+    if config.data.scenes_file:  # right about the image: colour+shape mentions and counts against the scenes
+        from training.evaluation.objects import object_scores
+
+        scores.update(object_scores(predictions, config.data.scenes_file))
     evaluator.write_per_image_csv(artifacts_dir / "logs" / "bleu_scores.csv")
     records = []
     for position, (image_id, result) in enumerate(zip(image_ids, results)):
@@ -114,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                             beam_size=args.beam, split_name=args.split)
     print()
     for name, value in scores.items():
-        print(f"{name:>8}: {value:.4f}")
+        print(f"{name:>8}: {value:.4f}" if value is not None else f"{name:>8}: n/a (nothing to count)")
     return 0
 
 

@@ -25,7 +25,10 @@ from training.utils.io import atomic_path, atomic_write_text, load_json
 from training.utils.mlflow_logging import flatten_config
 
 SCORE_NAMES = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4",
-               "meteor": "METEOR", "rouge_l": "ROUGE-L", "cider": "CIDEr"}
+               "coco_bleu1": "BLEU-1 (coco-caption)", "coco_bleu2": "BLEU-2 (coco-caption)",
+               "coco_bleu3": "BLEU-3 (coco-caption)", "coco_bleu4": "BLEU-4 (coco-caption)",
+               "meteor": "METEOR", "rouge_l": "ROUGE-L", "cider": "CIDEr",
+               "object_precision": "object precision", "object_recall": "object recall", "count_accuracy": "count accuracy"}
 CONFIG_SUMMARY = {"data": ("images_path", "captions_file", "captions_format"),
                   "model": ("architecture", "feature_extractor", "image_size", "hidden_dim", "num_layers"),
                   "training": ("epochs", "batch_size", "learning_rate", "beam_size")}
@@ -44,7 +47,9 @@ def _read_metrics(path: Path) -> dict[str, list[float]]:
     with open(path, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     # An empty cell is a metric that epoch did not log: NaN, which matplotlib draws as a gap.
-    return {column: [float(row[column] or "nan") for row in rows] for column in (rows[0] if rows else {})}
+    # Text columns (the training `stage`) are not curves.
+    return {column: [float(row[column] or "nan") for row in rows] for column in (rows[0] if rows else {})
+            if column != "stage"}
 
 
 def _save(figure: Figure, path: Path) -> Path:
@@ -200,7 +205,15 @@ def build_report(artifacts_dir: str | Path, images_path: str | Path | None = Non
     scores = _scores(predictions, summary)
     ordered = [k for k in SCORE_NAMES if k in scores] + [k for k in scores if k not in SCORE_NAMES]
     rows = [(SCORE_NAMES.get(k, k), f"{scores[k]:.4f}" if isinstance(scores[k], float) else scores[k]) for k in ordered]
-    body += ["<h2>Scores (test split)</h2>", _table(rows, ("metric", "value")) if rows else _note("No scores yet.")]
+    before = (summary or {}).get("scores_before_scst")
+    if before and rows:  # two stages: the cross-entropy model's scores beside the final model's
+        final = (summary.get("scst") or {}).get("final_model", "?")
+        show = lambda v: f"{v:.4f}" if isinstance(v, float) else ("" if v is None else v)  # noqa: E731
+        rows = [(name, show(before.get(k)), value) for (name, value), k in zip(rows, ordered)]
+        body += [f"<h2>Scores (test split; final model: {html.escape(final)})</h2>",
+                 _table(rows, ("metric", "before SCST", "final"))]
+    else:
+        body += ["<h2>Scores (test split)</h2>", _table(rows, ("metric", "value")) if rows else _note("No scores yet.")]
 
     picked = [(f"{s}.{k}", config[s][k]) for s, keys in CONFIG_SUMMARY.items() for k in keys if k in config.get(s, {})]
     body += ["<h2>Config</h2>", _table(picked) if picked else _note("config_snapshot.json not found.")]
@@ -215,6 +228,9 @@ def build_report(artifacts_dir: str | Path, images_path: str | Path | None = Non
         if "learning_rate" in metrics:
             lr = {"learning rate": metrics["learning_rate"]}
             curves.append(_curve(artifacts / "learning_rate.png", metrics["epoch"], lr, "learning rate"))
+        captions = {name: metrics[name] for name in ("val_bleu4", "val_cider") if name in metrics}
+        if captions:  # caption metrics of the validation images, both stages
+            curves.append(_curve(artifacts / "caption_metrics.png", metrics["epoch"], captions, "validation score"))
         body.append('<div class="curves">' + "".join(_img(p, p.stem) for p in curves) + "</div>")
     else:
         body.append(_note("metrics.csv not found or empty: no epochs logged yet."))

@@ -78,6 +78,8 @@ class TrainingPipeline:
         require_path(d.images_path, "images_path", kind="folder")
         if d.glove_path:
             check_glove_header(require_path(d.glove_path, "glove_path"), self.config.model.embedding_dim)
+        if d.scenes_file:
+            require_path(d.scenes_file, "scenes_file")
 
     def check_extractor(self) -> None:
         """An unknown feature_extractor, or a feature_dim it does not give, stops the run before anything is written."""
@@ -196,6 +198,11 @@ class TrainingPipeline:
         builder = DatasetBuilder(
             store.features, store.index, tokenizer, max_length, c.training.batch_size, c.data.seed, pooled=not c.model.use_regions
         )
+        trainer.steps_per_epoch = builder.steps(split.train)
+        if c.training.val_caption_images:
+            from training.callbacks.caption_metrics import CaptionValidation
+
+            trainer.caption_validation = CaptionValidation(tokenizer, builder, split.val, c.training.val_caption_images)
         model = trainer.build_model(tokenizer.vocab_size, max_length - 1, self.embedding_matrix(tokenizer))
         trainer.train(model, builder.build(split.train, first_epoch=trainer.initial_epoch), builder.build(split.val, training=False),
                       callbacks=self.callbacks, steps_per_epoch=builder.steps(split.train))
@@ -205,9 +212,17 @@ class TrainingPipeline:
         checkpoint = self.artifacts_dir / "checkpoint.keras"
         if checkpoint.is_file():  # the best val_loss model is the one we ship and score
             model = keras.saving.load_model(checkpoint)
+        xe_model, stage = model, None
+        if c.training.scst_epochs:
+            model, stage = self.self_critical_stage(model, tokenizer, builder, split, trainer)
         with atomic_path(self.artifacts_dir / FINAL_MODEL) as tmp:
             model.save(tmp)
+        if stage and stage["final_model"] == "scst":
+            print("\nCross-entropy model (before SCST) on the test split:")
+            before = evaluate_split(xe_model, tokenizer, builder, split.test, c, self.artifacts_dir, split_name="test_xe", show=0)
         scores = evaluate_split(model, tokenizer, builder, split.test, c, self.artifacts_dir, tracker=self.tracker)
+        if stage:
+            self.tracker.sections["scores_before_scst"] = before if stage["final_model"] == "scst" else scores
         self.tracker.log_artifact("model", str(self.artifacts_dir / FINAL_MODEL))
         self.tracker.finalize()
         from training.report import build_report
@@ -216,13 +231,40 @@ class TrainingPipeline:
         build_report(self.artifacts_dir)
         log_run_to_mlflow(self.artifacts_dir)
         elapsed = time.perf_counter() - started
+        if stage:
+            self.print_stages(stage, self.tracker.sections["scores_before_scst"], scores)
         self.print_summary(scores, elapsed)
         return {"scores": scores, "artifacts_dir": str(self.artifacts_dir), "wall_time_seconds": elapsed}
+
+    def self_critical_stage(self, xe_model, tokenizer, builder, split, trainer):
+        """SCST from the best cross-entropy model (kept as image_caption_model_xe.keras): (final model, facts)."""
+        from training.callbacks.caption_metrics import CaptionValidation
+        from training.trainers.scst import XE_MODEL, SelfCriticalTrainer
+
+        c = self.config
+        with atomic_path(self.artifacts_dir / XE_MODEL) as tmp:
+            xe_model.save(tmp)
+        xe_epochs = int(lifecycle.latest_state(self.artifacts_dir / lifecycle.RESUME_DIR)[1]["epoch"])
+        validation = trainer.caption_validation or CaptionValidation(tokenizer, builder, split.val, c.training.val_caption_images)
+        stage = SelfCriticalTrainer(c, self.artifacts_dir, tokenizer, builder, split.train, validation,
+                                    tracker=self.tracker, callbacks=self.callbacks)
+        model, facts = stage.run(xe_model, xe_epochs)
+        self.tracker.sections["scst"] = facts
+        return model, facts
+
+    @staticmethod
+    def print_stages(stage: dict, before: dict, after: dict) -> None:
+        print(f"\nTest scores of both stages (final model: {'SCST' if stage['final_model'] == 'scst' else 'cross-entropy'}; "
+              f"val CIDEr-D cross-entropy {stage['xe_val_cider']:.4f}, SCST best {stage['scst_best_val_cider']:.4f}):")
+        print(f"  {'':>16}  {'before SCST':>11}  {'final':>8}")
+        show = lambda value, width: f"{value:>{width}.4f}" if value is not None else f"{'n/a':>{width}}"  # noqa: E731
+        for name, value in after.items():
+            print(f"  {name:>16}  {show(before.get(name), 11)}  {show(value, 8)}")
 
     def print_summary(self, scores: dict, elapsed: float) -> None:
         print(f"\nTest scores ({self.config.training.beam_size}-beam):")
         for name, value in scores.items():
-            print(f"  {name:>8}: {value:.4f}")
+            print(f"  {name:>8}: {value:.4f}" if value is not None else f"  {name:>8}: n/a (nothing to count)")
         print(f"\nArtifacts in {self.artifacts_dir.resolve()}:")
         for path in sorted(self.artifacts_dir.iterdir()):
             if not path.name.startswith("."):

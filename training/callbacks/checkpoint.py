@@ -23,16 +23,19 @@ class BestModelCheckpoint(keras.callbacks.Callback):
     Keras' own ModelCheckpoint writes in place: a kill during the write leaves a broken file.
     """
 
-    def __init__(self, filepath, monitor: str = "val_loss", verbose: int = 0):
+    def __init__(self, filepath, monitor: str = "val_loss", verbose: int = 0, mode: str = "min"):
         super().__init__()
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' (lower {monitor} is better) or 'max', got {mode!r}")
         self.filepath = Path(filepath)
         self.monitor = monitor
         self.verbose = verbose
-        self.best = math.inf
+        self.mode = mode
+        self.best = math.inf if mode == "min" else -math.inf
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
-        if value is None or not math.isfinite(value) or value >= self.best:
+        if value is None or not math.isfinite(value) or (value >= self.best if self.mode == "min" else value <= self.best):
             return
         if self.verbose:
             log.info("%s improved from %.4f to %.4f: saving %s", self.monitor, self.best, value, self.filepath)

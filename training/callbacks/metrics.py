@@ -17,9 +17,10 @@ def current_learning_rate(model) -> float:
 class MetricsCallback(keras.callbacks.Callback):
     """Writes epoch,train_loss,val_loss,learning_rate,epoch_time_seconds (+ other logs) through the tracker."""
 
-    def __init__(self, tracker):
+    def __init__(self, tracker, stage: str | None = None):
         super().__init__()
         self.tracker = tracker
+        self.stage = stage  # the training stage, written to a `stage` column (xe, scst)
         self._started = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -36,7 +37,8 @@ class MetricsCallback(keras.callbacks.Callback):
             "epoch_time_seconds": round(time.perf_counter() - self._started, 3),
         }
         row.update({("train_" + k if not k.startswith("val_") else k): v for k, v in logs.items()})
-        self.tracker.log_metrics(epoch=epoch + 1, **{k: float(v) for k, v in row.items() if v is not None})
+        stage = {"stage": self.stage} if self.stage else {}
+        self.tracker.log_metrics(epoch=epoch + 1, **{k: float(v) for k, v in row.items() if v is not None}, **stage)
 
 
 class ProgressCallback(keras.callbacks.Callback):
@@ -57,6 +59,6 @@ class ProgressCallback(keras.callbacks.Callback):
         mean = sum(self._epoch_times) / len(self._epoch_times)
         left = mean * (self.epochs - epoch - 1)
         parts = [f"epoch {epoch + 1}/{self.epochs}"]
-        parts += [f"{k} {v:.4f}" for k, v in logs.items() if k in ("loss", "val_loss", "masked_accuracy", "val_masked_accuracy")]
+        parts += [f"{k} {v:.4f}" for k, v in logs.items() if k in ("loss", "val_loss", "masked_accuracy", "val_masked_accuracy", "val_bleu4", "val_cider")]
         parts += [f"lr {current_learning_rate(self.model):.2e}", f"{self._epoch_times[-1]:.1f}s", f"~{left:.0f}s left"]
         log.info(" | ".join(parts))

@@ -15,6 +15,8 @@ import yaml
 ARCHITECTURES = ("transformer", "lstm_attention")
 CAPTION_FORMATS = ("auto", "flickr8k_csv", "flickr8k_token", "flickr30k", "coco", "karpathy")
 DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
+MONITORS = {"val_loss": "min", "val_cider": "max", "val_bleu4": "max"}  # what each monitored value's better direction is
+LR_SCHEDULES = ("plateau", "warmup_cosine")
 
 
 class ConfigError(ValueError):
@@ -37,6 +39,7 @@ class DataConfig:
     max_images: int | None = None  # keep only the first N images (smoke runs)
     max_bad_image_fraction: float = 0.01
     seed: int = 42
+    scenes_file: str | None = None  # what each image shows (the demo's scenes.json): object precision/recall
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,16 @@ class TrainingConfig:
     beam_size: int = 3
     eval_max_images: int | None = None
     run_name: str | None = None
+    val_caption_images: int = 500  # validation images captioned (greedy) for val_bleu4/val_cider; 0 = off
+    eval_every: int = 1  # epochs between those caption metrics
+    monitor: str = "val_loss"  # what the checkpoint, early stopping and plateau decay follow
+    mode: str = "min"  # "max" for val_cider / val_bleu4
+    lr_schedule: str = "plateau"
+    warmup_steps: int = 1000  # warmup_cosine: linear warm-up steps, then cosine decay to min_learning_rate
+    label_smoothing: float = 0.0
+    scst_epochs: int = 0  # self-critical sequence training after cross-entropy; 0 = off
+    scst_samples: int = 5  # sampled captions per image; the others' mean reward is each one's baseline
+    scst_learning_rate: float = 1e-5
 
 
 @dataclass(frozen=True)
@@ -163,7 +176,31 @@ def validate(config: Config) -> Config:
     _check(t.reduce_lr_patience >= 0, "reduce_lr_patience", ">= 0", t.reduce_lr_patience)
     _check(t.distribution in DISTRIBUTIONS, "distribution", f"one of {DISTRIBUTIONS}", t.distribution)
     _check(t.eval_max_images is None or t.eval_max_images >= 1, "eval_max_images", ">= 1 or null", t.eval_max_images)
+    _check_caption_training(t)
     return config
+
+
+def _check_caption_training(t: TrainingConfig) -> None:
+    """Keys of caption-metric monitoring, schedules and SCST."""
+    _check(t.val_caption_images >= 0, "val_caption_images", ">= 0 (0 turns val_bleu4/val_cider off)", t.val_caption_images)
+    _check(t.eval_every >= 1, "eval_every", ">= 1", t.eval_every)
+    _check(t.monitor in MONITORS, "monitor", f"one of {tuple(MONITORS)}", t.monitor)
+    _check(t.mode in ("min", "max"), "mode", "'min' or 'max'", t.mode)
+    _check(t.mode == MONITORS[t.monitor], "mode",
+           f"'{MONITORS[t.monitor]}' for monitor {t.monitor} ({'higher' if MONITORS[t.monitor] == 'max' else 'lower'} is better)", t.mode)
+    if t.monitor != "val_loss":
+        _check(t.eval_every == 1, "eval_every", f"1 when monitor is {t.monitor} (every epoch needs the value)", t.eval_every)
+        _check(t.val_caption_images >= 1, "val_caption_images", f">= 1 when monitor is {t.monitor}", t.val_caption_images)
+    _check(t.lr_schedule in LR_SCHEDULES, "lr_schedule", f"one of {LR_SCHEDULES}", t.lr_schedule)
+    _check(t.warmup_steps >= 0, "warmup_steps", ">= 0", t.warmup_steps)
+    _check(0.0 <= t.label_smoothing < 1.0, "label_smoothing", "in [0, 1)", t.label_smoothing)
+    _check(t.scst_epochs >= 0, "scst_epochs", ">= 0 (0 = no SCST stage)", t.scst_epochs)
+    _check(t.scst_samples >= 2, "scst_samples", ">= 2 (each sample's baseline is the mean of the others)", t.scst_samples)
+    _check(t.scst_learning_rate > 0, "scst_learning_rate", "> 0", t.scst_learning_rate)
+    if t.scst_epochs:
+        _check(t.distribution == "none", "distribution", "none when scst_epochs > 0 (SCST trains in one process)", t.distribution)
+        _check(t.val_caption_images >= 1, "val_caption_images", ">= 1 when scst_epochs > 0 (SCST keeps the best val_cider)",
+               t.val_caption_images)
 
 
 def config_from_dict(raw: dict[str, Any] | None, source: str = "config") -> Config:

@@ -325,3 +325,61 @@ class GreedyDecoder(BeamSearchDecoder):
     def __init__(self, model, tokenizer, max_length: int | None = None, batch_size: int = 64):
         super().__init__(model, tokenizer, beam_size=1, length_penalty=0.0, max_length=max_length,
                          batch_size=batch_size)
+
+
+class CaptionSampler:
+    """Random captions drawn from the model's own next-word distribution, `samples` per image (for SCST).
+
+    One compiled pass per batch: the image memory is encoded once and shared by the image's
+    `samples` rows (see `decode_step`), and every step draws each row's next word with a stateless
+    sampler seeded by (seed, step), so the same seed gives the same captions in any process. As in
+    the decoders, padding, the start token and the unknown-word token are never drawn (the policy is
+    the model's distribution renormalised over the other words: `banned_mask` gives the same
+    renormalisation to the training loss). Rows stop at endseq and are padded after it.
+    """
+
+    def __init__(self, model, tokenizer, samples: int = 5, max_length: int | None = None):
+        limit = int(model.max_length)
+        self.max_length = limit if max_length is None else int(max_length)
+        if not 1 <= self.max_length <= limit or samples < 1:
+            raise ValueError(f"need samples >= 1 and max_length in 1..{limit}, got {samples} and {max_length}")
+        self.model, self.tokenizer, self.samples = model, tokenizer, int(samples)
+        self._banned = sorted({i for i in (tokenizer.pad_id, tokenizer.start_id, tokenizer.unk_id) if i is not None})
+        self._sample = tf.function(self._sample_batch)
+
+    def banned_mask(self, vocab: int):
+        """(vocab,) float32: -inf at the tokens never drawn, 0 elsewhere."""
+        return tf.scatter_nd([[i] for i in self._banned], tf.fill([len(self._banned)], -np.inf), [vocab])
+
+    def sample(self, image_features: np.ndarray, seed: tuple[int, int]) -> np.ndarray:
+        """(images * samples, max_length) int32 word ids: row i * samples + j is image i's j-th sample,
+        endseq included when the caption ended, padding (0) after it."""
+        features = tf.constant(np.asarray(image_features), tf.float32)
+        return self._sample(features, tf.constant(seed, tf.int64)).numpy()
+
+    def _sample_batch(self, features, seed):
+        model, steps, pad, end = self.model, self.max_length, self.tokenizer.pad_id, self.tokenizer.end_id
+        rows = features.shape[0] * self.samples  # static per trace: at most two (full and last batch)
+        memory = model.encode(features)
+        cache = model.init_cache(rows)
+        tokens = tf.fill([rows], tf.cast(self.tokenizer.start_id, tf.int32))
+        finished = tf.zeros([rows], tf.bool)
+        drawn = tf.TensorArray(tf.int32, size=steps)
+
+        def body(step, tokens, finished, cache, drawn):
+            logits, cache, _ = model.decode_step(tokens, step, memory, cache)
+            log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
+            log_probs += self.banned_mask(log_probs.shape[-1])
+            step_seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(step, tf.int64))
+            words = tf.cast(tf.random.stateless_categorical(log_probs, 1, seed=step_seed)[:, 0], tf.int32)
+            words = tf.where(finished, tf.cast(pad, tf.int32), words)
+            return step + 1, words, tf.logical_or(finished, words == end), cache, drawn.write(step, words)
+
+        step = tf.constant(0, tf.int32)
+        _, _, _, _, drawn = tf.while_loop(
+            lambda step, tokens, finished, *_: tf.logical_and(step < steps, tf.logical_not(tf.reduce_all(finished))),
+            body, (step, tokens, finished, cache, drawn),
+            shape_invariants=(step.shape, tokens.shape, finished.shape, cache_shape_invariants(cache), tf.TensorShape(None)))
+        taken = drawn.stack()  # (steps taken, rows)
+        sequences = tf.pad(tf.transpose(taken), [[0, 0], [0, steps - tf.shape(taken)[0]]], constant_values=pad)
+        return tf.ensure_shape(sequences, [rows, steps])

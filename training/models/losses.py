@@ -74,12 +74,39 @@ class FusedAdam(FusedClipByNorm, keras.optimizers.Adam):
 
 
 def compile_caption_model(model: keras.Model, learning_rate: float, clipnorm: float | None = None,
-                          jit_compile: bool | str = "auto") -> keras.Model:
-    """Compile with Adam and the masked loss/accuracy; `jit_compile` as in keras.Model.compile. Returns the model."""
+                          jit_compile: bool | str = "auto", loss=None) -> keras.Model:
+    """Compile with Adam and the masked loss/accuracy; `jit_compile` as in keras.Model.compile. Returns the model.
+
+    `learning_rate` may be a keras LearningRateSchedule; `loss` replaces the masked cross-entropy
+    (e.g. MaskedLabelSmoothingCrossEntropy)."""
     model.compile(
         optimizer=FusedAdam(learning_rate=learning_rate, clipnorm=clipnorm),
-        loss=masked_sparse_categorical_crossentropy,
+        loss=loss or masked_sparse_categorical_crossentropy,
         metrics=[masked_accuracy],
         jit_compile=jit_compile,
     )
     return model
+
+
+@keras.saving.register_keras_serializable(package="training")
+class MaskedLabelSmoothingCrossEntropy(keras.losses.Loss):
+    """The masked cross-entropy against targets smoothed towards uniform: (1 - label_smoothing) on the
+    true word, label_smoothing spread over the whole vocabulary. A Loss with get_config, so a saved model
+    (and a resumed run) reloads it with its setting; weighted like masked_sparse_categorical_crossentropy."""
+
+    def __init__(self, label_smoothing: float = 0.1, name: str = "masked_label_smoothing_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        y_true = ops.cast(y_true, "int32")
+        is_token = ops.cast(ops.not_equal(y_true, 0), "float32")
+        log_probs = ops.log_softmax(ops.cast(y_pred, "float32"), axis=-1)
+        true_word = -ops.squeeze(ops.take_along_axis(log_probs, ops.expand_dims(y_true, -1), axis=-1), -1)
+        uniform = -ops.mean(log_probs, axis=-1)
+        per_token = (1.0 - self.label_smoothing) * true_word + self.label_smoothing * uniform
+        total = ops.cast(ops.size(is_token), "float32")
+        return per_token * is_token * (total / ops.maximum(ops.sum(is_token), 1.0))
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}

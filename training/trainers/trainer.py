@@ -13,11 +13,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from training.callbacks.caption_metrics import CaptionMetricsCallback
 from training.callbacks.checkpoint import BestModelCheckpoint, EpochSeeds, ResumeState
 from training.callbacks.metrics import MetricsCallback, ProgressCallback
 from training.configs import Config, ConfigError
 from training.models import build_caption_model
-from training.models.losses import compile_caption_model
+from training.models.losses import MaskedLabelSmoothingCrossEntropy, compile_caption_model
 from training.utils.lifecycle import RunConflict, Terminated, differences, identity_fingerprint, run_identity, training_left
 from training.utils import keras_private
 from training.utils.io import save_json
@@ -41,24 +42,25 @@ class CallbackFactory:
     """The standard callbacks, one constructor each, with the project's defaults."""
 
     @staticmethod
-    def model_checkpoint(filepath, monitor: str = "val_loss", verbose: int = 1) -> BestModelCheckpoint:
-        return BestModelCheckpoint(filepath, monitor=monitor, verbose=verbose)
+    def model_checkpoint(filepath, monitor: str = "val_loss", verbose: int = 1, mode: str = "min") -> BestModelCheckpoint:
+        return BestModelCheckpoint(filepath, monitor=monitor, verbose=verbose, mode=mode)
 
     @staticmethod
-    def early_stopping(patience: int = 5, monitor: str = "val_loss") -> keras.callbacks.EarlyStopping:
-        return keras.callbacks.EarlyStopping(monitor=monitor, patience=patience, verbose=1)
+    def early_stopping(patience: int = 5, monitor: str = "val_loss", mode: str = "min") -> keras.callbacks.EarlyStopping:
+        return keras.callbacks.EarlyStopping(monitor=monitor, patience=patience, verbose=1, mode=mode)
 
     @staticmethod
-    def reduce_lr(factor: float = 0.5, patience: int = 2, min_lr: float = 1e-6, monitor: str = "val_loss"):
-        return keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=factor, patience=patience, min_lr=min_lr, verbose=1)
+    def reduce_lr(factor: float = 0.5, patience: int = 2, min_lr: float = 1e-6, monitor: str = "val_loss", mode: str = "min"):
+        return keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=factor, patience=patience, min_lr=min_lr, verbose=1,
+                                                 mode=mode)
 
     @staticmethod
     def tensorboard(log_dir) -> keras.callbacks.TensorBoard:
         return keras.callbacks.TensorBoard(log_dir=str(log_dir), update_freq="epoch")
 
     @staticmethod
-    def metrics(tracker) -> MetricsCallback:
-        return MetricsCallback(tracker)
+    def metrics(tracker, stage: str | None = None) -> MetricsCallback:
+        return MetricsCallback(tracker, stage=stage)
 
     @staticmethod
     def progress(epochs: int) -> ProgressCallback:
@@ -70,10 +72,29 @@ def config_fingerprint(config: Config) -> str:
     return identity_fingerprint(run_identity(config))
 
 
-def compile_model(model, config: Config) -> None:
-    compile_caption_model(model, config.training.learning_rate, config.training.clipnorm,
-                          jit_compile=config.training.use_xla)
+def compile_model(model, config: Config, steps_per_epoch: int | None = None) -> None:
+    t = config.training
+    loss = MaskedLabelSmoothingCrossEntropy(t.label_smoothing) if t.label_smoothing else None
+    compile_caption_model(model, learning_rate_schedule(config, steps_per_epoch), t.clipnorm,
+                          jit_compile=t.use_xla, loss=loss)
     _build_training_state(model)
+
+
+def learning_rate_schedule(config: Config, steps_per_epoch: int | None = None):
+    """learning_rate (decayed on plateau by a callback), or under warmup_cosine a serializable schedule:
+    linear warm-up from 0 over warmup_steps to learning_rate, then cosine decay to min_learning_rate at the
+    last step of `epochs`. It is saved with the optimizer, so a resumed run continues it; a run extended
+    to more epochs keeps the saved schedule, which stays at min_learning_rate after the old last step."""
+    t = config.training
+    if t.lr_schedule != "warmup_cosine":
+        return t.learning_rate
+    if not steps_per_epoch:
+        raise ValueError("lr_schedule warmup_cosine needs the steps per epoch (Trainer.steps_per_epoch)")
+    total = t.epochs * steps_per_epoch
+    warmup = min(t.warmup_steps, total)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0, decay_steps=max(1, total - warmup), alpha=t.min_learning_rate / t.learning_rate,
+        warmup_target=t.learning_rate, warmup_steps=warmup)
 
 
 def _build_training_state(model) -> None:
@@ -103,6 +124,8 @@ class Trainer:
         self.initial_epoch = 0
         self._resume_from: dict | None = None
         self.identity = run_identity(config)
+        self.caption_validation = None  # CaptionValidation: val_bleu4/val_cider every eval_every epochs
+        self.steps_per_epoch: int | None = None  # needed by lr_schedule warmup_cosine
 
     # -- strategy --------------------------------------------------------------------------------
     def create_strategy(self) -> tf.distribute.Strategy:
@@ -144,22 +167,29 @@ class Trainer:
                 log.info("resuming from %s: %d epoch(s) done", model_path.parent, state["epoch"])
             else:
                 model = build_caption_model(self.config.model, vocab_size, max_length, embedding_matrix)
-                compile_model(model, self.config)
+                compile_model(model, self.config, self.steps_per_epoch)
         return model
 
     # -- fit -------------------------------------------------------------------------------------
     def create_callbacks(self) -> tuple[list, ResumeState]:
         t = self.config.training
-        checkpoint = CallbackFactory.model_checkpoint(self.checkpoint_path)
-        early_stopping = CallbackFactory.early_stopping(t.early_stopping_patience)
-        reduce_lr = CallbackFactory.reduce_lr(t.reduce_lr_factor, t.reduce_lr_patience, t.min_learning_rate)
-        callbacks = [EpochSeeds(self.config.data.seed), keras.callbacks.TerminateOnNaN(), checkpoint, early_stopping, reduce_lr]
+        monitored = dict(monitor=t.monitor, mode=t.mode)  # the checkpoint, early stopping and decay follow one value
+        checkpoint = CallbackFactory.model_checkpoint(self.checkpoint_path, **monitored)
+        early_stopping = CallbackFactory.early_stopping(t.early_stopping_patience, **monitored)
+        tracked = {"checkpoint": checkpoint, "early_stopping": early_stopping}
+        callbacks = [EpochSeeds(self.config.data.seed), keras.callbacks.TerminateOnNaN()]
+        if self.caption_validation is not None and len(self.caption_validation):  # before what reads its values
+            callbacks.append(CaptionMetricsCallback(self.caption_validation, t.eval_every, self.strategy))
+        callbacks += [checkpoint, early_stopping]
+        if t.lr_schedule == "plateau":  # under warmup_cosine the schedule alone sets the learning rate
+            tracked["reduce_lr"] = CallbackFactory.reduce_lr(t.reduce_lr_factor, t.reduce_lr_patience, t.min_learning_rate, **monitored)
+            callbacks.append(tracked["reduce_lr"])
         if self.is_chief:
             callbacks.append(CallbackFactory.tensorboard(self.output_dir / "logs"))
             callbacks.append(CallbackFactory.progress(t.epochs))
             if self.tracker is not None:
-                callbacks.append(CallbackFactory.metrics(self.tracker))
-        resume = self._resume_state({"checkpoint": checkpoint, "early_stopping": early_stopping, "reduce_lr": reduce_lr})
+                callbacks.append(CallbackFactory.metrics(self.tracker, stage="xe"))
+        resume = self._resume_state(tracked)
         resume.restore_from = self._resume_from
         return callbacks + [resume], resume
 

@@ -142,6 +142,7 @@ class ExperimentTracker:
         self.scores: dict[str, float] = {}
         self.artifacts: dict[str, str] = {}
         self.bad_images: list[dict[str, Any]] = []
+        self.sections: dict[str, Any] = {}  # further top-level blocks of run_summary.json (e.g. scst, scores_before_scst)
         self.metrics_path = self.output_dir / METRICS_FILE
         self.rows = self._read_metrics()  # a resumed run continues the existing file
 
@@ -207,6 +208,7 @@ class ExperimentTracker:
             "scores": self.scores,
             "artifacts": self.artifacts,
             "bad_images": self.bad_images,
+            **_to_jsonable(self.sections),
         }
 
     def finalize(self) -> dict[str, Any]:

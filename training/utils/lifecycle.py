@@ -23,6 +23,8 @@ from training.configs import Config, ConfigError
 EXTENDING_KEYS = frozenset({
     "epochs", "early_stopping_patience",  # a larger budget extends or reopens the run
     "beam_size", "eval_max_images",  # evaluation settings
+    "scst_epochs",  # a larger SCST budget continues a finished run with (more) SCST epochs
+    "val_caption_images", "eval_every", "scenes_file",  # caption metrics measured during and after training
     "run_name", "resume",  # naming and logging the run, and how it is started
     # Where things lie: moving a data set or a run folder must not block a resume. The images
     # reach training only through the feature store, which is keyed by image id.

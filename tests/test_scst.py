@@ -1,0 +1,212 @@
+"""Caption-metric monitoring, schedules and the SCST stage: the loss's sign and baseline, checkpoints, resuming after a kill."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import sys
+
+import keras
+import numpy as np
+import pytest
+import yaml
+
+from helpers import run_python, tiny_config
+from training.configs import ConfigError, config_from_dict
+
+ENV = {"TF_DETERMINISTIC_OPS": "1", "TF_ENABLE_ONEDNN_OPTS": "0", "PATH": os.path.dirname(sys.executable)}  # no Java: no METEOR
+SCST = dict(epochs=2, scst_epochs=2, scst_samples=4, scst_learning_rate=0.0005, monitor="val_cider", mode="max",
+            dropout=0.1, beam_size=1, eval_max_images=8)
+
+# SIGKILL from a user callback, which also sees the SCST epochs (numbered after the cross-entropy ones).
+KILLED_RUN = """
+import os, signal, sys, keras
+from training.train import main, TrainingPipeline
+at_epoch, at_batch = int(sys.argv[2]), int(sys.argv[3])
+class Kill(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.epoch, batch) == (at_epoch, at_batch):
+            os.kill(os.getpid(), signal.SIGKILL)
+original = TrainingPipeline.__init__
+def with_kill(self, *args, **kwargs):
+    original(self, *args, **kwargs)
+    self.callbacks.append(Kill())
+TrainingPipeline.__init__ = with_kill
+sys.exit(main(["--config", sys.argv[1]]))
+"""
+
+
+def write_config(path, demo_data, artifacts, **overrides):
+    settings = tiny_config(demo_data, artifacts, scenes_file=str(demo_data / "scenes.json"), **{**SCST, **overrides})
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def metrics(artifacts):
+    with open(artifacts / "metrics.csv", newline="") as handle:
+        return [{k: v for k, v in row.items() if k != "epoch_time_seconds"} for row in csv.DictReader(handle)]
+
+
+@pytest.fixture(scope="module")
+def scst_run(demo_data, tmp_path_factory):
+    """One uninterrupted run: 2 cross-entropy epochs monitored by val_cider, then 2 SCST epochs."""
+    work = tmp_path_factory.mktemp("scst")
+    config = write_config(work / "config.yaml", demo_data, work / "artifacts")
+    done = run_python(["-m", "training.train", "--config", str(config)], env=ENV)
+    return config, work / "artifacts", done.stdout + done.stderr
+
+
+# -- the loss ------------------------------------------------------------------------------------
+def test_baseline_is_the_mean_of_the_other_samples():
+    from training.trainers.scst import self_critical_advantages
+
+    advantages, baseline = self_critical_advantages(np.array([1.0, 2.0, 3.0, 6.0, 0.5, 0.5, 0.5, 0.5]), samples=4)
+    assert baseline == pytest.approx([11 / 3, 10 / 3, 3.0, 2.0, 0.5, 0.5, 0.5, 0.5])
+    assert advantages == pytest.approx([1 - 11 / 3, 2 - 10 / 3, 0.0, 4.0, 0, 0, 0, 0])
+
+
+def test_one_scst_step_raises_the_probability_of_samples_better_than_their_baseline():
+    import tensorflow as tf
+
+    from training.configs import ModelConfig
+    from training.data.tokenizer import Tokenizer
+    from training.evaluation.inference import CaptionSampler
+    from training.models import build_caption_model
+    from training.trainers.scst import compile_for_scst, scst_train_step, self_critical_advantages, sequence_log_probs
+
+    keras.utils.set_random_seed(0)
+    words = "a red blue green circle square triangle and of left right".split()
+    tokenizer = Tokenizer(min_word_count=1).fit(["startseq " + " ".join(words) + " endseq"])
+    model = build_caption_model(ModelConfig(feature_dim=12, embedding_dim=8, hidden_dim=16, num_layers=1, num_heads=2,
+                                            ff_dim=16, dropout=0.0), tokenizer.vocab_size, 8)
+    compile_for_scst(model, learning_rate=0.001, clipnorm=None)
+    sampler = CaptionSampler(model, tokenizer, samples=6)
+    features = tf.constant(np.random.default_rng(0).normal(size=(2, 5, 12)), tf.float32)
+    sequences = sampler.sample(features, (0, 1))
+    assert sequences.shape == (12, 8)
+    for row in sequences:  # words, then padding only after endseq; never the start or unknown-word token
+        length = int(np.sum(row != 0))
+        assert (row[length:] == 0).all() and set(row[:length]) <= set(range(2, tokenizer.vocab_size)) - {tokenizer.start_id}
+        assert length == 8 or row[length - 1] == tokenizer.end_id
+    assert np.array_equal(sequences, sampler.sample(features, (0, 1)))  # seeded: the same captions again
+    assert len({tuple(s) for s in sequences}) > 6  # and random: mostly different captions
+
+    # Image 0's sample 0 and image 1's sample 5 are rewarded above their baselines (the others' mean).
+    rewards = np.array([1.0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1.0])
+    advantages, _ = self_critical_advantages(rewards, 6)
+    banned = sampler.banned_mask(tokenizer.vocab_size)
+    rows = tf.repeat(features, 6, axis=0)
+    before = sequence_log_probs(model, rows, sequences, tokenizer.start_id, banned).numpy()
+    loss = scst_train_step(model, sampler)(features, tf.constant(sequences), tf.constant(advantages, tf.float32))
+    after = sequence_log_probs(model, rows, sequences, tokenizer.start_id, banned).numpy()
+    assert float(loss) == pytest.approx(-np.mean(advantages * before), rel=1e-4)  # the loss the step minimised
+    gained = after - before
+    assert gained[0] > 0 and gained[11] > 0  # better than their baselines: more likely
+    others = [i for i in range(1, 11) if not any(np.array_equal(sequences[i], sequences[j]) for j in (0, 11))]
+    assert others and all(gained[i] < min(gained[0], gained[11]) for i in others)
+
+
+# -- configuration -------------------------------------------------------------------------------
+def test_config_refuses_monitor_mode_and_scst_mistakes():
+    with pytest.raises(ConfigError, match="'mode' must be 'max' for monitor val_cider"):
+        config_from_dict({"monitor": "val_cider"})
+    with pytest.raises(ConfigError, match="'eval_every' must be 1 when monitor is val_bleu4"):
+        config_from_dict({"monitor": "val_bleu4", "mode": "max", "eval_every": 2})
+    with pytest.raises(ConfigError, match="'scst_samples' must be >= 2"):
+        config_from_dict({"scst_epochs": 1, "scst_samples": 1})
+    with pytest.raises(ConfigError, match="'lr_schedule' must be one of"):
+        config_from_dict({"lr_schedule": "cosine"})
+    assert config_from_dict({"monitor": "val_cider", "mode": "max", "scst_epochs": 3}).training.scst_epochs == 3
+
+
+def test_warmup_cosine_and_label_smoothing_are_saved_with_the_model(tmp_path):
+    from training.models import build_caption_model, masked_sparse_categorical_crossentropy
+    from training.trainers.trainer import compile_model
+
+    config = config_from_dict({"feature_dim": 12, "embedding_dim": 8, "hidden_dim": 16, "num_layers": 1, "num_heads": 2,
+                               "ff_dim": 16, "lr_schedule": "warmup_cosine", "warmup_steps": 10, "epochs": 2,
+                               "learning_rate": 0.001, "min_learning_rate": 1e-5, "label_smoothing": 0.1})
+    model = build_caption_model(config.model, 20, 6)
+    compile_model(model, config, steps_per_epoch=30)
+    schedule = model.optimizer._learning_rate
+    assert [float(schedule(s)) for s in (0, 5, 10, 60)] == pytest.approx([0.0, 0.0005, 0.001, 1e-5], rel=1e-4)
+    model.optimizer.iterations.assign(35)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert loaded.loss.label_smoothing == 0.1
+    assert float(loaded.optimizer.learning_rate) == pytest.approx(float(schedule(35)), rel=1e-5)
+    assert 1e-5 < float(schedule(35)) < 0.001
+
+    targets = np.array([[3, 4, 0]])
+    logits = np.log(np.full((1, 3, 20), 0.01) + np.eye(20)[[3, 4, 5]][None] * 0.8)
+    smooth, plain = (float(np.mean(loss(targets, logits))) for loss in (loaded.loss, masked_sparse_categorical_crossentropy))
+    assert smooth > plain > 0  # a confident right answer costs more under smoothing
+
+
+# -- the two stages end to end -------------------------------------------------------------------
+def test_monitor_val_cider_keeps_the_epoch_with_the_best_val_cider(scst_run):
+    _, artifacts, output = scst_run
+    rows = metrics(artifacts)
+    xe = [row for row in rows if row["stage"] == "xe"]
+    assert [row["epoch"] for row in xe] == ["1", "2"] and all(row["val_cider"] for row in xe)
+    best = max(xe, key=lambda row: float(row["val_cider"]))
+    assert "val_cider improved from" in output
+    # The checkpoint holds that epoch's model: captioning the validation images again gives its val_cider.
+    import training.models  # noqa: F401 - registers the model's classes for load_model
+    from training.callbacks.caption_metrics import CaptionValidation
+    from training.data.caption_loader import CaptionLoader
+    from training.data.dataset import DatasetBuilder
+    from training.data.preprocessor import CaptionPreprocessor
+    from training.data.tokenizer import Tokenizer
+    from training.features import FeatureStore
+
+    snapshot = json.loads((artifacts / "config_snapshot.json").read_text())
+    captions = CaptionPreprocessor().process(CaptionLoader("auto").load(snapshot["data"]["captions_file"]))
+    val = {i: captions[i] for i in json.loads((artifacts / "splits.json").read_text())["val"]}
+    store, tokenizer = FeatureStore.open(artifacts), Tokenizer.load(artifacts)
+    model = keras.saving.load_model(artifacts / "image_caption_model_xe.keras")
+    builder = DatasetBuilder(store.features, store.index, tokenizer, model.max_length + 1)
+    rescored = CaptionValidation(tokenizer, builder, val, 500).score(model)
+    assert rescored["val_cider"] == pytest.approx(float(best["val_cider"]), abs=1e-6)
+
+
+def test_scst_continues_the_epochs_and_the_summary_says_which_model_is_final(scst_run):
+    _, artifacts, output = scst_run
+    rows = metrics(artifacts)
+    assert [(row["epoch"], row["stage"]) for row in rows] == [("1", "xe"), ("2", "xe"), ("3", "scst"), ("4", "scst")]
+    assert all(row["reward"] and row["val_cider"] and row["train_loss"] for row in rows[2:])
+    summary = json.loads((artifacts / "run_summary.json").read_text())
+    facts = summary["scst"]
+    assert facts["final_model"] == ("scst" if facts["scst_best_val_cider"] > facts["xe_val_cider"] else "xe")
+    assert facts["xe_val_cider"] == pytest.approx(max(float(r["val_cider"]) for r in rows[:2]), abs=1e-9)
+    assert facts["scst_best_val_cider"] == pytest.approx(max(float(r["val_cider"]) for r in rows[2:]), abs=1e-9)
+    keys = {"cider", "rouge_l", "object_precision", "object_recall", "count_accuracy", *(f"coco_bleu{n}" for n in range(1, 5))}
+    assert keys <= set(summary["scores"]) and keys <= set(summary["scores_before_scst"])
+    assert set(summary["bleu_scores"]) == {f"test_bleu{n}" for n in range(1, 5)}
+    assert (artifacts / "image_caption_model_xe.keras").is_file() and (artifacts / "checkpoint_scst.keras").is_file()
+    assert "Test scores of both stages (final model:" in output
+    assert "val captions: " in output and "% of the epoch" in output  # the cost of the caption metrics is printed
+
+
+def test_a_kill_in_the_scst_stage_resumes_in_that_stage(scst_run, demo_data, tmp_path):
+    _, reference, _ = scst_run
+    config = write_config(tmp_path / "config.yaml", demo_data, tmp_path / "artifacts")
+    killed = run_python(["-c", KILLED_RUN, str(config), "3", "1"], check=False, env=ENV)  # SCST epoch 2, second batch
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    artifacts = tmp_path / "artifacts"
+    assert [(row["epoch"], row["stage"]) for row in metrics(artifacts)] == [("1", "xe"), ("2", "xe"), ("3", "scst")]
+    assert not (artifacts / "image_caption_model_final.keras").exists()
+
+    # Resumed with a larger scst_epochs (an extending key): SCST continues from its last complete epoch.
+    done = run_python(["-m", "training.train", "--config", str(config), "--set", "scst_epochs=3"], env=ENV)
+    output = done.stdout + done.stderr
+    assert "training already complete (2 of 2 epochs)" in output
+    assert "SCST: resuming from" in output and "1 of 3 epoch(s) done" in output
+    rows = metrics(artifacts)
+    assert rows[:4] == metrics(reference)  # the epochs, stages and values of the uninterrupted run
+    assert (rows[4]["epoch"], rows[4]["stage"]) == ("5", "scst")

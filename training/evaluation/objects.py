@@ -1,0 +1,94 @@
+"""Right about the image: colour+shape mentions and stated counts in captions, checked against what each image shows.
+
+A scenes file (the demo writes `scenes.json`) maps an image id to `{"objects": [{"color": ..., "shape": ...}, ...]}`.
+A mention is a colour word followed by a shape word, singular or plural: "a small red circle", "two blue squares". The colours and shapes are those the scenes file uses.
+
+- object_precision: the share of mentions whose colour+shape is in the image.
+- object_recall: the share of the images' objects whose colour+shape is mentioned.
+- count_accuracy: among captions that state a number ("two blue squares", "three shapes ..."), the
+  share whose every stated number is right (the objects of that colour+shape, or all objects).
+Each is summed over all images before dividing (micro-averaged); None when nothing was counted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Mapping
+
+NUMBERS = {"zero": 0, "no": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
+           "eight": 8, "nine": 9, "ten": 10}
+SHAPE_WORDS = {"shape", "shapes", "object", "objects"}  # "three shapes": a count of everything shown
+
+
+def load_scenes(path: str | Path) -> dict[str, list[dict]]:
+    """{image_id: [object, ...]} from a scenes file; a clear error names the file when it cannot be used."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"scenes_file not found: {path} (point 'scenes_file' at the data set's scenes.json, or set it to null)")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        scenes = {image_id: list(scene["objects"]) for image_id, scene in raw.items()}
+        for objects in scenes.values():
+            for o in objects:
+                str(o["color"]), str(o["shape"])
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{path}: expected {{image_id: {{\"objects\": [{{\"color\": ..., \"shape\": ...}}]}}}} ({error!r})") from None
+    return scenes
+
+
+class ObjectMentions:
+    """Finds colour+shape mentions and stated counts in captions, for the colours and shapes of `scenes`."""
+
+    def __init__(self, scenes: Mapping[str, list[dict]]):
+        objects = [o for scene in scenes.values() for o in scene]
+        self.colors = {o["color"] for o in objects}
+        self.shapes = {o["shape"] for o in objects}
+        self.scenes = scenes
+
+    def _shape(self, word: str) -> str | None:
+        if word in self.shapes:
+            return word
+        return word[:-1] if word.endswith("s") and word[:-1] in self.shapes else None
+
+    def parse(self, caption: str) -> tuple[list[tuple[str, str]], list[tuple[int, tuple[str, str] | None]]]:
+        """(mentions, counts): (colour, shape) pairs, and (number, (colour, shape) or None for all objects)."""
+        words = caption.lower().split()
+        mentions, counts = [], []
+        for i, word in enumerate(words):
+            shape = self._shape(words[i + 1]) if word in self.colors and i + 1 < len(words) else None
+            if shape:
+                mentions.append((word, shape))
+                if i > 0 and words[i - 1] in NUMBERS:
+                    counts.append((NUMBERS[words[i - 1]], (word, shape)))
+            elif word in NUMBERS and i + 1 < len(words) and words[i + 1] in SHAPE_WORDS:
+                counts.append((NUMBERS[word], None))
+        return mentions, counts
+
+    def score(self, predictions: Mapping[str, str]) -> dict[str, float | None]:
+        """object_precision, object_recall and count_accuracy of `predictions` ({image_id: caption})."""
+        missing = [i for i in predictions if i not in self.scenes]
+        if missing:
+            raise ValueError(f"{len(missing)} images have no scene in the scenes file, e.g. {missing[:3]}")
+        correct = mentioned = recalled = shown = counted = right = 0
+        for image_id, caption in predictions.items():
+            present = Counter((o["color"], o["shape"]) for o in self.scenes[image_id])
+            mentions, counts = self.parse(caption)
+            mentioned += len(mentions)
+            correct += sum(1 for m in mentions if m in present)
+            said = set(mentions)
+            shown += sum(present.values())
+            recalled += sum(n for kind, n in present.items() if kind in said)
+            if counts:
+                counted += 1
+                total = sum(present.values())
+                right += all(n == (present.get(kind, 0) if kind else total) for n, kind in counts)
+        ratio = lambda a, b: a / b if b else None  # noqa: E731
+        return {"object_precision": ratio(correct, mentioned), "object_recall": ratio(recalled, shown),
+                "count_accuracy": ratio(right, counted)}
+
+
+def object_scores(predictions: Mapping[str, str], scenes_file: str | Path) -> dict[str, float | None]:
+    """The object scores of `predictions` against `scenes_file` (None: nothing to count, e.g. no caption states a number)."""
+    return ObjectMentions(load_scenes(scenes_file)).score(predictions)
