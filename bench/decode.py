@@ -102,6 +102,17 @@ def warm_up(function, features: np.ndarray, batch_size: int) -> tuple[float, int
     return sum(time_call(function, part) for part in shapes), sum(len(part) for part in shapes)
 
 
+def choose_model(model: str, artifacts: Path | None) -> tuple[Path, str]:
+    """The run to decode with (--model / --artifacts) and how it was made."""
+    if artifacts is not None:
+        return artifacts.resolve(), "a finished run given with --artifacts"
+    if model == "demo" or (model == "auto" and finished_run(DEMO_ARTIFACTS)):
+        if not finished_run(DEMO_ARTIFACTS):
+            raise SystemExit(f"error: no finished demo run in {DEMO_ARTIFACTS}: run `make demo`, or use --model bench")
+        return DEMO_ARTIFACTS, "the demo run of `make demo` (training/config.demo.yaml, full training)"
+    return make_bench_model()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000)
@@ -114,14 +125,7 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
 
-    if args.artifacts is not None:
-        artifacts, made = args.artifacts.resolve(), "a finished run given with --artifacts"
-    elif args.model == "demo" or (args.model == "auto" and finished_run(DEMO_ARTIFACTS)):
-        if not finished_run(DEMO_ARTIFACTS):
-            raise SystemExit(f"error: no finished demo run in {DEMO_ARTIFACTS}: run `make demo`, or use --model bench")
-        artifacts, made = DEMO_ARTIFACTS, "the demo run of `make demo` (training/config.demo.yaml, full training)"
-    else:
-        artifacts, made = make_bench_model()
+    artifacts, made = choose_model(args.model, args.artifacts)
     setup_s = time.perf_counter() - started
 
     from training.evaluate import load_trained

@@ -40,7 +40,7 @@ import aiohttp  # noqa: E402
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from decode import DEMO_ARTIFACTS, finished_run, make_bench_model  # noqa: E402  (bench/decode.py)
+from decode import choose_model  # noqa: E402  (bench/decode.py)
 
 CONCURRENCY = (1, 32)
 
@@ -89,14 +89,7 @@ def main() -> None:
     parser.add_argument("--artifacts", type=Path, default=None, help="serve this finished run instead")
     args = parser.parse_args()
     started = time.perf_counter()
-    if args.artifacts is not None:
-        artifacts, made = args.artifacts.resolve(), "a finished run given with --artifacts"
-    elif args.model == "demo" or (args.model == "auto" and finished_run(DEMO_ARTIFACTS)):
-        if not finished_run(DEMO_ARTIFACTS):
-            raise SystemExit(f"error: no finished demo run in {DEMO_ARTIFACTS}: run `make demo`, or use --model bench")
-        artifacts, made = DEMO_ARTIFACTS, "the demo run of `make demo`"
-    else:
-        artifacts, made = make_bench_model()
+    artifacts, made = choose_model(args.model, args.artifacts)
     images = demo_images(artifacts, args.images)
 
     port = free_port()
