@@ -29,6 +29,9 @@ FAULTY_RUN = textwrap.dedent(
     import os, signal, sys, time, keras
     from training.train import main, TrainingPipeline
 
+    # A job started in the background by a shell without job control (as CI may run the tests)
+    # inherits SIGINT ignored; Ctrl-C in a terminal meets Python's own handler, so restore it here.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     fault, at_epoch, at_batch = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 
     class Fault(keras.callbacks.Callback):
