@@ -11,15 +11,12 @@ import sys
 from pathlib import Path
 
 from training.configs import Config, ConfigError
+from training.evaluation.metrics import strip_wrappers
 from training.utils.io import load_json, save_json
 
 log = logging.getLogger("training.evaluation")
 
 GALLERY_SIZE = 12  # images whose attention maps are kept for the report
-
-
-def strip_wrappers(caption: str) -> str:
-    return " ".join(w for w in caption.split() if w not in ("startseq", "endseq"))
 
 
 def features_captioner(model, tokenizer, config: Config, beam_size: int | None = None):

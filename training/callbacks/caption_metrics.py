@@ -14,6 +14,7 @@ import keras
 import numpy as np
 
 from training.evaluation.cider import CiderD
+from training.evaluation.metrics import strip_wrappers
 
 log = logging.getLogger("training.trainers")
 
@@ -24,8 +25,7 @@ class CaptionValidation:
     def __init__(self, tokenizer, builder, captions: dict[str, list[str]], max_images: int, batch_size: int = 128):
         self.image_ids = list(captions)[:max_images]
         self.tokenizer, self.batch_size = tokenizer, batch_size
-        strip = lambda c: " ".join(w for w in c.split() if w not in ("startseq", "endseq"))  # noqa: E731
-        self.references = [[strip(c) for c in captions[i]] for i in self.image_ids]
+        self.references = [[strip_wrappers(c) for c in captions[i]] for i in self.image_ids]
         self.features = builder.image_batches(self.image_ids) if self.image_ids else None
         self._decoders: dict[int, object] = {}
 

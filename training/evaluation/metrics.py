@@ -30,6 +30,11 @@ logger = logging.getLogger(__name__)
 SPECIAL_WORDS = {"startseq", "endseq"}  # the preprocessor's wrappers: never part of a reference
 
 
+def strip_wrappers(caption: str) -> str:
+    """A cleaned caption without the preprocessor's startseq/endseq."""
+    return " ".join(word for word in caption.split() if word not in SPECIAL_WORDS)
+
+
 def clean_caption(text: str) -> str:
     """Lowercase, single spaces, without startseq/endseq (references often arrive wrapped in them)."""
     return " ".join(word for word in text.lower().split() if word not in SPECIAL_WORDS)

@@ -25,6 +25,7 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from training.evaluation.cider import CiderD
+from training.evaluation.metrics import strip_wrappers
 from training.utils.io import atomic_path, save_json
 from training.utils.lifecycle import MODEL_FILE, STATE_FILE, Terminated, latest_state
 
@@ -93,8 +94,7 @@ class SelfCriticalTrainer:
         self.config, self.artifacts_dir = config, Path(artifacts_dir)
         self.tokenizer, self.builder, self.validation, self.tracker = tokenizer, builder, validation, tracker
         self.callbacks = list(callbacks or [])
-        strip = lambda c: " ".join(w for w in c.split() if w not in ("startseq", "endseq"))  # noqa: E731
-        self.references = {i: [strip(c) for c in captions] for i, captions in train_captions.items()}
+        self.references = {i: [strip_wrappers(c) for c in captions] for i, captions in train_captions.items()}
         self.cider = CiderD.from_references(self.references)  # training-split document frequencies, once
         self.samples = config.training.scst_samples
         self.images_per_batch = max(1, config.training.batch_size // self.samples)
