@@ -52,7 +52,7 @@ BENCH_EPOCHS = 3  # short and fixed: see the module doc on why that is honest, a
 
 
 def finished_run(artifacts: Path) -> bool:
-    from training.train import FINAL_MODEL
+    from training.artifacts import FINAL_MODEL
 
     names = (FINAL_MODEL, "config_snapshot.json", "wordtoix.json", "ixtoword.json", "features.npy", "features_index.json")
     return all((artifacts / name).is_file() for name in names)
@@ -128,7 +128,7 @@ def main() -> None:
     artifacts, made = choose_model(args.model, args.artifacts)
     setup_s = time.perf_counter() - started
 
-    from training.evaluate import load_trained
+    from training.evaluation.loading import load_trained
     from training.evaluation import BeamSearchDecoder, GreedyDecoder
     from training.evaluation.inference import MIN_SHARD_IMAGES, cpu_cores
     from training.features import FeatureStore

@@ -94,7 +94,7 @@ def test_report_writes_every_piece(run_dir: Path):
 
 
 def test_attention_heatmap_follows_the_grid(run_dir: Path):
-    from training.report import _heatmap
+    from training.evaluation.report import _heatmap
 
     heat = _heatmap(_attention(1, peak=9)[0], (8, 8), (64, 48))
     assert heat.shape == (48, 64)

@@ -9,6 +9,18 @@ __version__ = "0.1.0"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def load_model(path, **kwargs):
+    """keras.saving.load_model for this package's .keras files (a run's models, a captioner), in any process.
+
+    Importing the package's Keras classes registers them; plain keras.saving.load_model works once they are.
+    """
+    import keras
+
+    import training.captioner  # noqa: F401 - registers the caption model's and the captioner's classes
+
+    return keras.saving.load_model(path, **kwargs)
+
+
 def __getattr__(name):
     # Lazy, so that `import training` (and the config tools) do not pay for importing TensorFlow.
     if name == "TrainingPipeline":

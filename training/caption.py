@@ -5,12 +5,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from training.configs import ConfigError
+from training import cli
 
 
 def caption_images(paths: list[str], artifacts_dir, beam_size: int | None = None) -> tuple[list[dict], list[dict]]:
@@ -39,17 +38,19 @@ def caption_images(paths: list[str], artifacts_dir, beam_size: int | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.caption", description=__doc__.splitlines()[0])
+    parser = cli.parser("training.caption", __doc__)
     parser.add_argument("images", nargs="+", help="image files (JPEG or PNG)")
     parser.add_argument("--artifacts", required=True, type=Path, help="artifacts_dir of a trained run")
-    parser.add_argument("--beam", type=int, default=None, help="beam size (1 = greedy); default: the run's beam_size")
+    parser.add_argument("--beam", type=cli.int_range(1, cli.MAX_BEAM), default=None,
+                        help=f"beam size, 1 (greedy) to {cli.MAX_BEAM}; default: the run's beam_size")
     parser.add_argument("--json", action="store_true", help="print JSON with scores and per-word attention")
     args = parser.parse_args(argv)
-    try:
-        captions, bad = caption_images(args.images, args.artifacts, args.beam)
-    except (ConfigError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    cli.start(args.log_level)
+    return cli.run(lambda: _caption(args))
+
+
+def _caption(args) -> int:
+    captions, bad = caption_images(args.images, args.artifacts, args.beam)
     for entry in bad:
         print(f"error: {entry['path']}: {entry['reason']}", file=sys.stderr)
     if args.json:

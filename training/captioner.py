@@ -72,7 +72,7 @@ class Captioner(keras.Model):
     @classmethod
     def from_artifacts(cls, artifacts_dir, beam_size: int | None = None) -> "Captioner":
         """The captioner of a finished run: its final model, vocabulary, extractor and beam_size."""
-        from training.evaluate import load_trained
+        from training.evaluation.loading import load_trained
 
         config, model, tokenizer = load_trained(Path(artifacts_dir))
         return cls.from_run(model, tokenizer, config, beam_size=beam_size)

@@ -11,12 +11,12 @@ the graph, so TensorFlow Serving (or `tf.saved_model.load`) needs nothing of thi
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 from pathlib import Path
 
-from training.configs import ConfigError
+from training import cli
+from training.errors import UserInputError
 
 CAPTIONER_FILE = "captioner.keras"
 SAVED_MODEL_DIR = "saved_model"
@@ -31,9 +31,11 @@ def export(artifacts_dir, out_dir, max_batch: int | None = None) -> Path:
     from training.utils.io import atomic_path
 
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserInputError(f"--out {out_dir} is a file: pass a folder to write the export into")
     existing = [name for name in (CAPTIONER_FILE, SAVED_MODEL_DIR) if (out_dir / name).exists()]
     if existing:
-        raise FileExistsError(f"{out_dir} already holds {', '.join(existing)}: choose another --out, "
+        raise UserInputError(f"{out_dir} already holds {', '.join(existing)}: choose another --out, "
                               "or delete that export yourself if you mean to replace it")
     captioner = Captioner.from_artifacts(artifacts_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -52,15 +54,16 @@ def export(artifacts_dir, out_dir, max_batch: int | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.splitlines()[0])
+    parser = cli.parser("training.export", __doc__)
     parser.add_argument("--artifacts", required=True, type=Path, help="artifacts_dir of a trained run")
     parser.add_argument("--out", required=True, type=Path, help="folder to write captioner.keras and saved_model/ into")
     args = parser.parse_args(argv)
-    try:
-        out = export(args.artifacts, args.out)
-    except (ConfigError, FileNotFoundError, FileExistsError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    cli.start(args.log_level)
+    return cli.run(lambda: _export(args))
+
+
+def _export(args) -> int:
+    out = export(args.artifacts, args.out)
     print(f"wrote {out / CAPTIONER_FILE} and {out / SAVED_MODEL_DIR}/ "
           f"(saved_model_cli show --dir {out / SAVED_MODEL_DIR} --all shows its signature)")
     return 0

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from training.configs import config_from_dict, load_config
+from training.configs.training_config import holder_of
 from training.utils.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -87,12 +88,7 @@ def setup_kaggle_training(verbose: bool = True, input_root: str | Path | None = 
 
 
 def _set_key(raw: dict[str, Any], key: str, value: Any) -> None:
-    # The base config may be flat (the seed's layout) or split into data/model/training sections.
-    for section in raw.values():
-        if isinstance(section, dict) and key in section:
-            section[key] = value
-            return
-    raw[key] = value
+    holder_of(raw, key)[key] = value  # the base config may be flat or split into sections
 
 
 def _base_config_path(base_config: str | Path) -> Path:
@@ -152,10 +148,7 @@ def create_kaggle_config(
 
 
 def _get_key(raw: dict[str, Any], key: str) -> Any:
-    for section in raw.values():
-        if isinstance(section, dict) and key in section:
-            return section[key]
-    return raw.get(key)
+    return holder_of(raw, key).get(key)
 
 
 def _pick_glove(candidates: list[dict[str, Any]], wanted_dim: Any) -> dict[str, Any] | None:

@@ -5,276 +5,33 @@
 
 from __future__ import annotations
 
-import argparse
-import base64
-import csv
-import html
-import io
-import math
 import sys
-import textwrap
 from pathlib import Path
 
-import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
-from PIL import Image, UnidentifiedImageError
-
-from training.utils.io import atomic_path, atomic_write_text, load_json
-from training.utils.mlflow_logging import flatten_config
-
-SCORE_NAMES = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4",
-               "coco_bleu1": "BLEU-1 (coco-caption)", "coco_bleu2": "BLEU-2 (coco-caption)",
-               "coco_bleu3": "BLEU-3 (coco-caption)", "coco_bleu4": "BLEU-4 (coco-caption)",
-               "meteor": "METEOR", "rouge_l": "ROUGE-L", "cider": "CIDEr",
-               "object_precision": "object precision", "object_recall": "object recall", "count_accuracy": "count accuracy"}
-CONFIG_SUMMARY = {"data": ("images_path", "captions_file", "captions_format"),
-                  "model": ("architecture", "feature_extractor", "image_size", "hidden_dim", "num_layers"),
-                  "training": ("epochs", "batch_size", "learning_rate", "beam_size")}
-THUMB = 256  # longest side of images drawn in the report; keeps report.html small
-STRIP_COLUMNS = 8  # panels per row of an attention strip
-PLACEHOLDER = np.full((THUMB, THUMB, 3), 200, np.uint8)  # stands in for a missing image, so layouts keep their shape
-
-
-def _read_json(path: Path) -> dict | None:
-    return load_json(path) if path.is_file() else None
-
-
-def _read_metrics(path: Path) -> dict[str, list[float]]:
-    if not path.is_file():
-        return {}
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    # An empty cell is a metric that epoch did not log: NaN, which matplotlib draws as a gap.
-    # Text columns (the training `stage`) are not curves.
-    return {column: [float(row[column] or "nan") for row in rows] for column in (rows[0] if rows else {})
-            if column != "stage"}
-
-
-def _save(figure: Figure, path: Path) -> Path:
-    # A bare Figure (no pyplot) never joins pyplot's global registry, so it needs no close and no backend switch.
-    FigureCanvasAgg(figure)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    return path
-
-
-def _curve(path: Path, epochs: list[float], series: dict[str, list[float]], ylabel: str) -> Path:
-    figure = Figure(figsize=(6, 3.5))
-    axes = figure.add_subplot()
-    for label, values in series.items():
-        axes.plot(epochs, values, marker="o", label=label)
-    axes.set(xlabel="epoch", ylabel=ylabel)
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.grid(alpha=0.3)
-    axes.legend()
-    return _save(figure, path)
-
-
-def _load_image(images_path: Path | None, image_id: str) -> Image.Image | None:
-    if images_path is None:
-        return None
-    try:
-        with Image.open(images_path / image_id) as image:
-            image = image.convert("RGB")
-    except (OSError, UnidentifiedImageError):
-        return None  # missing or unreadable: the report notes it instead
-    scale = THUMB / max(image.size)  # up as well as down: the demo's 64 px scenes would be specks
-    return image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC)
-
-
-def _heatmap(weights: list[float], grid_shape: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
-    grid = np.asarray(weights, dtype=np.float32).reshape(grid_shape)
-    # PIL's bilinear resize of a float image: each region's weight spread smoothly over its pixels.
-    return np.asarray(Image.fromarray(grid).resize(size, Image.Resampling.BILINEAR))
-
-
-def _grid_shape(index: dict | None, regions: int) -> tuple[int, int] | None:
-    shape, side = tuple((index or {}).get("grid_shape") or ()), math.isqrt(regions)
-    for candidate in (shape, (side, side)):  # the store's grid first; older stores only have square grids
-        if len(candidate) == 2 and candidate[0] * candidate[1] == regions:
-            return candidate
-    return None
-
-
-def _attention_strip(path: Path, image: Image.Image | None, words: list[str], attention: list, grid_shape) -> Path:
-    base = np.asarray(image if image is not None else PLACEHOLDER)
-    height, width = base.shape[:2]
-    columns = min(STRIP_COLUMNS, len(attention) + 1)
-    rows = math.ceil((len(attention) + 1) / columns)  # long captions wrap instead of shrinking to specks
-    figure = Figure(figsize=(1.8 * columns, 2.0 * rows))
-    panels = figure.subplots(rows, columns, squeeze=False).ravel()
-    panels[0].imshow(base)
-    panels[0].set_title("image" if image is not None else "image missing", fontsize=9)
-    for axes, word, weights in zip(panels[1:], words + ["?"] * len(attention), attention):
-        heat = _heatmap(weights, grid_shape, (width, height))
-        axes.imshow(base)
-        axes.imshow(heat, cmap="jet", alpha=0.5, vmin=0.0, vmax=max(float(heat.max()), 1e-8))
-        axes.set_title(word, fontsize=9, parse_math=False)
-    for axes in panels:
-        axes.axis("off")
-    return _save(figure, path)
-
-
-def _gallery(path: Path, records: list[dict], images: dict[str, Image.Image | None]) -> Path:
-    columns = min(4, len(records))
-    rows = math.ceil(len(records) / columns)
-    figure = Figure(figsize=(3.2 * columns, 4.2 * rows))
-    for position, record in enumerate(records):
-        axes = figure.add_subplot(rows, columns, position + 1)
-        image = images[record["image_id"]]
-        axes.imshow(image if image is not None else PLACEHOLDER)
-        if image is None:
-            axes.text(0.5, 0.5, f"image missing\n{record['image_id']}", transform=axes.transAxes, ha="center",
-                      va="center", parse_math=False)
-        axes.set(xticks=[], yticks=[])
-        lines = [f"pred: {record.get('prediction', '')}"] + [f"ref: {r}" for r in record.get("references", [])[:2]]
-        text = "\n".join(textwrap.fill(line, 38) for line in lines)
-        axes.text(0.5, -0.03, text, transform=axes.transAxes, ha="center", va="top", fontsize=8, parse_math=False)
-    figure.subplots_adjust(hspace=0.9)
-    return _save(figure, path)
-
-
-def _img(source: Path | Image.Image, alt: str) -> str:
-    """An <img> with the PNG inline, so report.html stands alone (mail it, open it offline)."""
-    buffer = io.BytesIO()
-    if isinstance(source, Path):
-        buffer.write(source.read_bytes())
-    else:
-        source.save(buffer, format="PNG")
-    return f'<img src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}" alt="{html.escape(alt)}">'
-
-
-def _note(text: str) -> str:
-    return f'<p class="note">{html.escape(text)}</p>'
-
-
-def _table(rows: list[tuple], header: tuple = ()) -> str:
-    cells = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows)
-    head = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>" if header else ""
-    return f"<table>{head}{cells}</table>"
-
-
-def _scores(predictions: dict | None, summary: dict | None) -> dict[str, float]:
-    if predictions and predictions.get("scores"):
-        return predictions["scores"]
-    summary = summary or {}
-    scores = {k.removeprefix("test_"): v for k, v in summary.get("bleu_scores", {}).items()}
-    return {**scores, **summary.get("scores", {})}
-
-
-CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px} .meta,.ref{color:#555}
-table{border-collapse:collapse;margin:8px 0} td,th{border:1px solid #ccc;padding:3px 10px;text-align:left}
-.note{background:#fff4ce;border-left:4px solid #e0b000;padding:6px 10px} .curves img{max-width:48%;margin-right:1%}
-.gallery{display:flex;flex-wrap:wrap;gap:12px} .card{width:260px;border:1px solid #ddd;padding:6px;font-size:13px}
-.missing{height:160px;word-break:break-all;padding:6px;background:#eee;display:flex;align-items:center;color:#a00}
-.pred{font-weight:bold} .strip img{max-width:100%;margin-bottom:10px} th{background:#f2f2f2}"""
-
-
-def _card(record: dict, image: Image.Image | None, images_path: Path | None) -> str:
-    image_id = record["image_id"]
-    picture = _img(image, image_id) if image is not None else (
-        f'<div class="missing">image not found: {html.escape(str((images_path or Path()) / image_id))}</div>')
-    refs = "".join(f'<div class="ref">ref: {html.escape(r)}</div>' for r in record.get("references", []))
-    return (f'<div class="card">{picture}<div>{html.escape(image_id)}</div>'
-            f'<div class="pred">{html.escape(record.get("prediction", ""))}</div>{refs}</div>')
-
-
-def build_report(artifacts_dir: str | Path, images_path: str | Path | None = None, gallery_size: int = 12) -> Path:
-    """Write the curves, gallery, attention strips and report.html into `artifacts_dir`; return report.html."""
-    artifacts = Path(artifacts_dir)
-    if not artifacts.is_dir():
-        raise FileNotFoundError(f"{artifacts}: artifacts directory not found")
-    summary = _read_json(artifacts / "run_summary.json")
-    config = _read_json(artifacts / "config_snapshot.json") or (summary or {}).get("config") or {}
-    config = config.get("config", config)  # some snapshots wrap the config
-    predictions, index = _read_json(artifacts / "predictions_test.json"), _read_json(artifacts / "features_index.json")
-    images_path = images_path or config.get("data", {}).get("images_path")  # relative: to the working directory
-    images_path = Path(images_path) if images_path else None
-    meta = (summary or {}).get("metadata", {})
-    run_name = str(meta.get("run_name") or artifacts.name)
-    facts = {"run id": meta.get("run_id"), "started": meta.get("started_at"), "finished": meta.get("finished_at"),
-             "wall time (s)": meta.get("wall_time_seconds"), "seed": meta.get("seed"),
-             "git commit": (meta.get("git_info") or {}).get("commit")}
-    body = [f"<h1>Run report: {html.escape(run_name)}</h1>", '<p class="meta">' +
-            " · ".join(f"{k}: {html.escape(str(v))}" for k, v in facts.items() if v is not None) + "</p>"]
-    if summary is None:
-        body.append(_note("run_summary.json not found: the run has not finished, or this is not an artifacts_dir."))
-
-    scores = _scores(predictions, summary)
-    ordered = [k for k in SCORE_NAMES if k in scores] + [k for k in scores if k not in SCORE_NAMES]
-    rows = [(SCORE_NAMES.get(k, k), f"{scores[k]:.4f}" if isinstance(scores[k], float) else scores[k]) for k in ordered]
-    before = (summary or {}).get("scores_before_scst")
-    if before and rows:  # two stages: the cross-entropy model's scores beside the final model's
-        final = (summary.get("scst") or {}).get("final_model", "?")
-        show = lambda v: f"{v:.4f}" if isinstance(v, float) else ("" if v is None else v)  # noqa: E731
-        rows = [(name, show(before.get(k)), value) for (name, value), k in zip(rows, ordered)]
-        body += [f"<h2>Scores (test split; final model: {html.escape(final)})</h2>",
-                 _table(rows, ("metric", "before SCST", "final"))]
-    else:
-        body += ["<h2>Scores (test split)</h2>", _table(rows, ("metric", "value")) if rows else _note("No scores yet.")]
-
-    picked = [(f"{s}.{k}", config[s][k]) for s, keys in CONFIG_SUMMARY.items() for k in keys if k in config.get(s, {})]
-    body += ["<h2>Config</h2>", _table(picked) if picked else _note("config_snapshot.json not found.")]
-    if config:
-        body.append(f"<details><summary>Full config</summary>{_table(flatten_config(config).items())}</details>")
-
-    body.append("<h2>Training curves</h2>")
-    metrics = _read_metrics(artifacts / "metrics.csv")
-    if metrics.get("epoch"):
-        loss = {name: metrics[name] for name in ("train_loss", "val_loss") if name in metrics}
-        curves = [_curve(artifacts / "loss_curve.png", metrics["epoch"], loss, "loss")]
-        if "learning_rate" in metrics:
-            lr = {"learning rate": metrics["learning_rate"]}
-            curves.append(_curve(artifacts / "learning_rate.png", metrics["epoch"], lr, "learning rate"))
-        captions = {name: metrics[name] for name in ("val_bleu4", "val_cider") if name in metrics}
-        if captions:  # caption metrics of the validation images, both stages
-            curves.append(_curve(artifacts / "caption_metrics.png", metrics["epoch"], captions, "validation score"))
-        body.append('<div class="curves">' + "".join(_img(p, p.stem) for p in curves) + "</div>")
-    else:
-        body.append(_note("metrics.csv not found or empty: no epochs logged yet."))
-
-    body.append("<h2>Test gallery</h2>")
-    records = (predictions or {}).get("captions", [])[:gallery_size]
-    images = {r["image_id"]: _load_image(images_path, r["image_id"]) for r in records}
-    if records:
-        _gallery(artifacts / "gallery.png", records, images)
-        cards = "".join(_card(r, images[r["image_id"]], images_path) for r in records)
-        body.append(f'<div class="gallery">{cards}</div>')
-    else:
-        body.append(_note("No test predictions yet (predictions_test.json missing or empty): "
-                          f"run python -m training.evaluate --artifacts {artifacts}"))
-
-    attended = [r for r in records if r.get("attention")]
-    body += ["<h2>Attention over image regions</h2>"] if attended else []
-    for record in attended:
-        image_id, attention = record["image_id"], record["attention"]
-        shape = _grid_shape(index, len(attention[0]))
-        if shape is None:
-            body.append(_note(f"{image_id}: {len(attention[0])} regions do not form a known grid; no attention map."))
-            continue
-        strip = _attention_strip(artifacts / f"attention_{Path(image_id).stem}.png", images[image_id],
-                                 record.get("prediction", "").split(), attention, shape)
-        body.append(f'<div class="strip">{_img(strip, image_id)}</div>')
-
-    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>Run report: {html.escape(run_name)}'
-            f"</title><style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
-    return atomic_write_text(artifacts / "report.html", page)
+from training import cli
+from training.errors import UserInputError
+from training.evaluation.report import build_report, write_report  # noqa: F401 - build_report: its home before
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.report", description=__doc__.splitlines()[0])
+    parser = cli.parser("training.report", __doc__)
     parser.add_argument("--artifacts", required=True, type=Path, help="artifacts_dir of a run")
     parser.add_argument("--images", type=Path, default=None, help="images folder (default: the run's images_path)")
-    parser.add_argument("--gallery-size", type=int, default=12)
+    parser.add_argument("--gallery-size", type=cli.int_range(0), default=12)
     args = parser.parse_args(argv)
-    try:
-        path = build_report(args.artifacts, args.images, args.gallery_size)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    cli.start(args.log_level, import_tensorflow=False)  # the report needs no TensorFlow
+    return cli.run(lambda: _report(args))
+
+
+def _report(args) -> int:
+    if not args.artifacts.is_dir():
+        raise UserInputError(f"--artifacts {args.artifacts}: {'a file' if args.artifacts.exists() else 'not found'}; "
+                             "pass the artifacts_dir folder of a run")
+    path, missing, images_path = write_report(args.artifacts, args.images, args.gallery_size)
     print(f"report written to {path}")
+    if missing:
+        print(f"warning: {len(missing)} gallery image(s) not found in {images_path} (e.g. {missing[0]}): "
+              "the report shows placeholders; pass --images with the run's images folder", file=sys.stderr)
     return 0
 
 

@@ -16,7 +16,6 @@ at once. Errors are JSON {"error": "..."}: 400 empty or unreadable image, 413 im
 SIGTERM stops accepting connections, answers the requests in flight, then exits.
 """
 
-import argparse
 import asyncio
 import io
 import logging
@@ -26,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-log = logging.getLogger("training.serve")
+log = logging.getLogger(__name__)
 
 IMAGE_TYPES = ("image/jpeg", "image/png")
 MAX_BEAM = 10
@@ -207,7 +206,9 @@ def create_app(captioner, max_batch: int = 32, max_wait_ms: float = 5.0, max_que
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.serve", description=__doc__.splitlines()[0])
+    from training import cli
+
+    parser = cli.parser("training.serve", __doc__)
     parser.add_argument("--artifacts", required=True, type=Path, help="artifacts_dir of a trained run")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
@@ -223,18 +224,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_wait_ms < 0:
         parser.error("--max-wait-ms must be >= 0")
 
+    cli.start(args.log_level)
+    return cli.run(lambda: _serve(args))
+
+
+def _serve(args) -> int:
     import uvicorn
 
     from training.captioner import Captioner
-    from training.configs import ConfigError
-    from training.utils import setup_logging
 
-    setup_logging()
-    try:
-        captioner = Captioner.from_artifacts(args.artifacts)
-    except (ConfigError, FileNotFoundError) as problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
+    captioner = Captioner.from_artifacts(args.artifacts)
     app = create_app(captioner, args.max_batch, args.max_wait_ms, args.max_queue, args.max_image_bytes)
     log.info("tracing %s, then serving on http://%s:%d", args.artifacts, args.host, args.port)
     # uvicorn shuts down gracefully on SIGTERM and SIGINT, then raises the signal again: exit quietly then.

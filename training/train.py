@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-import argparse
+import errno
 import json
 import logging
 import os
@@ -14,15 +14,15 @@ import sys
 import time
 from pathlib import Path
 
+from training import cli
+from training.artifacts import CHECKPOINT, FINAL_MODEL, RESUME_DIR, SPLITS_FILE, XE_MODEL
 from training.configs import Config, ConfigError, load_config
-from training.utils import ExperimentTracker, ensure_dir, save_json, set_global_seed, setup_logging
+from training.utils import ExperimentTracker, ensure_dir, save_json, set_global_seed
 from training.utils.io import atomic_path, remove_stale_temporaries
-from training.utils import lifecycle
-from training.utils.lifecycle import Terminated, check_rerun, finished_and_unchanged, keep_aside, raise_terminated
+from training.utils.logging import import_tensorflow_quietly
+from training.utils.lifecycle import check_rerun, finished_and_unchanged, keep_aside, latest_state, raise_terminated
 
-log = logging.getLogger("training")
-
-FINAL_MODEL = lifecycle.FINAL_MODEL
+log = logging.getLogger(__name__)
 
 
 def require_path(path: str | None, key: str, kind: str = "file") -> Path:
@@ -30,10 +30,20 @@ def require_path(path: str | None, key: str, kind: str = "file") -> Path:
     if not path:
         raise ConfigError(f"'{key}' is not set: point it at the {kind}")
     resolved = Path(path)
-    exists = resolved.is_dir() if kind == "folder" else resolved.is_file()
-    if not exists:
+    if resolved.exists() and resolved.is_dir() != (kind == "folder"):
+        found = "a folder" if resolved.is_dir() else "a file"
+        raise ConfigError(f"'{key}' must be a {kind} but {resolved.resolve()} is {found} "
+                          f"(edit '{key}' in the config or pass --set {key}=...)")
+    if not resolved.exists():
         raise ConfigError(f"'{key}': {kind} not found: {resolved.resolve()} (edit '{key}' in the config or pass --set {key}=...)")
     return resolved
+
+
+def require_folder_or_nothing(path: str | None, key: str) -> None:
+    """A folder the run creates: anything but a folder in its place stops the run, naming the key."""
+    if path and Path(path).exists() and not Path(path).is_dir():
+        raise ConfigError(f"'{key}' must be a folder but {Path(path).resolve()} is a file: "
+                          f"point '{key}' elsewhere (--set {key}=...) or move that file")
 
 
 def check_glove_header(path: Path, embedding_dim: int) -> None:
@@ -51,7 +61,9 @@ class TrainingPipeline:
     """Load -> clean -> split -> vocabulary -> embeddings -> features -> datasets -> train -> evaluate."""
 
     def __init__(self, config_path: str | Path | Config, overrides: list[str] | None = None, callbacks: list | None = None):
-        self.config = config_path if isinstance(config_path, Config) else load_config(config_path, overrides)
+        config = config_path if isinstance(config_path, Config) else load_config(config_path, overrides)
+        # Absolute from here on, and so in the snapshot: the run folder then works from any working directory.
+        self.config = config.with_absolute_paths()
         self.callbacks = list(callbacks or [])  # extra Keras callbacks for model.fit
         self.artifacts_dir = Path(self.config.data.artifacts_dir)  # created once the inputs are checked
         self.tracker: ExperimentTracker | None = None
@@ -80,6 +92,8 @@ class TrainingPipeline:
             check_glove_header(require_path(d.glove_path, "glove_path"), self.config.model.embedding_dim)
         if d.scenes_file:
             require_path(d.scenes_file, "scenes_file")
+        require_folder_or_nothing(d.artifacts_dir, "artifacts_dir")
+        require_folder_or_nothing(d.features_dir, "features_dir")
 
     def check_extractor(self) -> None:
         """An unknown feature_extractor, or a feature_dim it does not give, stops the run before anything is written."""
@@ -146,26 +160,36 @@ class TrainingPipeline:
             return self._run()
 
     def _run(self) -> dict:
-        from training.data.caption_loader import DataSplit, get_max_caption_length
-
         started = time.perf_counter()
-        c = self.config
         # Nothing is written to the run folder before the inputs are checked and the rerun allowed.
         split = self.load_captions()
-        fresh = not c.training.resume
+        fresh = not self.config.training.resume
         if not fresh:
-            check_rerun(self.artifacts_dir, c)
-            nothing_to_do = finished_and_unchanged(self.artifacts_dir, c)
+            check_rerun(self.artifacts_dir, self.config)
+            nothing_to_do = finished_and_unchanged(self.artifacts_dir, self.config)
             if nothing_to_do:
                 log.info("%s holds this finished run with this config; nothing to do: %s", self.artifacts_dir, nothing_to_do)
                 return {"artifacts_dir": str(self.artifacts_dir), "unchanged": True}
-        import keras  # TensorFlow loads only now: a refused or finished rerun stops in a fraction of a second
+        # TensorFlow loads only from here on: a refused or finished rerun stops in a fraction of a second.
+        import_tensorflow_quietly()
+        trainer = self.prepare_run_folder(fresh)
+        split, store = self.prepare_features(split)
+        tokenizer, builder = self.vocabulary_and_batches(split, store, trainer)
+        model = trainer.build_model(tokenizer.vocab_size, builder.max_length - 1, self.embedding_matrix(tokenizer))
+        trainer.train(model, builder.build(split.train, first_epoch=trainer.initial_epoch), builder.build(split.val, training=False),
+                      callbacks=self.callbacks, steps_per_epoch=builder.steps(split.train))
+        if not trainer.is_chief:
+            return {}
+        scores = self.finish(model, tokenizer, builder, split, trainer)
+        elapsed = time.perf_counter() - started
+        self.print_summary(scores, elapsed)
+        return {"scores": scores, "artifacts_dir": str(self.artifacts_dir), "wall_time_seconds": elapsed}
 
-        from training.data.dataset import DatasetBuilder
-        from training.data.tokenizer import Tokenizer
-        from training.evaluate import evaluate_split
+    def prepare_run_folder(self, fresh: bool):
+        """Seed, precision and trainer; with --fresh the old run set aside; the folder and its tracker."""
         from training.utils import configure_precision
 
+        c = self.config
         set_global_seed(c.data.seed)
         configure_precision(c.training.use_mixed_precision)
         trainer = self.create_trainer()  # before other TensorFlow work: multi-worker setup requires it
@@ -181,14 +205,27 @@ class TrainingPipeline:
             self.tracker = ExperimentTracker(self.artifacts_dir, run_name=c.training.run_name, seed=c.data.seed)
             self.tracker.log_config(c.to_dict())
         trainer.tracker = self.tracker
+        return trainer
+
+    def prepare_features(self, split):
+        """The feature store of every image; unreadable images leave the splits; splits.json."""
+        from training.data.caption_loader import DataSplit
 
         store = self.extract_features(list(split.train) + list(split.val) + list(split.test))
         if store.skipped:
             split = DataSplit(*({k: v for k, v in part.items() if k in store.index} for part in (split.train, split.val, split.test)))
             if self.tracker:
                 self.tracker.log_bad_images(store.skipped)
-        save_json({name: list(getattr(split, name)) for name in ("train", "val", "test")}, self.artifacts_dir / "splits.json")
+        save_json({name: list(getattr(split, name)) for name in ("train", "val", "test")}, self.artifacts_dir / SPLITS_FILE)
+        return split, store
 
+    def vocabulary_and_batches(self, split, store, trainer):
+        """The vocabulary (saved), the dataset builder, and the validation captioning the trainer reports."""
+        from training.data.caption_loader import get_max_caption_length
+        from training.data.dataset import DatasetBuilder
+        from training.data.tokenizer import Tokenizer
+
+        c = self.config
         tokenizer = Tokenizer(min_word_count=c.data.word_count_threshold).fit(
             caption for captions in split.train.values() for caption in captions
         )
@@ -203,14 +240,19 @@ class TrainingPipeline:
             from training.callbacks.caption_metrics import CaptionValidation
 
             trainer.caption_validation = CaptionValidation(tokenizer, builder, split.val, c.training.val_caption_images)
-        model = trainer.build_model(tokenizer.vocab_size, max_length - 1, self.embedding_matrix(tokenizer))
-        trainer.train(model, builder.build(split.train, first_epoch=trainer.initial_epoch), builder.build(split.val, training=False),
-                      callbacks=self.callbacks, steps_per_epoch=builder.steps(split.train))
-        if not trainer.is_chief:
-            return {}
+        return tokenizer, builder
 
-        checkpoint = self.artifacts_dir / "checkpoint.keras"
-        if checkpoint.is_file():  # the best val_loss model is the one we ship and score
+    def finish(self, model, tokenizer, builder, split, trainer) -> dict:
+        """The final model (best checkpoint, or SCST's when it beats it), its test scores, the summary and report."""
+        import keras
+
+        from training.evaluation.split import evaluate_split
+        from training.evaluation.report import build_report
+        from training.utils.mlflow_logging import log_run_to_mlflow
+
+        c = self.config
+        checkpoint = self.artifacts_dir / CHECKPOINT
+        if checkpoint.is_file():  # the best model by `monitor` is the one we ship and score
             model = keras.saving.load_model(checkpoint)
         xe_model, stage = model, None
         if c.training.scst_epochs:
@@ -225,26 +267,21 @@ class TrainingPipeline:
             self.tracker.sections["scores_before_scst"] = before if stage["final_model"] == "scst" else scores
         self.tracker.log_artifact("model", str(self.artifacts_dir / FINAL_MODEL))
         self.tracker.finalize()
-        from training.report import build_report
-        from training.utils.mlflow_logging import log_run_to_mlflow
-
         build_report(self.artifacts_dir)
         log_run_to_mlflow(self.artifacts_dir)
-        elapsed = time.perf_counter() - started
         if stage:
             self.print_stages(stage, self.tracker.sections["scores_before_scst"], scores)
-        self.print_summary(scores, elapsed)
-        return {"scores": scores, "artifacts_dir": str(self.artifacts_dir), "wall_time_seconds": elapsed}
+        return scores
 
     def self_critical_stage(self, xe_model, tokenizer, builder, split, trainer):
         """SCST from the best cross-entropy model (kept as image_caption_model_xe.keras): (final model, facts)."""
         from training.callbacks.caption_metrics import CaptionValidation
-        from training.trainers.scst import XE_MODEL, SelfCriticalTrainer
+        from training.trainers.scst import SelfCriticalTrainer
 
         c = self.config
         with atomic_path(self.artifacts_dir / XE_MODEL) as tmp:
             xe_model.save(tmp)
-        xe_epochs = int(lifecycle.latest_state(self.artifacts_dir / lifecycle.RESUME_DIR)[1]["epoch"])
+        xe_epochs = int(latest_state(self.artifacts_dir / RESUME_DIR)[1]["epoch"])
         validation = trainer.caption_validation or CaptionValidation(tokenizer, builder, split.val, c.training.val_caption_images)
         stage = SelfCriticalTrainer(c, self.artifacts_dir, tokenizer, builder, split.train, validation,
                                     tracker=self.tracker, callbacks=self.callbacks)
@@ -284,7 +321,7 @@ def _is_chief_task(config: Config) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.splitlines()[0])
+    parser = cli.parser("training.train", __doc__)
     parser.add_argument("--config", default="training/config.yaml", help="YAML config (default: %(default)s)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set epochs=3 (repeatable)")
@@ -292,37 +329,37 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--resume", action="store_true", help="continue the interrupted run in artifacts_dir (the default)")
     group.add_argument("--fresh", action="store_true",
                        help="train from scratch; a run already in artifacts_dir is moved to its previous_runs/ folder (the feature store stays)")
-    parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    setup_logging(args.log_level)
+    cli.start(args.log_level, import_tensorflow=False)  # a refused or finished rerun never starts TensorFlow
     overrides = args.overrides + (["resume=false"] if args.fresh else ["resume=true"] if args.resume else [])
     previous_handler = signal.signal(signal.SIGTERM, raise_terminated)  # a preempted machine's SIGTERM stops the run like Ctrl-C
     try:
-        TrainingPipeline(args.config, overrides).run()
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as interrupt:
-        print("\nterminated" if isinstance(interrupt, Terminated) else "\ninterrupted", file=sys.stderr)
-        return 143 if isinstance(interrupt, Terminated) else 130
-    except Exception as error:  # noqa: BLE001 - one clear line for errors users cause, traceback otherwise
+        return cli.run(lambda: TrainingPipeline(args.config, overrides).run() and 0, explain=_explain_fault)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+# A full disk, a quota, a read-only or forbidden folder: the write faults a run explains in one line.
+_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _explain_fault(error: Exception) -> int | None:
+    """The exit code of a run fault explained in one line (interrupted, NaN loss, full disk); None for the others."""
+    if "training.trainers" in sys.modules:  # these faults come from training, which imported it
         from training.trainers import NonFiniteLoss, TrainingInterrupted
 
         if isinstance(error, TrainingInterrupted):
             print(f"error: {error}", file=sys.stderr)
             return 143 if error.terminated else 130
-        if isinstance(error, (NonFiniteLoss, FileNotFoundError, ValueError)):
+        if isinstance(error, NonFiniteLoss):
             print(f"error: {error}", file=sys.stderr)
             return 1
-        if isinstance(error, OSError):  # a full disk, a read-only folder: nothing already written is lost
-            print(f"error: could not write {error.filename or 'a file'}: {error.strerror or error}. "
-                  "Free space (or fix permissions) and run the same command: it resumes from the last completed epoch.",
-                  file=sys.stderr)
-            return 1
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
-    return 0
+    if isinstance(error, OSError) and error.errno in _WRITE_ERRORS:  # nothing already written is lost
+        print(f"error: could not write {error.filename or 'a file'}: {error.strerror or error}. "
+              "Free space (or fix permissions) and run the same command: it resumes from the last completed epoch.",
+              file=sys.stderr)
+        return 1
+    return None
 
 
 if __name__ == "__main__":

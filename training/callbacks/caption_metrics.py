@@ -16,7 +16,7 @@ import numpy as np
 from training.evaluation.cider import CiderD
 from training.evaluation.metrics import strip_wrappers
 
-log = logging.getLogger("training.trainers")
+log = logging.getLogger(__name__)
 
 
 class CaptionValidation:

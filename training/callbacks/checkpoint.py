@@ -12,9 +12,10 @@ import keras
 import numpy as np
 
 from training.utils.io import atomic_path, save_json
-from training.utils.lifecycle import MODEL_FILE, STATE_FILE, latest_state
+from training.artifacts import STATE_FILE, STATE_MODEL_FILE
+from training.utils.lifecycle import latest_state
 
-log = logging.getLogger("training.trainers")
+log = logging.getLogger(__name__)
 
 
 class BestModelCheckpoint(keras.callbacks.Callback):
@@ -56,7 +57,7 @@ class ResumeState(keras.callbacks.Callback):
     """
 
     STATE_FILE = STATE_FILE
-    MODEL_FILE = MODEL_FILE
+    MODEL_FILE = STATE_MODEL_FILE
 
     def __init__(self, directory, fingerprint: str, tracked: dict[str, keras.callbacks.Callback],
                  identity: dict | None = None, epochs: int | None = None):

@@ -7,7 +7,7 @@ import time
 
 import keras
 
-log = logging.getLogger("training.trainers")
+log = logging.getLogger(__name__)
 
 
 def current_learning_rate(model) -> float:

@@ -11,6 +11,7 @@ from training.configs.training_config import (
     load_config,
     save_config,
 )
+from training.errors import UserInputError
 
 __all__ = [
     "Config",
@@ -22,4 +23,5 @@ __all__ = [
     "config_from_dict",
     "load_config",
     "save_config",
+    "UserInputError",
 ]

@@ -12,14 +12,20 @@ from typing import Any
 
 import yaml
 
+from training.errors import UserInputError
+
 ARCHITECTURES = ("transformer", "lstm_attention")
-CAPTION_FORMATS = ("auto", "flickr8k_csv", "flickr8k_token", "flickr30k", "coco", "karpathy")
+CAPTION_FORMATS = ("flickr8k_csv", "flickr8k_token", "flickr30k", "coco", "karpathy")  # and "auto": detect
 DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
 MONITORS = {"val_loss": "min", "val_cider": "max", "val_bleu4": "max"}  # what each monitored value's better direction is
 LR_SCHEDULES = ("plateau", "warmup_cosine")
 
 
-class ConfigError(ValueError):
+# Keys that name a file or folder: resolved against the working directory when a run starts.
+PATH_KEYS = ("images_path", "captions_file", "glove_path", "artifacts_dir", "features_dir", "scenes_file")
+
+
+class ConfigError(UserInputError):
     """A configuration value or key a user must fix."""
 
 
@@ -97,6 +103,17 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None, source: str = "config") -> "Config":
+        """A validated Config from flat keys or data/model/training sections: Config.from_dict(c.to_dict()) == c."""
+        return config_from_dict(raw, source)
+
+    def with_absolute_paths(self, base: str | Path | None = None) -> "Config":
+        """The same config with every PATH_KEYS value made absolute against `base` (the working directory)."""
+        base = Path(base) if base is not None else Path.cwd()
+        absolute = {k: str((base / v).absolute()) for k in PATH_KEYS if (v := getattr(self.data, k))}
+        return dataclasses.replace(self, data=dataclasses.replace(self.data, **absolute))
+
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig}
 _FIELD_SECTION = {f.name: name for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
@@ -148,13 +165,10 @@ def _check(ok: bool, key: str, requirement: str, value: Any) -> None:
 def validate(config: Config) -> Config:
     """Raise ConfigError naming the first key whose value is out of range."""
     d, m, t = config.data, config.model, config.training
-    for key in ("train_split", "val_split", "test_split"):
-        value = getattr(d, key)
-        _check(0.0 <= value <= 1.0, key, "in [0, 1]", value)
+    check_split_ratios(d.train_split, d.val_split, d.test_split)
     _check(d.train_split > 0, "train_split", "> 0", d.train_split)
-    total = d.train_split + d.val_split + d.test_split
-    _check(abs(total - 1.0) <= 1e-6, "train_split + val_split + test_split", "1.0 (within 1e-6)", total)
-    _check(d.captions_format in CAPTION_FORMATS, "captions_format", f"one of {CAPTION_FORMATS}", d.captions_format)
+    formats = ("auto", *CAPTION_FORMATS)
+    _check(d.captions_format in formats, "captions_format", f"one of {formats}", d.captions_format)
     _check(d.word_count_threshold >= 1, "word_count_threshold", ">= 1", d.word_count_threshold)
     _check(d.max_caption_length is None or d.max_caption_length >= 3, "max_caption_length", ">= 3 or null", d.max_caption_length)
     _check(d.max_images is None or d.max_images >= 1, "max_images", ">= 1 or null", d.max_images)
@@ -178,6 +192,14 @@ def validate(config: Config) -> Config:
     _check(t.eval_max_images is None or t.eval_max_images >= 1, "eval_max_images", ">= 1 or null", t.eval_max_images)
     _check_caption_training(t)
     return config
+
+
+def check_split_ratios(train_split: float, val_split: float, test_split: float) -> None:
+    """Each ratio in [0, 1] and their sum 1 (within 1e-6), else ConfigError naming the key."""
+    for key, value in (("train_split", train_split), ("val_split", val_split), ("test_split", test_split)):
+        _check(0.0 <= value <= 1.0, key, "in [0, 1]", value)
+    total = train_split + val_split + test_split
+    _check(abs(total - 1.0) <= 1e-6, "train_split + val_split + test_split", "1.0 (within 1e-6)", total)
 
 
 def _check_caption_training(t: TrainingConfig) -> None:
@@ -234,6 +256,14 @@ def config_from_dict(raw: dict[str, Any] | None, source: str = "config") -> Conf
         raise ConfigError(f"{source}: {error}") from None
 
 
+def holder_of(raw: dict[str, Any], key: str) -> dict[str, Any]:
+    """The dict of a raw (flat or sectioned) config that holds `key`: its section, else the top level."""
+    for section in raw.values():
+        if isinstance(section, dict) and key in section:
+            return section
+    return raw
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """'epochs=3' -> ('epochs', 3); the value is read as YAML so types come out right."""
     key, sep, value = text.partition("=")
@@ -253,10 +283,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if not isinstance(merged[section], dict):
                 raise ConfigError(f"override '{text}': '{section}' is not a section")
             merged[section][name] = value
-        elif any(isinstance(v, dict) and name in v for v in merged.values()):
-            next(v for v in merged.values() if isinstance(v, dict) and name in v)[name] = value
         else:
-            merged[name] = value
+            holder_of(merged, name)[name] = value
     return merged
 
 

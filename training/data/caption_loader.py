@@ -31,9 +31,11 @@ from typing import Any
 
 import numpy as np
 
-logger = logging.getLogger("training.data")
+from training.configs.training_config import CAPTION_FORMATS, check_split_ratios
+from training.errors import UserInputError
 
-CAPTION_FORMATS = ("flickr8k_csv", "flickr8k_token", "flickr30k", "coco", "karpathy")
+logger = logging.getLogger(__name__)
+
 SPLIT_NAMES = ("train", "val", "test")
 _KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}
 _TOKEN_LINE = re.compile(r"^[^\t#]+#\d+\t")
@@ -46,7 +48,7 @@ _SKIP_KINDS = {
 }
 
 
-class CaptionFileError(ValueError):
+class CaptionFileError(UserInputError):
     """A captions file the user must fix or describe differently (captions_format)."""
 
 
@@ -150,6 +152,9 @@ class CaptionLoader:
 
 
 def _read_text(path: Path) -> str:
+    if path.is_dir():
+        raise CaptionFileError(f"captions file {path} is a folder: point captions_file at the captions file "
+                               "inside it (e.g. captions.txt)")
     if not path.is_file():
         raise FileNotFoundError(
             f"captions file not found: {path} (set captions_file in the config to your dataset's captions file)"
@@ -381,14 +386,7 @@ def create_splits(
     if file_splits is not None:
         assignment = _assign_from_file(ids, file_splits)
     else:
-        ratios = {"train_split": train_split, "val_split": val_split, "test_split": test_split}
-        for key, value in ratios.items():
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"'{key}' must be in [0, 1], got {value!r}")
-        if abs(sum(ratios.values()) - 1.0) > 1e-6:
-            raise ValueError(
-                f"'train_split + val_split + test_split' must be 1.0, got {sum(ratios.values())!r}"
-            )
+        check_split_ratios(train_split, val_split, test_split)
         n_val = _round_half_up(len(ids) * val_split)
         n_test = min(_round_half_up(len(ids) * test_split), len(ids) - n_val)
         n_train = len(ids) - n_val - n_test

@@ -9,10 +9,10 @@ OUT_DIR/scenes.json (the objects drawn in each image, for checking captions agai
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import os
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -259,22 +259,35 @@ def generate_demo_dataset(out_dir: str | Path, num_images: int = 2000, seed: int
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m training.data.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("out_dir", help="directory to write (for example demo_data)")
-    parser.add_argument("--images", type=int, default=2000, help="number of images (default 2000)")
+def main(argv: list[str] | None = None) -> int:
+    from training import cli
+
+    parser = cli.parser("training.data.demo", __doc__)
+    parser.add_argument("out_dir", type=Path, help="directory to write (for example demo_data)")
+    parser.add_argument("--images", type=cli.int_range(1), default=2000, help="number of images (default 2000)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    parser.add_argument("--size", type=cli.int_range(32), default=64, help="image side in pixels, >= 32 (default 64)")
     args = parser.parse_args(argv)
+    cli.start(args.log_level, import_tensorflow=False)
+    return cli.run(lambda: _generate(args))
+
+
+def _generate(args) -> int:
+    from training.errors import UserInputError
+
+    for folder in (args.out_dir, args.out_dir / "Images"):
+        if folder.exists() and not folder.is_dir():
+            raise UserInputError(f"{folder} is a file, not a folder: pass another OUT folder for the demo data")
     start = time.perf_counter()
     try:
         info = generate_demo_dataset(args.out_dir, args.images, args.seed, args.size)
-    except (ModuleNotFoundError, ValueError) as error:
-        raise SystemExit(f"error: {error}") from None
+    except ModuleNotFoundError as error:  # the demo's GloVe vectors need pyarrow: `make install` installs it
+        raise UserInputError(f"{error}: run make install (or pip install -e '.[cpu]')") from None
     print(f"demo data: {info['num_images']} images ({info['images_written']} written), {info['num_captions']} captions, "
           f"{info['vocabulary_size']} words ({info['glove_words']} in GloVe) -> {info['out_dir']} "
           f"in {time.perf_counter() - start:.1f}s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import re
 
-logger = logging.getLogger("training.data")
+logger = logging.getLogger(__name__)
 
 _APOSTROPHES = re.compile(r"['\u2018\u2019\u02bc`]")
 # \w is Unicode-aware, so accented letters survive; "_" counts as \w, hence listed separately.

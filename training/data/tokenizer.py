@@ -14,14 +14,13 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from training.artifacts import IXTOWORD_FILE, WORDTOIX_FILE
 from training.utils.io import load_json, save_json
 
-logger = logging.getLogger("training.data")
+logger = logging.getLogger(__name__)
 
 PAD_TOKEN = "<pad>"
 UNK_TOKEN = "<unk>"
-WORDTOIX_FILE = "wordtoix.json"
-IXTOWORD_FILE = "ixtoword.json"
 
 
 def _check_texts(texts, caller: str) -> None:

@@ -27,13 +27,13 @@ from tqdm.auto import tqdm
 from training.evaluation.cider import CiderD
 from training.evaluation.metrics import strip_wrappers
 from training.utils.io import atomic_path, save_json
-from training.utils.lifecycle import MODEL_FILE, STATE_FILE, Terminated, latest_state
+from training.artifacts import SCST_CHECKPOINT, SCST_RESUME_DIR, STATE_FILE, STATE_MODEL_FILE, XE_MODEL
+from training.utils.lifecycle import Terminated, latest_state
 
-log = logging.getLogger("training.trainers")
+log = logging.getLogger(__name__)
 
-RESUME_DIR = "resume_scst"
-CHECKPOINT = "checkpoint_scst.keras"
-XE_MODEL = "image_caption_model_xe.keras"
+RESUME_DIR = SCST_RESUME_DIR
+CHECKPOINT = SCST_CHECKPOINT
 
 
 def self_critical_advantages(rewards: np.ndarray, samples: int) -> tuple[np.ndarray, np.ndarray]:
@@ -114,7 +114,7 @@ class SelfCriticalTrainer:
         final, tmp = self.directory / name, self.directory / f"{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        model.save(tmp / MODEL_FILE)
+        model.save(tmp / STATE_MODEL_FILE)
         save_json(state, tmp / STATE_FILE)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -129,7 +129,7 @@ class SelfCriticalTrainer:
         if latest and latest[1].get("xe_epochs") == xe_epochs:
             folder, state = latest
             log.info("SCST: resuming from %s: %d of %d epoch(s) done", folder, state["epoch"], t.scst_epochs)
-            return keras.saving.load_model(folder / MODEL_FILE), state
+            return keras.saving.load_model(folder / STATE_MODEL_FILE), state
         if latest:
             log.warning("SCST: the saved SCST state followed %s cross-entropy epochs, this run has %d: SCST starts again",
                         latest[1].get("xe_epochs"), xe_epochs)

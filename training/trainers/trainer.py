@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from training.artifacts import CHECKPOINT, LOGS_DIR, RESUME_DIR
 from training.callbacks.caption_metrics import CaptionMetricsCallback
 from training.callbacks.checkpoint import BestModelCheckpoint, EpochSeeds, ResumeState
 from training.callbacks.metrics import MetricsCallback, ProgressCallback
@@ -23,7 +24,7 @@ from training.utils.lifecycle import RunConflict, Terminated, differences, ident
 from training.utils import keras_private
 from training.utils.io import save_json
 
-log = logging.getLogger("training.trainers")
+log = logging.getLogger(__name__)
 
 
 class TrainingInterrupted(RuntimeError):
@@ -142,18 +143,18 @@ class Trainer:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.output_dir / "checkpoint.keras"
+        return self.output_dir / CHECKPOINT
 
     # -- model -----------------------------------------------------------------------------------
     def _resume_state(self, tracked=None, directory=None) -> ResumeState:
-        directory = directory or self.output_dir / "resume"
+        directory = directory or self.output_dir / RESUME_DIR
         return ResumeState(directory, identity_fingerprint(self.identity), tracked or {},
                            identity=self.identity, epochs=self.config.training.epochs)
 
     def build_model(self, vocab_size: int, max_length: int, embedding_matrix=None):
         """A compiled model: resumed from the last completed epoch when allowed, else new."""
         # Every worker resumes from the chief's state (artifacts_dir is shared storage).
-        saved = self._resume_state(directory=self.artifacts_dir / "resume")
+        saved = self._resume_state(directory=self.artifacts_dir / RESUME_DIR)
         latest = saved.latest() if self.config.training.resume else None
         with self.strategy.scope():
             if latest:
@@ -185,7 +186,7 @@ class Trainer:
             tracked["reduce_lr"] = CallbackFactory.reduce_lr(t.reduce_lr_factor, t.reduce_lr_patience, t.min_learning_rate, **monitored)
             callbacks.append(tracked["reduce_lr"])
         if self.is_chief:
-            callbacks.append(CallbackFactory.tensorboard(self.output_dir / "logs"))
+            callbacks.append(CallbackFactory.tensorboard(self.output_dir / LOGS_DIR))
             callbacks.append(CallbackFactory.progress(t.epochs))
             if self.tracker is not None:
                 callbacks.append(CallbackFactory.metrics(self.tracker, stage="xe"))

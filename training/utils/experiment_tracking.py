@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import os
@@ -18,15 +16,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from training.utils.io import atomic_write_text, ensure_dir, save_json
+from training.artifacts import METRICS_FILE, SNAPSHOT_FILE, SUMMARY_FILE, read_metrics, write_metrics
+from training.utils.io import ensure_dir, save_json
 
 logger = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.csv"
-SUMMARY_FILE = "run_summary.json"
-CONFIG_SNAPSHOT_FILE = "config_snapshot.json"
-# The seed's metrics.csv columns come first and in this order; any other metric follows.
-METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "learning_rate", "epoch_time_seconds")
 
 
 def set_global_seed(seed: int, deterministic_ops: bool = True) -> None:
@@ -65,17 +59,6 @@ def _to_jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None  # JSON has no NaN/inf
     return value
-
-
-def _parse_cell(text: str) -> Any:
-    if text == "":
-        return None
-    for parse in (int, float):
-        try:
-            return parse(text)
-        except ValueError:
-            pass
-    return text
 
 
 def _run_git(*args: str, cwd: Path) -> str | None:
@@ -144,31 +127,19 @@ class ExperimentTracker:
         self.bad_images: list[dict[str, Any]] = []
         self.sections: dict[str, Any] = {}  # further top-level blocks of run_summary.json (e.g. scst, scores_before_scst)
         self.metrics_path = self.output_dir / METRICS_FILE
-        self.rows = self._read_metrics()  # a resumed run continues the existing file
-
-    def _read_metrics(self) -> list[dict[str, Any]]:
-        if not self.metrics_path.is_file():
-            return []
-        with open(self.metrics_path, newline="", encoding="utf-8") as handle:
-            rows = [{k: _parse_cell(v) for k, v in row.items() if v is not None} for row in csv.DictReader(handle)]
-        return [row for row in rows if isinstance(row.get("epoch"), int)]
+        self.rows = read_metrics(self.metrics_path)  # a resumed run continues the existing file
 
     def log_config(self, config_dict: Any) -> None:
         """Store the run's config (a dict or a Config) and write config_snapshot.json."""
         self.config = _to_jsonable(config_dict)
-        save_json(self.config, self.output_dir / CONFIG_SNAPSHOT_FILE)
+        save_json(self.config, self.output_dir / SNAPSHOT_FILE)
 
     def log_metrics(self, epoch: int, **metrics: Any) -> None:
         """Append one epoch's row to metrics.csv now, dropping rows at or after `epoch` left by an earlier run."""
         epoch = int(epoch)
         row = {"epoch": epoch, **{k: _plain(v) for k, v in metrics.items()}}  # NaN stays "nan"
         self.rows = [r for r in self.rows if r["epoch"] < epoch] + [row]
-        extra = list(dict.fromkeys(k for r in self.rows for k in r if k not in METRIC_COLUMNS))
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=[*METRIC_COLUMNS, *extra], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(self.rows)
-        atomic_write_text(self.metrics_path, buffer.getvalue())
+        write_metrics(self.metrics_path, self.rows)
 
     def log_bleu_scores(self, bleu1: float | None = None, bleu2: float | None = None,
                         bleu3: float | None = None, bleu4: float | None = None) -> None:

@@ -17,6 +17,16 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
+from training.artifacts import (
+    FINAL_MODEL,
+    METRICS_FILE,
+    PREVIOUS_RUNS,
+    RESUME_DIR,
+    SNAPSHOT_FILE,
+    STATE_FILE,
+    SUMMARY_FILE,
+    TRAINED_RUN_FILES,
+)
 from training.configs import Config, ConfigError
 
 # Keys a rerun may change without being refused. Later training stages add their epoch budgets here.
@@ -33,15 +43,6 @@ EXTENDING_KEYS = frozenset({
 # Data files compared by contents (size and sha256), not by path.
 DATA_FILE_KEYS = ("captions_file", "glove_path")
 
-RESUME_DIR = "resume"
-STATE_FILE = "state.json"
-MODEL_FILE = "model.keras"
-SUMMARY_FILE = "run_summary.json"
-SNAPSHOT_FILE = "config_snapshot.json"
-FINAL_MODEL = "image_caption_model_final.keras"
-PREVIOUS_RUNS = "previous_runs"
-# Files that show a folder holds a (partly) trained run.
-TRAINED_RUN_FILES = (RESUME_DIR, "checkpoint.keras", FINAL_MODEL, "metrics.csv", SUMMARY_FILE)
 # What --fresh leaves in place: the feature store (reused by image id), locks, and older runs.
 KEPT_BY_FRESH = ("features*", ".features*", "*lock*", PREVIOUS_RUNS)
 
@@ -147,7 +148,7 @@ def saved_identity(artifacts_dir: str | Path) -> dict[str, Any] | None:
 def previous_run_folder(artifacts_dir: str | Path) -> Path:
     """Where --fresh moves the run: previous_runs/<when that run was last started>, e.g. previous_runs/2026-11-30_134510."""
     artifacts_dir = Path(artifacts_dir)
-    started = [p.stat().st_mtime for p in (artifacts_dir / SNAPSHOT_FILE, artifacts_dir / "metrics.csv") if p.is_file()]
+    started = [p.stat().st_mtime for p in (artifacts_dir / SNAPSHOT_FILE, artifacts_dir / METRICS_FILE) if p.is_file()]
     stamp = time.strftime("%Y-%m-%d_%H%M%S", time.localtime(min(started) if started else time.time()))
     folder, n = artifacts_dir / PREVIOUS_RUNS / stamp, 1
     while folder.exists():
@@ -218,7 +219,11 @@ def finished_and_unchanged(artifacts_dir: str | Path, config: Config) -> str | N
     snapshot = artifacts_dir / SNAPSHOT_FILE
     if left or not snapshot.is_file():
         return None
-    old, new = json.loads(snapshot.read_text(encoding="utf-8")), _plain(config.to_dict())
+    old, new = json.loads(snapshot.read_text(encoding="utf-8")), _plain(config.with_absolute_paths().to_dict())
+    try:  # older runs stored paths as given: compare them resolved
+        old = _plain(Config.from_dict(old, source=str(snapshot)).with_absolute_paths().to_dict())
+    except ConfigError:
+        return None
     for settings in (old, new):
         settings.get("training", {}).pop("resume", None)
     return why if old == new else None

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import tempfile
 from pathlib import Path
 
 from training.utils.io import ensure_dir
@@ -31,3 +34,27 @@ def setup_logging(level: str | int = "INFO", log_file: str | Path | None = None)
     # Notebooks and absl may put a handler on the root logger; not propagating avoids every line twice.
     logger.propagate = False
     return logger
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its start-up lines (oneDNN, CPU features) hidden unless `training` logs at debug.
+
+    TensorFlow's C++ writes them before any log level applies, so file descriptor 2 goes to a buffer
+    during the import; the buffer is shown after all when the import fails.
+    """
+    if "tensorflow" in sys.modules or logging.getLogger("training").isEnabledFor(logging.DEBUG):
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)

@@ -6,7 +6,6 @@ Note: MLflow 3 refuses `file:` stores unless MLFLOW_ALLOW_FILE_STORE=true is set
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -14,14 +13,25 @@ import os
 import time
 from pathlib import Path
 
-from training.utils.io import load_json
+from training.artifacts import (
+    FINAL_MODEL,
+    IXTOWORD_FILE,
+    METRICS_FILE,
+    REPORT_FILE,
+    SNAPSHOT_FILE,
+    SUMMARY_FILE,
+    WORDTOIX_FILE,
+    predictions_name,
+    read_metrics,
+    read_snapshot,
+    read_summary,
+)
 
 logger = logging.getLogger(__name__)
 
-REPORT_FILES = ("report.html", "*.png", "metrics.csv", "run_summary.json", "config_snapshot.json",
-                "predictions_*.json")
-# Not features.npy or checkpoint.keras: large, and rebuilt or superseded by the final model.
-MODEL_FILES = ("image_caption_model_final.keras", "wordtoix.json", "ixtoword.json")
+REPORT_FILES = (REPORT_FILE, "*.png", METRICS_FILE, SUMMARY_FILE, SNAPSHOT_FILE, predictions_name("*"))
+# Not the feature store or checkpoint.keras: large, and rebuilt or superseded by the final model.
+MODEL_FILES = (FINAL_MODEL, WORDTOIX_FILE, IXTOWORD_FILE)
 
 
 def flatten_config(config: dict, prefix: str = "") -> dict[str, str]:
@@ -35,30 +45,20 @@ def flatten_config(config: dict, prefix: str = "") -> dict[str, str]:
     return params
 
 
+def _finite(value) -> bool:
+    # An empty cell (None) is a metric that epoch did not log; text (the training stage) is no metric.
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _epoch_metrics(path: Path) -> list[tuple[str, float, int]]:
-    if not path.is_file():
-        return []
-    found = []
-    with open(path, newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            epoch = int(row.pop("epoch"))
-            for key, text in row.items():
-                try:
-                    value = float(text)
-                except (TypeError, ValueError):
-                    continue  # an empty cell: the metric was not logged that epoch
-                if math.isfinite(value):
-                    found.append((key, value, epoch))
-    return found
+    return [(key, float(value), row["epoch"]) for row in read_metrics(path)
+            for key, value in row.items() if key != "epoch" and _finite(value)]
 
 
-def _final_scores(artifacts: Path, summary: dict) -> dict[str, float]:
-    predictions = artifacts / "predictions_test.json"
-    # predictions_test.json is rewritten by a later `training.evaluate`, so its scores win over the summary's.
-    latest = load_json(predictions).get("scores", {}) if predictions.is_file() else {}
-    others = {f"test_{k}": v for k, v in {**summary.get("scores", {}), **latest}.items()}
-    scores = {**summary.get("bleu_scores", {}), **others}
-    return {k: float(v) for k, v in scores.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+def _final_scores(summary: dict) -> dict[str, float]:
+    """The run's test scores as run_summary.json holds them (a later `training.evaluate` writes beside them)."""
+    scores = {**summary.get("bleu_scores", {}), **{f"test_{k}": v for k, v in summary.get("scores", {}).items()}}
+    return {k: float(v) for k, v in scores.items() if _finite(v)}
 
 
 def log_run_to_mlflow(artifacts_dir: str | Path, tracking_uri: str | None = None,
@@ -76,10 +76,8 @@ def log_run_to_mlflow(artifacts_dir: str | Path, tracking_uri: str | None = None
         return False
 
     artifacts = Path(artifacts_dir)
-    summary = load_json(artifacts / "run_summary.json") if (artifacts / "run_summary.json").is_file() else {}
-    snapshot = artifacts / "config_snapshot.json"
-    config = load_json(snapshot) if snapshot.is_file() else summary.get("config", {})
-    config = config.get("config", config)  # some snapshots wrap the config
+    summary = read_summary(artifacts) or {}
+    config = read_snapshot(artifacts) or {}
     meta = summary.get("metadata", {})
 
     # An explicit client, not mlflow.set_tracking_uri: the caller's global MLflow state stays as it was.
@@ -92,8 +90,8 @@ def log_run_to_mlflow(artifacts_dir: str | Path, tracking_uri: str | None = None
     try:
         now = int(time.time() * 1000)
         params = [Param(k, v) for k, v in flatten_config(config).items()]
-        metrics = [Metric(k, v, now, step) for k, v, step in _epoch_metrics(artifacts / "metrics.csv")]
-        metrics += [Metric(k, v, now, 0) for k, v in _final_scores(artifacts, summary).items()]
+        metrics = [Metric(k, v, now, step) for k, v, step in _epoch_metrics(artifacts / METRICS_FILE)]
+        metrics += [Metric(k, v, now, 0) for k, v in _final_scores(summary).items()]
         for start in range(0, max(len(params), len(metrics)), 100):  # MLflow caps a batch at 100 params
             client.log_batch(run_id, metrics=metrics[start:start + 100], params=params[start:start + 100])
         for pattern in REPORT_FILES:

@@ -14,12 +14,13 @@ from typing import Any, Iterator
 
 from filelock import FileLock
 
+from training.artifacts import IXTOWORD_FILE, WORDTOIX_FILE
 from training.utils.io import ensure_dir, load_json, save_json
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("none", "staging", "production", "archived")
-REQUIRED_VOCAB_FILES = ("wordtoix.json", "ixtoword.json")
+REQUIRED_VOCAB_FILES = (WORDTOIX_FILE, IXTOWORD_FILE)
 REGISTRY_FILE = "registry.json"
 MANIFEST_FILE = "manifest.json"
 LOCK_FILE = ".registry.lock"
@@ -237,9 +238,9 @@ class ModelVersionManager:
     def load_model(self, version: str, **load_kwargs: Any):
         """Verify checksums, then keras.saving.load_model (extra kwargs such as compile=False are passed on)."""
         record = self.verify(version)
-        import keras
+        from training import load_model
 
-        return keras.saving.load_model(record["model_path"], **load_kwargs)
+        return load_model(record["model_path"], **load_kwargs)
 
 
 def _check_stage(stage: str) -> None:
