@@ -121,3 +121,28 @@ def test_train_command_reports_bad_key(tmp_path):
     out = subprocess.run([sys.executable, "-m", "training.train", "--config", str(path)], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 2
     assert "hiden_dim" in out.stderr and "hidden_dim" in out.stderr
+
+
+def test_config_from_dict_round_trips_and_paths_become_absolute(tmp_path):
+    config = load_config("training/config.yaml", ["max_images=7", "image_size=[224, 224]"])
+    assert Config.from_dict(config.to_dict()) == config
+    absolute = config.with_absolute_paths(tmp_path)
+    assert absolute.data.captions_file == str(tmp_path / config.data.captions_file)
+    assert absolute.with_absolute_paths("/elsewhere") == absolute  # absolute paths stay as they are
+    assert Config.from_dict(absolute.to_dict()) == absolute
+
+
+def test_run_identity_does_not_depend_on_where_the_files_lie(tmp_path):
+    from training.utils.lifecycle import run_identity
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "captions.txt").write_text("image,caption\nx.jpg,a dog\n")
+    here = load_config("training/config.yaml", [f"captions_file={tmp_path / 'a' / 'captions.txt'}", "glove_path=null",
+                                                f"images_path={tmp_path / 'a'}", f"artifacts_dir={tmp_path / 'a' / 'run'}"])
+    moved = load_config("training/config.yaml", [f"captions_file={tmp_path / 'b' / 'captions.txt'}", "glove_path=null",
+                                                 f"images_path={tmp_path / 'b'}", f"artifacts_dir={tmp_path / 'b' / 'run'}",
+                                                 f"features_dir={tmp_path / 'a' / 'run'}"])
+    assert run_identity(here) == run_identity(moved)
+    (tmp_path / "b" / "captions.txt").write_text("image,caption\nx.jpg,a cat\n")  # other contents: another run
+    assert run_identity(here) != run_identity(moved)

@@ -247,4 +247,6 @@ def _serve(args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from training.serve import main as imported_main  # run as training.serve: its logger is named so
+
+    sys.exit(imported_main())

@@ -363,4 +363,6 @@ def _explain_fault(error: Exception) -> int | None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from training.train import main as imported_main  # run as training.train: its logger is named so
+
+    sys.exit(imported_main())
