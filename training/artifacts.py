@@ -39,6 +39,11 @@ IXTOWORD_FILE = "ixtoword.json"
 LOGS_DIR = "logs"  # TensorBoard, and the per-image scores
 PER_IMAGE_SCORES = f"{LOGS_DIR}/bleu_scores.csv"
 REPORT_FILE = "report.html"
+LOSS_CURVE, LR_CURVE, CAPTION_METRICS_CURVE = "loss_curve.png", "learning_rate.png", "caption_metrics.png"
+GALLERY_IMAGE = "gallery.png"
+# The feature store names its own files (training.features.store); the report reads the index without
+# importing the store (which starts TensorFlow), so its name is here too, and a test keeps the two equal.
+FEATURES_INDEX = "features_index.json"
 PREVIOUS_RUNS = "previous_runs"  # runs set aside by --fresh
 
 # Files that show a folder holds a (partly) trained run.
@@ -50,6 +55,10 @@ METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "learning_rate", "epoch_tim
 def predictions_name(split: str, beam_size: int | None = None) -> str:
     """predictions_<split>.json for the run's own captions, predictions_<split>_beam<k>.json for a later evaluation."""
     return f"predictions_{split}.json" if beam_size is None else f"predictions_{split}_beam{int(beam_size)}.json"
+
+
+def attention_strip_name(image_id: str) -> str:
+    return f"attention_{Path(image_id).stem}.png"
 
 
 # -- predictions --------------------------------------------------------------------------------------

@@ -391,7 +391,7 @@ def create_splits(
         n_test = min(_round_half_up(len(ids) * test_split), len(ids) - n_val)
         n_train = len(ids) - n_val - n_test
         if ids and train_split > 0 and n_train == 0:
-            raise ValueError(
+            raise UserInputError(
                 f"train split would be empty: {len(ids)} images are too few for train_split={train_split}"
             )
         order = np.random.default_rng(seed).permutation(len(ids))
@@ -408,7 +408,7 @@ def create_splits(
 def _assign_from_file(ids: list[str], file_splits: dict[str, str]) -> dict[str, str]:
     missing = [image_id for image_id in ids if image_id not in file_splits]
     if missing:
-        raise ValueError(
+        raise UserInputError(
             f"{len(missing)} images have captions but no split in file_splits, for example {missing[0]!r}; "
             f"pass file_splits covering every image (or None to split by ratios)"
         )
@@ -416,7 +416,7 @@ def _assign_from_file(ids: list[str], file_splits: dict[str, str]) -> dict[str, 
     for image_id in ids:
         name = _KARPATHY_SPLITS.get(file_splits[image_id])
         if name is None:
-            raise ValueError(
+            raise UserInputError(
                 f"file_splits[{image_id!r}] is {file_splits[image_id]!r}; expected one of {', '.join(SPLIT_NAMES)}"
             )
         assignment[image_id] = name

@@ -15,9 +15,15 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from training.artifacts import IXTOWORD_FILE, WORDTOIX_FILE
+from training.errors import UserInputError
 from training.utils.io import load_json, save_json
 
 logger = logging.getLogger(__name__)
+
+
+class GloVeFileError(UserInputError):
+    """A GloVe file that does not fit the config (dimension) or is damaged: names the file and line."""
+
 
 PAD_TOKEN = "<pad>"
 UNK_TOKEN = "<unk>"
@@ -256,23 +262,23 @@ class GloVeEmbeddings:
                 if fields == [b""]:
                     continue  # blank line
                 if number == 1 and len(fields) - 1 != dim:
-                    raise ValueError(
+                    raise GloVeFileError(
                         f"{path}: vectors have {len(fields) - 1} values (line 1) but embedding_dim is {dim}; "
                         f"set embedding_dim to {len(fields) - 1} or use a GloVe file with {dim}-d vectors"
                     )
                 if len(fields) < dim + 1:
-                    raise ValueError(f"{path}: line {number} has {len(fields)} fields, expected a word and {dim} numbers")
+                    raise GloVeFileError(f"{path}: line {number} has {len(fields)} fields, expected a word and {dim} numbers")
                 try:
                     # glove.840B has a few words containing spaces: the vector is the last `dim` fields
                     word = b" ".join(fields[:-dim]).decode("utf-8")
                 except UnicodeDecodeError:
-                    raise ValueError(f"{path}: line {number} is not UTF-8 text") from None
+                    raise GloVeFileError(f"{path}: line {number} is not UTF-8 text") from None
                 if word not in wanted or word in found:
                     continue
                 try:
                     found[word] = np.array(fields[-dim:], dtype=np.float32)
                 except ValueError:
-                    raise ValueError(
+                    raise GloVeFileError(
                         f"{path}: line {number} ({word!r}) has a value that is not a number; "
                         f"the file is damaged, download it again"
                     ) from None

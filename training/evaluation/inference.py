@@ -135,28 +135,8 @@ class BeamSearchDecoder:
         # groups an image's rows; see `decode_step`); the cache is per row.
         memory = model.encode(features)
         cache = model.init_cache(rows)
-        # Only hypothesis 0 starts alive (the others at -inf), so step 0 does not expand `beam` copies of it.
-        first = tf.one_hot(0, beam, on_value=0.0, off_value=-np.inf)
-        history = lambda dtype: tf.TensorArray(dtype, size=steps)  # noqa: E731
-        state = dict(
-            step=tf.constant(0, tf.int32),
-            tokens=tf.fill([rows], tf.cast(self.tokenizer.start_id, tf.int32)),
-            log_prob=tf.tile(first, [batch]),
-            length=tf.zeros([rows], tf.int32),
-            finished=tf.zeros([rows], tf.bool),
-            # Per step, written once and never reordered: each row's token, the row it extends
-            # (its parent) and the attention that row's step computed. A caption is read back
-            # along its parents at the end, so a step costs the same whatever the caption length.
-            chosen=history(tf.int32), parents=history(tf.int32), attention=history(tf.float32),
-        )
-        # Images whose search is over leave the batch (see `_compact`), so a step's work follows the
-        # images still searched, not the slowest one. The history keeps the shard's own row numbers,
-        # `image` maps the images left to them and `result` holds the scores of those that left.
-        # One image alone never leaves early: its search simply ends.
-        compact = batch > 1
-        if compact:
-            state.update(image=tf.range(batch), done=tf.zeros([batch], tf.bool),
-                         result={k: state[k] for k in ("log_prob", "length", "finished")})
+        compact = batch > 1  # images whose search is over leave the batch (see `_initial_state`)
+        state = self._initial_state(batch, rows, steps, compact)
 
         def not_done(state, cache, memory):
             done = state["done"] if compact else self._images_done(state)
@@ -191,6 +171,32 @@ class BeamSearchDecoder:
         picked["sequence"], picked["attention"] = self._backtrack(state, best, regions)
         picked["normalized"] = picked["log_prob"] / length_penalty(picked["length"], self.alpha)
         return picked
+
+    def _initial_state(self, batch: int, rows: int, steps: int, compact: bool) -> dict:
+        """The search state before step 0: every row at startseq, only hypothesis 0 of each image alive."""
+        beam = self.beam_size
+        # Only hypothesis 0 starts alive (the others at -inf), so step 0 does not expand `beam` copies of it.
+        first = tf.one_hot(0, beam, on_value=0.0, off_value=-np.inf)
+        history = lambda dtype: tf.TensorArray(dtype, size=steps)  # noqa: E731
+        state = dict(
+            step=tf.constant(0, tf.int32),
+            tokens=tf.fill([rows], tf.cast(self.tokenizer.start_id, tf.int32)),
+            log_prob=tf.tile(first, [batch]),
+            length=tf.zeros([rows], tf.int32),
+            finished=tf.zeros([rows], tf.bool),
+            # Per step, written once and never reordered: each row's token, the row it extends
+            # (its parent) and the attention that row's step computed. A caption is read back
+            # along its parents at the end, so a step costs the same whatever the caption length.
+            chosen=history(tf.int32), parents=history(tf.int32), attention=history(tf.float32),
+        )
+        # Images whose search is over leave the batch (see `_compact`), so a step's work follows the
+        # images still searched, not the slowest one. The history keeps the shard's own row numbers,
+        # `image` maps the images left to them and `result` holds the scores of those that left.
+        # One image alone never leaves early: its search simply ends.
+        if compact:
+            state.update(image=tf.range(batch), done=tf.zeros([batch], tf.bool),
+                         result={k: state[k] for k in ("log_prob", "length", "finished")})
+        return state
 
     def _shard_rows(self, state):
         """The shard's row numbers of the rows still searched."""

@@ -17,6 +17,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Mapping
 
+from training.errors import UserInputError
+
 NUMBERS = {"zero": 0, "no": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
            "eight": 8, "nine": 9, "ten": 10}
 SHAPE_WORDS = {"shape", "shapes", "object", "objects"}  # "three shapes": a count of everything shown
@@ -34,7 +36,7 @@ def load_scenes(path: str | Path) -> dict[str, list[dict]]:
             for o in objects:
                 str(o["color"]), str(o["shape"])
     except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise ValueError(f"{path}: expected {{image_id: {{\"objects\": [{{\"color\": ..., \"shape\": ...}}]}}}} ({error!r})") from None
+        raise UserInputError(f"{path}: expected {{image_id: {{\"objects\": [{{\"color\": ..., \"shape\": ...}}]}}}} ({error!r})") from None
     return scenes
 
 
@@ -70,7 +72,7 @@ class ObjectMentions:
         """object_precision, object_recall and count_accuracy of `predictions` ({image_id: caption})."""
         missing = [i for i in predictions if i not in self.scenes]
         if missing:
-            raise ValueError(f"{len(missing)} images have no scene in the scenes file, e.g. {missing[:3]}")
+            raise UserInputError(f"{len(missing)} images have no scene in the scenes file, e.g. {missing[:3]}")
         correct = mentioned = recalled = shown = counted = right = 0
         for image_id, caption in predictions.items():
             present = Counter((o["color"], o["shape"]) for o in self.scenes[image_id])

@@ -15,7 +15,21 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image, UnidentifiedImageError
 
-from training.artifacts import METRICS_FILE, REPORT_FILE, predictions_name, read_metrics, read_predictions, read_snapshot, read_summary
+from training.artifacts import (
+    CAPTION_METRICS_CURVE,
+    FEATURES_INDEX,
+    GALLERY_IMAGE,
+    LOSS_CURVE,
+    LR_CURVE,
+    METRICS_FILE,
+    REPORT_FILE,
+    attention_strip_name,
+    predictions_name,
+    read_metrics,
+    read_predictions,
+    read_snapshot,
+    read_summary,
+)
 from training.utils.io import atomic_path, atomic_write_text, load_json
 from training.utils.mlflow_logging import flatten_config
 
@@ -184,7 +198,7 @@ def write_report(artifacts_dir: str | Path, images_path: str | Path | None = Non
     if not artifacts.is_dir():
         raise FileNotFoundError(f"{artifacts}: artifacts directory not found")
     summary, config = read_summary(artifacts), read_snapshot(artifacts) or {}
-    predictions, index = read_predictions(artifacts), _read_json(artifacts / "features_index.json")
+    predictions, index = read_predictions(artifacts), _read_json(artifacts / FEATURES_INDEX)
     images_path = images_path or config.get("data", {}).get("images_path")  # absolute since runs store it so
     images_path = Path(images_path) if images_path else None
     body = _header(artifacts, summary) + _score_section(predictions, summary, config) + _config_section(config)
@@ -242,13 +256,13 @@ def _curves_section(artifacts: Path) -> list[str]:
     if not metrics.get("epoch"):
         return ["<h2>Training curves</h2>", _note("metrics.csv not found or empty: no epochs logged yet.")]
     loss = {name: metrics[name] for name in ("train_loss", "val_loss") if name in metrics}
-    curves = [_curve(artifacts / "loss_curve.png", metrics["epoch"], loss, "loss")]
+    curves = [_curve(artifacts / LOSS_CURVE, metrics["epoch"], loss, "loss")]
     if "learning_rate" in metrics:
         lr = {"learning rate": metrics["learning_rate"]}
-        curves.append(_curve(artifacts / "learning_rate.png", metrics["epoch"], lr, "learning rate"))
+        curves.append(_curve(artifacts / LR_CURVE, metrics["epoch"], lr, "learning rate"))
     captions = {name: metrics[name] for name in ("val_bleu4", "val_cider") if name in metrics}
     if captions:  # caption metrics of the validation images, both stages
-        curves.append(_curve(artifacts / "caption_metrics.png", metrics["epoch"], captions, "validation score"))
+        curves.append(_curve(artifacts / CAPTION_METRICS_CURVE, metrics["epoch"], captions, "validation score"))
     return ["<h2>Training curves</h2>", '<div class="curves">' + "".join(_img(p, p.stem) for p in curves) + "</div>"]
 
 
@@ -256,7 +270,7 @@ def _gallery_section(artifacts: Path, records: list[dict], images: dict, images_
     if not records:
         return ["<h2>Test gallery</h2>", _note(f"No test predictions yet ({predictions_name('test')} missing or empty): "
                                                f"run python -m training.evaluate --artifacts {artifacts}")]
-    _gallery(artifacts / "gallery.png", records, images)
+    _gallery(artifacts / GALLERY_IMAGE, records, images)
     cards = "".join(_card(r, images[r["image_id"]], images_path) for r in records)
     return ["<h2>Test gallery</h2>", f'<div class="gallery">{cards}</div>']
 
@@ -270,7 +284,7 @@ def _attention_section(artifacts: Path, records: list[dict], images: dict, index
         if shape is None:
             body.append(_note(f"{image_id}: {len(attention[0])} regions do not form a known grid; no attention map."))
             continue
-        strip = _attention_strip(artifacts / f"attention_{Path(image_id).stem}.png", images[image_id],
+        strip = _attention_strip(artifacts / attention_strip_name(image_id), images[image_id],
                                  record.get("prediction", "").split(), attention, shape)
         body.append(f'<div class="strip">{_img(strip, image_id)}</div>')
     return body

@@ -1,17 +1,25 @@
-"""Utilities: file I/O, logging, precision, experiment tracking and model versioning (no TensorFlow at import)."""
+"""Utilities: file I/O, logging, precision, experiment tracking and model versioning (no TensorFlow at import).
 
-from training.utils.experiment_tracking import ExperimentTracker, set_global_seed
-from training.utils.io import atomic_path, ensure_dir, load_json, save_json
-from training.utils.logging import setup_logging
-from training.utils.mixed_precision import configure_precision
+The names below load on first use, so that importing one module of this package (say training.utils.io,
+which training.artifacts needs) does not import the others (experiment_tracking needs training.artifacts).
+"""
 
-__all__ = [
-    "ExperimentTracker",
-    "atomic_path",
-    "configure_precision",
-    "ensure_dir",
-    "load_json",
-    "save_json",
-    "set_global_seed",
-    "setup_logging",
-]
+_EXPORTS = {
+    "ExperimentTracker": "experiment_tracking",
+    "set_global_seed": "experiment_tracking",
+    "atomic_path": "io",
+    "ensure_dir": "io",
+    "load_json": "io",
+    "save_json": "io",
+    "setup_logging": "logging",
+    "configure_precision": "mixed_precision",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'training.utils' has no attribute {name!r}")
+    from importlib import import_module
+
+    return getattr(import_module(f"training.utils.{_EXPORTS[name]}"), name)
