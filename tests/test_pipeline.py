@@ -63,7 +63,7 @@ def test_caption_command_on_a_new_image(trained, demo_data, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
     done = run_python(["-m", "training.caption", str(image), str(broken), "--artifacts", str(artifacts)], check=False)
-    assert done.returncode == 1 and "broken.png" in done.stderr
+    assert done.returncode == 2 and "broken.png" in done.stderr
     assert done.stdout.startswith(str(image.resolve()) + "\t")
 
 

@@ -58,7 +58,7 @@ def _caption(args) -> int:
     else:
         for record in captions:
             print(f"{record['image']}\t{record['caption']}")
-    return 1 if bad else 0
+    return 2 if bad else 0  # an unreadable image is bad input, as a bad path is (the others are captioned)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ The names below load on first use, so that importing one module of this package 
 which training.artifacts needs) does not import the others (experiment_tracking needs training.artifacts).
 """
 
+from training.lazy import lazy_names
+
 _EXPORTS = {
     "ExperimentTracker": "experiment_tracking",
     "set_global_seed": "experiment_tracking",
@@ -16,10 +18,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'training.utils' has no attribute {name!r}")
-    from importlib import import_module
-
-    return getattr(import_module(f"training.utils.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_names(__name__, _EXPORTS)
