@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     loader = CaptionLoader(config.data.captions_format)
     captions = CaptionPreprocessor().process(loader.load(config.data.captions_file))
     wanted = [i for i in splits[args.split] if i in store.index]
-    builder = DatasetBuilder(store.features, store.index, tokenizer, model.max_length + 1, pooled=not config.model.use_regions)
+    builder = DatasetBuilder(store.features, store.index, tokenizer, model.max_length, pooled=not config.model.use_regions)
     scores = evaluate_split(model, tokenizer, builder, {i: captions[i] for i in wanted}, config, args.artifacts,
                             beam_size=args.beam, split_name=args.split)
     print()
