@@ -3,7 +3,10 @@
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_ARTIFACTS = [
@@ -23,6 +26,32 @@ def tiny_config(data_dir: Path, artifacts: Path, **overrides) -> dict:
     }
     config.update(overrides)
     return config
+
+
+def write_config(path: Path, data_dir: Path, artifacts: Path, **overrides) -> Path:
+    """`tiny_config(data_dir, artifacts, **overrides)` written as YAML to `path`."""
+    Path(path).write_text(yaml.safe_dump(tiny_config(data_dir, artifacts, **overrides)))
+    return Path(path)
+
+
+# A user callback is the public way into the training loop; tests inject faults (NaN, full disk, kill) with one.
+TRAIN_WITH_CALLBACK = """
+import sys
+from training.train import main, TrainingPipeline
+original = TrainingPipeline.__init__
+def with_callback(self, *args, **kwargs):
+    original(self, *args, **kwargs)
+    self.callbacks.append(Fault())
+TrainingPipeline.__init__ = with_callback
+sys.exit(main(["--config", sys.argv[1]]))
+"""
+
+
+def train_with_callback(callback_code: str, config_path: Path, *args, env=None):
+    """`python -m training.train --config config_path` in its own process, with the keras callback class
+    `Fault` that `callback_code` defines added to the run; `args` reach that code as sys.argv[2:]."""
+    script = "import sys\n" + textwrap.dedent(callback_code) + TRAIN_WITH_CALLBACK
+    return run_python(["-c", script, str(config_path), *map(str, args)], check=False, env=env)
 
 
 def run_python(code_or_args, cwd=REPO, check=True, timeout=600, env=None):
