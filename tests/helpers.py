@@ -1,8 +1,11 @@
 """Helpers shared by the end-to-end tests: a tiny demo-based config and running our commands for real."""
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -54,10 +57,33 @@ def train_with_callback(callback_code: str, config_path: Path, *args, env=None):
     return run_python(["-c", script, str(config_path), *map(str, args)], check=False, env=env)
 
 
-def run_python(code_or_args, cwd=REPO, check=True, timeout=600, env=None):
+def _path_without_java() -> str:
+    """A PATH that finds this interpreter and git but not java (a folder of links, made once per process)."""
+    folder = Path(tempfile.mkdtemp(prefix="no-java-bin-"))
+    atexit.register(shutil.rmtree, folder, True)
+    git = shutil.which("git")
+    if git:
+        (folder / "git").symlink_to(git)
+    return os.pathsep.join([os.path.dirname(sys.executable), str(folder)])
+
+
+NO_JAVA_PATH = _path_without_java()
+
+
+def child_env(java: bool = False, **overrides) -> dict:
+    """The environment of a command run by a test. Without `java` the run's evaluation finds no Java, so it
+    skips METEOR and the PTB tokenizer: their two JVMs take ~10-25 s per evaluation, and one end-to-end run
+    (test_pipeline's) and test_metrics check the scores that need them."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+    if not java:
+        env["PATH"] = NO_JAVA_PATH
+    return {**env, **overrides}
+
+
+def run_python(code_or_args, cwd=REPO, check=True, timeout=600, env=None, java=False):
     args = ["-c", code_or_args] if isinstance(code_or_args, str) else code_or_args
     done = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2", **(env or {})))
+                          env=child_env(java, **(env or {})))
     if check:
         assert done.returncode == 0, f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-5000:]}"
     return done

@@ -1,12 +1,8 @@
 """`use_regions: false` end to end: train -> caption -> evaluate on the pooled image vector."""
 
 import json
-import os
-import sys
 
 from helpers import run_python, write_config
-
-ENV = {"PATH": os.path.dirname(sys.executable)}  # no Java: METEOR is skipped, and with it two JVM starts
 
 # The three commands in turn, in one fresh process (one TensorFlow start instead of three):
 # train, caption three of the run's test images, then re-score the test split.
@@ -35,7 +31,7 @@ def test_a_pooled_run_trains_captions_and_evaluates(demo_data, tmp_path):
     artifacts = tmp_path / "artifacts"
     config = write_config(tmp_path / "config.yaml", demo_data, artifacts, use_regions=False, epochs=2,
                           eval_max_images=6, val_caption_images=0)
-    done = run_python(["-c", COMMANDS, str(config), str(artifacts), str(demo_data / "Images")], env=ENV)
+    done = run_python(["-c", COMMANDS, str(config), str(artifacts), str(demo_data / "Images")])
     result = json.loads(done.stdout.split("RESULT ", 1)[1])
     assert result["codes"] == {"train": 0, "caption": 0, "evaluate": 0}, done.stderr[-3000:]
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import signal
-import sys
 
 import keras
 import numpy as np
@@ -17,7 +15,7 @@ import helpers
 from helpers import run_python, train_with_callback
 from training.configs import ConfigError, config_from_dict
 
-ENV = {"TF_DETERMINISTIC_OPS": "1", "TF_ENABLE_ONEDNN_OPTS": "0", "PATH": os.path.dirname(sys.executable)}  # no Java: no METEOR
+ENV = {"TF_DETERMINISTIC_OPS": "1", "TF_ENABLE_ONEDNN_OPTS": "0"}
 SCST = dict(epochs=2, scst_epochs=2, scst_samples=4, scst_learning_rate=0.0005, monitor="val_cider", mode="max",
             dropout=0.1, beam_size=1, eval_max_images=8)
 
