@@ -31,6 +31,17 @@ def tiny_config(data_dir: Path, artifacts: Path, **overrides) -> dict:
     return config
 
 
+def assert_readme_shows(example: str, marker: str) -> None:
+    """The README that shows `marker` shows `example` verbatim (skipped while no README shows it)."""
+    import pytest
+
+    readmes = [p for p in (REPO / "training" / "README.md", REPO / "README.md") if p.is_file()]
+    texts = [p.read_text() for p in readmes if marker in p.read_text()]
+    if not texts:
+        pytest.skip(f"no README in the repository shows the {marker} example yet")
+    assert any(example.strip() in text for text in texts)
+
+
 def write_config(path: Path, data_dir: Path, artifacts: Path, **overrides) -> Path:
     """`tiny_config(data_dir, artifacts, **overrides)` written as YAML to `path`."""
     Path(path).write_text(yaml.safe_dump(tiny_config(data_dir, artifacts, **overrides)))
