@@ -20,6 +20,17 @@ FLICKR8K_CAPTIONS = Path(
 )
 
 
+# The files that take longest go first: each goes whole to one of the two workers, and a long file
+# taken last would leave the other worker idle. test_serving trains the shared run before test_pipeline reads it.
+SLOW_FIRST = ["test_long_runs.py", "test_faults.py", "test_serving.py", "test_run_folder.py", "test_float16.py",
+              "test_scst.py", "test_pipeline.py", "test_distributed.py", "test_metrics.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: position for position, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order is kept
+
+
 def made_once(tmp_path_factory, name: str, make) -> object:
     """`make(folder)` run once per test session, across xdist workers; returns what it returned (JSON)."""
     root = tmp_path_factory.getbasetemp()
@@ -62,9 +73,9 @@ def trained_run(demo_data, tmp_path_factory):
     make their own."""
 
     def make(work):
-        from helpers import run_python, write_config
+        from helpers import TRAINED_RUN, run_python, write_config
 
-        config = write_config(work / "config.yaml", demo_data, work / "artifacts")
+        config = write_config(work / "config.yaml", demo_data, work / "artifacts", **TRAINED_RUN)
         done = run_python(["-m", "training.train", "--config", str(config)], java=True, env={"TF_ENABLE_ONEDNN_OPTS": "0"})
         return [str(work / "artifacts"), done.stdout]
 

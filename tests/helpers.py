@@ -18,6 +18,9 @@ SEED_ARTIFACTS = [
 ]
 
 
+TRAINED_RUN = {"val_caption_images": 500}  # conftest's shared run, over tiny_config: caption metrics each epoch
+
+
 def tiny_config(data_dir: Path, artifacts: Path, **overrides) -> dict:
     config = {
         "images_path": str(data_dir / "Images"), "captions_file": str(data_dir / "captions.txt"),
@@ -26,6 +29,9 @@ def tiny_config(data_dir: Path, artifacts: Path, **overrides) -> dict:
         "image_size": [32, 32], "feature_dim": 192, "embedding_dim": 50, "train_embeddings": True,
         "hidden_dim": 32, "num_layers": 1, "num_heads": 2, "ff_dim": 64, "dropout": 0.0,
         "batch_size": 32, "epochs": 3, "learning_rate": 0.003, "beam_size": 2, "eval_max_images": 12,
+        # No val_bleu4/val_cider captions each epoch (tracing a greedy search per process): the shared
+        # trained run (conftest.py), the SCST and the distributed tests turn them on.
+        "val_caption_images": 0,
     }
     config.update(overrides)
     return config

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import yaml
 
-from helpers import SEED_ARTIFACTS, run_python, write_config
+from helpers import SEED_ARTIFACTS, TRAINED_RUN, run_python, write_config
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +28,7 @@ def test_run_leaves_every_seed_artifact_and_prints_scores(trained):
     rows = read_metrics(artifacts / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
     assert list(rows[0])[:5] == ["epoch", "train_loss", "val_loss", "learning_rate", "epoch_time_seconds"]
+    assert all(0 <= float(r["val_bleu4"]) <= 1 and float(r["val_cider"]) >= 0 for r in rows)  # caption metrics each epoch
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     summary = json.loads((artifacts / "run_summary.json").read_text())
     assert set(summary["bleu_scores"]) == {"test_bleu1", "test_bleu2", "test_bleu3", "test_bleu4"}
@@ -78,7 +79,7 @@ def test_same_seed_gives_identical_losses(trained, demo_data, tmp_path):
     # val_loss); with them off, as the README says to do for bit-exact runs, runs must match exactly.
     # The second run is the shared one's config in another folder (evaluating fewer images: no loss depends on it).
     artifacts, _ = trained
-    path = write_config(tmp_path / "config.yaml", demo_data, tmp_path / "second", eval_max_images=2)
+    path = write_config(tmp_path / "config.yaml", demo_data, tmp_path / "second", **TRAINED_RUN, eval_max_images=2)
     run_python(["-m", "training.train", "--config", str(path)], env={"TF_ENABLE_ONEDNN_OPTS": "0"})
     columns = ("epoch", "train_loss", "val_loss", "learning_rate")
     metrics = [[{k: row[k] for k in columns} for row in read_metrics(folder / "metrics.csv")]

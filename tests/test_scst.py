@@ -17,7 +17,7 @@ from training.configs import ConfigError, config_from_dict
 
 ENV = {"TF_DETERMINISTIC_OPS": "1", "TF_ENABLE_ONEDNN_OPTS": "0"}
 SCST = dict(epochs=2, scst_epochs=2, scst_samples=4, scst_learning_rate=0.0005, monitor="val_cider", mode="max",
-            dropout=0.1, beam_size=1, eval_max_images=8)
+            dropout=0.1, beam_size=1, eval_max_images=8, val_caption_images=500)
 
 # SIGKILL from a user callback, which also sees the SCST epochs (numbered after the cross-entropy ones).
 KILL_AT = """
