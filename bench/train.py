@@ -424,7 +424,7 @@ def run_peer(args) -> dict:
         caption for captions in split.train.values() for caption in captions)
     max_length = get_max_caption_length(split.train)
     store = FeatureStore.open(store_dir(1))
-    builder = DatasetBuilder(store.features, store.index, tokenizer, max_length, config.training.batch_size,
+    builder = DatasetBuilder(store.features, store.index, tokenizer, max_length - 1, config.training.batch_size,
                              config.data.seed, pooled=pooled)
     regions = 1 if pooled else REGIONS
     model = build_peer_model(config.model, tokenizer.vocab_size, max_length - 1, regions)
@@ -481,7 +481,7 @@ def run_row(args) -> dict:
         caption for captions in split.train.values() for caption in captions)
     max_length = get_max_caption_length(split.train)
     store = FeatureStore.open(store_dir(args.scale))
-    builder = DatasetBuilder(store.features, store.index, tokenizer, max_length, config.training.batch_size,
+    builder = DatasetBuilder(store.features, store.index, tokenizer, max_length - 1, config.training.batch_size,
                              config.data.seed, pooled=pooled)
     embedding = np.random.default_rng(0).normal(0.0, 0.4, (tokenizer.vocab_size, config.model.embedding_dim)).astype("float32")
     model = build_caption_model(config.model, tokenizer.vocab_size, max_length - 1, embedding)
@@ -549,7 +549,7 @@ def run_row(args) -> dict:
 
     if args.decode_images and not steps:
         test_ids = list(split.test)[: args.decode_images]
-        features = builder.image_batches(test_ids)
+        features = builder.image_features(test_ids)
         greedy, captions = decode_rate(GreedyDecoder(model, tokenizer), features)
         beam, _ = decode_rate(BeamSearchDecoder(model, tokenizer, beam_size=3), features)
         result.update({

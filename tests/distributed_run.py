@@ -48,7 +48,7 @@ captions = {f"img{i}": ["startseq " + " ".join(rng.choice(words, 4)) + " endseq"
 features = rng.normal(size=(16, 4, 8)).astype(np.float16)
 index = {f"img{i}": i for i in range(16)}
 tokenizer = Tokenizer(min_word_count=1).fit(c for cs in captions.values() for c in cs)
-builder = DatasetBuilder(features, index, tokenizer, max_length=6, batch_size=8, seed=0)
+builder = DatasetBuilder(features, index, tokenizer, max_length=5, batch_size=8, seed=0)
 
 # val_cider of greedy captions after the epoch: the monitored value, which every worker must agree on.
 trainer.caption_validation = CaptionValidation(tokenizer, builder, captions, max_images=16)

@@ -1,15 +1,24 @@
 """Helpers shared by the end-to-end tests: a tiny demo-based config and running our commands for real."""
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import textwrap
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_ARTIFACTS = [
     "image_caption_model_final.keras", "checkpoint.keras", "wordtoix.json", "ixtoword.json", "features.npy",
     "run_summary.json", "metrics.csv", "config_snapshot.json", "logs",
 ]
+
+
+TRAINED_RUN = {"val_caption_images": 500}  # conftest's shared run, over tiny_config: caption metrics each epoch
 
 
 def tiny_config(data_dir: Path, artifacts: Path, **overrides) -> dict:
@@ -20,15 +29,78 @@ def tiny_config(data_dir: Path, artifacts: Path, **overrides) -> dict:
         "image_size": [32, 32], "feature_dim": 192, "embedding_dim": 50, "train_embeddings": True,
         "hidden_dim": 32, "num_layers": 1, "num_heads": 2, "ff_dim": 64, "dropout": 0.0,
         "batch_size": 32, "epochs": 3, "learning_rate": 0.003, "beam_size": 2, "eval_max_images": 12,
+        # No val_bleu4/val_cider captions each epoch (tracing a greedy search per process): the shared
+        # trained run (conftest.py), the SCST and the distributed tests turn them on.
+        "val_caption_images": 0,
     }
     config.update(overrides)
     return config
 
 
-def run_python(code_or_args, cwd=REPO, check=True, timeout=600, env=None):
+def assert_readme_shows(example: str, marker: str) -> None:
+    """The README that shows `marker` shows `example` verbatim (skipped while no README shows it)."""
+    import pytest
+
+    readmes = [p for p in (REPO / "training" / "README.md", REPO / "README.md") if p.is_file()]
+    texts = [p.read_text() for p in readmes if marker in p.read_text()]
+    if not texts:
+        pytest.skip(f"no README in the repository shows the {marker} example yet")
+    assert any(example.strip() in text for text in texts)
+
+
+def write_config(path: Path, data_dir: Path, artifacts: Path, **overrides) -> Path:
+    """`tiny_config(data_dir, artifacts, **overrides)` written as YAML to `path`."""
+    Path(path).write_text(yaml.safe_dump(tiny_config(data_dir, artifacts, **overrides)))
+    return Path(path)
+
+
+# A user callback is the public way into the training loop; tests inject faults (NaN, full disk, kill) with one.
+TRAIN_WITH_CALLBACK = """
+import sys
+from training.train import main, TrainingPipeline
+original = TrainingPipeline.__init__
+def with_callback(self, *args, **kwargs):
+    original(self, *args, **kwargs)
+    self.callbacks.append(Fault())
+TrainingPipeline.__init__ = with_callback
+sys.exit(main(["--config", sys.argv[1]]))
+"""
+
+
+def train_with_callback(callback_code: str, config_path: Path, *args, env=None):
+    """`python -m training.train --config config_path` in its own process, with the keras callback class
+    `Fault` that `callback_code` defines added to the run; `args` reach that code as sys.argv[2:]."""
+    script = "import sys\n" + textwrap.dedent(callback_code) + TRAIN_WITH_CALLBACK
+    return run_python(["-c", script, str(config_path), *map(str, args)], check=False, env=env)
+
+
+def _path_without_java() -> str:
+    """A PATH that finds this interpreter and git but not java (a folder of links, made once per process)."""
+    folder = Path(tempfile.mkdtemp(prefix="no-java-bin-"))
+    atexit.register(shutil.rmtree, folder, True)
+    git = shutil.which("git")
+    if git:
+        (folder / "git").symlink_to(git)
+    return os.pathsep.join([os.path.dirname(sys.executable), str(folder)])
+
+
+NO_JAVA_PATH = _path_without_java()
+
+
+def child_env(java: bool = False, **overrides) -> dict:
+    """The environment of a command run by a test. Without `java` the run's evaluation finds no Java, so it
+    skips METEOR and the PTB tokenizer: their two JVMs take ~10-25 s per evaluation, and one end-to-end run
+    (test_pipeline's) and test_metrics check the scores that need them."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+    if not java:
+        env["PATH"] = NO_JAVA_PATH
+    return {**env, **overrides}
+
+
+def run_python(code_or_args, cwd=REPO, check=True, timeout=600, env=None, java=False):
     args = ["-c", code_or_args] if isinstance(code_or_args, str) else code_or_args
     done = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2", **(env or {})))
+                          env=child_env(java, **(env or {})))
     if check:
         assert done.returncode == 0, f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-5000:]}"
     return done

@@ -10,10 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.configs import load_config
 from training.data.demo import COLORS, SHAPES, VOCABULARY, generate_demo_dataset, main
 
-REPO = Path(__file__).resolve().parents[1]
 NUM_IMAGES = 300
 COLOR = "|".join(COLORS)
 SHAPE = "|".join(SHAPES)
@@ -144,10 +142,3 @@ def test_cli_prints_one_summary_line(tmp_path, capsys):
     assert len(out) == 1 and "5 images" in out[0] and "25 captions" in out[0]
     with Image.open(tmp_path / "cli" / "Images" / "demo_00004.png") as image:
         assert image.size == (48, 48)
-
-
-def test_demo_config_loads():
-    config = load_config(REPO / "training" / "config.demo.yaml")
-    assert config.model.feature_extractor == "PatchGrid" and config.model.image_size == (64, 64)
-    assert config.model.feature_dim == 192 and config.model.embedding_dim == 50
-    assert config.data.captions_file == "demo_data/captions.txt"

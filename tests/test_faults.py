@@ -1,29 +1,10 @@
 """Faults during a run: bad paths in the config, NaN loss, a full disk, a kill in the middle of a write."""
 
 import subprocess
-import textwrap
 
 import pytest
-import yaml
 
-from helpers import run_python, tiny_config
-
-# A user callback is the public way into the training loop; these inject each fault for real.
-RUN_WITH_CALLBACK = textwrap.dedent(
-    """
-    import sys
-    from training.train import main, TrainingPipeline
-    from training.utils import setup_logging
-    {callback}
-    setup_logging()
-    original = TrainingPipeline.__init__
-    def with_fault(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        self.callbacks.append(Fault())
-    TrainingPipeline.__init__ = with_fault
-    sys.exit(main(["--config", sys.argv[1]]))
-    """
-)
+from helpers import run_python, train_with_callback, write_config
 
 NAN_IN_EPOCH_2 = """
 import keras, numpy as np
@@ -66,22 +47,13 @@ class Fault(keras.callbacks.Callback):
 """
 
 
-def write_config(tmp_path, demo_data, artifacts, **overrides):
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(tiny_config(demo_data, artifacts, **overrides)))
-    return path
-
-
 def run_with(callback, config_path):
-    return run_python(["-c", RUN_WITH_CALLBACK.format(callback=callback), str(config_path)], check=False)
+    return train_with_callback(callback, config_path)
 
 
 @pytest.mark.parametrize("key", ["captions_file", "images_path", "glove_path"])
 def test_missing_paths_name_the_config_key(tmp_path, demo_data, key):
-    config = tiny_config(demo_data, tmp_path / "artifacts")
-    config[key] = str(tmp_path / "does-not-exist")
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = write_config(tmp_path / "config.yaml", demo_data, tmp_path / "artifacts", **{key: str(tmp_path / "does-not-exist")})
     done = run_python(["-m", "training.train", "--config", str(path)], check=False)
     assert done.returncode == 2
     assert f"'{key}'" in done.stderr and "does-not-exist" in done.stderr
@@ -95,7 +67,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, dem
     import training.models  # noqa: F401 - registers the model classes
 
     artifacts = tmp_path / "artifacts"
-    done = run_with(NAN_IN_EPOCH_2, write_config(tmp_path, demo_data, artifacts, epochs=4))
+    done = run_with(NAN_IN_EPOCH_2, write_config(tmp_path / "config.yaml", demo_data, artifacts, epochs=4))
     assert done.returncode == 1, done.stderr[-3000:]
     assert "NaN or infinite" in done.stderr and "checkpoint.keras" in done.stderr
     model = keras.saving.load_model(artifacts / "checkpoint.keras")
@@ -121,7 +93,7 @@ def test_full_disk_gives_a_clear_error_and_keeps_the_previous_checkpoint(small_d
     import training.models  # noqa: F401
 
     artifacts = small_disk / "artifacts"
-    config_path = write_config(small_disk, demo_data, artifacts, epochs=4, early_stopping_patience=10)
+    config_path = write_config(small_disk / "config.yaml", demo_data, artifacts, epochs=4, early_stopping_patience=10)
     done = run_with(FILL_DISK_AFTER_EPOCH_1, config_path)
     assert done.returncode == 1, done.stderr[-3000:]
     assert "No space left on device" in done.stderr and "resumes" in done.stderr
@@ -140,7 +112,7 @@ def test_kill_during_a_checkpoint_write_leaves_no_half_written_file(tmp_path, de
 
     artifacts = tmp_path / "artifacts"
     # Epoch 1 saves the checkpoint, then the resume state; epoch 2's checkpoint write is killed.
-    config_path = write_config(tmp_path, demo_data, artifacts, epochs=3, early_stopping_patience=10, learning_rate=0.003)
+    config_path = write_config(tmp_path / "config.yaml", demo_data, artifacts, epochs=3, early_stopping_patience=10, learning_rate=0.003)
     done = run_with(KILL_INSIDE_MODEL_SAVE, config_path)
     assert done.returncode == -9, done.stderr[-3000:]
     keras.saving.load_model(artifacts / "checkpoint.keras")  # still epoch 1's, whole

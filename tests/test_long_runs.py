@@ -4,7 +4,6 @@ import csv
 import fnmatch
 import hashlib
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -15,13 +14,12 @@ import time
 import pytest
 import yaml
 
-from helpers import REPO, run_python, tiny_config
+from helpers import REPO, child_env, run_python, tiny_config
 from training.utils.lifecycle import KEPT_BY_FRESH
 
 # Determinism on CPU: deterministic kernels, and no oneDNN (its kernels may sum in a thread-dependent
-# order). PATH holds only the virtualenv, so the evaluation finds no Java and skips METEOR: these
-# tests are about training, and each JVM start would cost ~15 s.
-ENV = {"TF_DETERMINISTIC_OPS": "1", "TF_ENABLE_ONEDNN_OPTS": "0", "PATH": os.path.dirname(sys.executable)}
+# order). Like every run of helpers.run_python, the evaluation finds no Java and skips METEOR.
+ENV = {"TF_DETERMINISTIC_OPS": "1", "TF_ENABLE_ONEDNN_OPTS": "0"}
 
 # A user callback is the public way into the training loop; it times each fault for real.
 FAULTY_RUN = textwrap.dedent(
@@ -184,7 +182,7 @@ def interrupt_mid_epoch(config, sig, epoch):
     """Run until epoch `epoch` (from 0) is half done, send `sig` from outside, wait for the end: (returncode, output)."""
     paused = config.with_name(config.name + ".paused")
     paused.unlink(missing_ok=True)
-    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2", **ENV)
+    env = child_env(**ENV)
     with open(config.with_suffix(".log"), "w+") as log:
         process = subprocess.Popen([sys.executable, "-c", FAULTY_RUN, str(config), "pause", str(epoch), "2"],
                                    cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)

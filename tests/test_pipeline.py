@@ -2,20 +2,17 @@
 
 import csv
 import json
+import shutil
 
 import pytest
 import yaml
 
-from helpers import SEED_ARTIFACTS, run_python, tiny_config
+from helpers import SEED_ARTIFACTS, TRAINED_RUN, run_python, write_config
 
 
 @pytest.fixture(scope="module")
-def trained(demo_data, tmp_path_factory):
-    work = tmp_path_factory.mktemp("run")
-    path = work / "config.yaml"
-    path.write_text(yaml.safe_dump(tiny_config(demo_data, work / "artifacts")))
-    done = run_python(["-m", "training.train", "--config", str(path)])
-    return work / "artifacts", done.stdout
+def trained(trained_run):
+    return trained_run
 
 
 def read_metrics(path):
@@ -31,10 +28,14 @@ def test_run_leaves_every_seed_artifact_and_prints_scores(trained):
     rows = read_metrics(artifacts / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
     assert list(rows[0])[:5] == ["epoch", "train_loss", "val_loss", "learning_rate", "epoch_time_seconds"]
+    assert all(0 <= float(r["val_bleu4"]) <= 1 and float(r["val_cider"]) >= 0 for r in rows)  # caption metrics each epoch
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     summary = json.loads((artifacts / "run_summary.json").read_text())
     assert set(summary["bleu_scores"]) == {"test_bleu1", "test_bleu2", "test_bleu3", "test_bleu4"}
     assert 0.0 <= summary["bleu_scores"]["test_bleu4"] <= 1.0
+    # The one end-to-end run evaluated with Java: METEOR and the PTB tokenizer ran in the pipeline.
+    expected = {"rouge_l", "cider"} | ({"meteor"} if shutil.which("java") else set())
+    assert expected <= set(summary["scores"]), summary["scores"]
     predictions = json.loads((artifacts / "predictions_test.json").read_text())
     assert len(predictions["captions"]) == 12
     for record in predictions["captions"]:
@@ -73,14 +74,14 @@ def test_evaluate_command_rescores_the_test_split(trained):
     assert "bleu1" in done.stdout and "cider" in done.stdout
 
 
-def test_same_seed_gives_identical_losses(demo_data, tmp_path):
+def test_same_seed_gives_identical_losses(trained, demo_data, tmp_path):
     # oneDNN's CPU kernels may sum in a thread-dependent order (seen once in the last digits of
     # val_loss); with them off, as the README says to do for bit-exact runs, runs must match exactly.
-    metrics = []
-    for name in ("first", "second"):
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(tiny_config(demo_data, tmp_path / name, epochs=2, eval_max_images=2)))
-        run_python(["-m", "training.train", "--config", str(path)], env={"TF_ENABLE_ONEDNN_OPTS": "0"})
-        columns = ("epoch", "train_loss", "val_loss", "learning_rate")
-        metrics.append([{k: row[k] for k in columns} for row in read_metrics(tmp_path / name / "metrics.csv")])
-    assert metrics[0] == metrics[1] and len(metrics[0]) == 2
+    # The second run is the shared one's config in another folder (evaluating fewer images: no loss depends on it).
+    artifacts, _ = trained
+    path = write_config(tmp_path / "config.yaml", demo_data, tmp_path / "second", **TRAINED_RUN, eval_max_images=2)
+    run_python(["-m", "training.train", "--config", str(path)], env={"TF_ENABLE_ONEDNN_OPTS": "0"})
+    columns = ("epoch", "train_loss", "val_loss", "learning_rate")
+    metrics = [[{k: row[k] for k in columns} for row in read_metrics(folder / "metrics.csv")]
+               for folder in (artifacts, tmp_path / "second")]
+    assert metrics[0] == metrics[1] and len(metrics[0]) == 3

@@ -3,7 +3,6 @@ whatever the seed or split, new images extracted alone, skipped images reported,
 
 import csv
 import json
-import os
 import re
 import shutil
 import signal
@@ -15,7 +14,7 @@ import time
 import numpy as np
 import yaml
 
-from helpers import REPO, SEED_ARTIFACTS, run_python, tiny_config
+from helpers import REPO, SEED_ARTIFACTS, child_env, run_python, tiny_config
 from training.features import FeatureStore
 
 QUICK = {"epochs": 1, "eval_max_images": 2, "beam_size": 1, "max_bad_image_fraction": 0.05}
@@ -89,8 +88,7 @@ with hold_run_folder(sys.argv[1]):
 
 
 def start(args):
-    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, text=True,
+    return subprocess.Popen([sys.executable, *args], cwd=REPO, env=child_env(), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 

@@ -5,46 +5,35 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import signal
-import sys
 
 import keras
 import numpy as np
 import pytest
-import yaml
 
-from helpers import run_python, tiny_config
+import helpers
+from helpers import run_python, train_with_callback
 from training.configs import ConfigError, config_from_dict
 
-ENV = {"TF_DETERMINISTIC_OPS": "1", "TF_ENABLE_ONEDNN_OPTS": "0", "PATH": os.path.dirname(sys.executable)}  # no Java: no METEOR
+ENV = {"TF_DETERMINISTIC_OPS": "1", "TF_ENABLE_ONEDNN_OPTS": "0"}
 SCST = dict(epochs=2, scst_epochs=2, scst_samples=4, scst_learning_rate=0.0005, monitor="val_cider", mode="max",
-            dropout=0.1, beam_size=1, eval_max_images=8)
+            dropout=0.1, beam_size=1, eval_max_images=8, val_caption_images=500)
 
 # SIGKILL from a user callback, which also sees the SCST epochs (numbered after the cross-entropy ones).
-KILLED_RUN = """
-import os, signal, sys, keras
-from training.train import main, TrainingPipeline
+KILL_AT = """
+import os, signal, keras
 at_epoch, at_batch = int(sys.argv[2]), int(sys.argv[3])
-class Kill(keras.callbacks.Callback):
+class Fault(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
     def on_train_batch_end(self, batch, logs=None):
         if (self.epoch, batch) == (at_epoch, at_batch):
             os.kill(os.getpid(), signal.SIGKILL)
-original = TrainingPipeline.__init__
-def with_kill(self, *args, **kwargs):
-    original(self, *args, **kwargs)
-    self.callbacks.append(Kill())
-TrainingPipeline.__init__ = with_kill
-sys.exit(main(["--config", sys.argv[1]]))
 """
 
 
 def write_config(path, demo_data, artifacts, **overrides):
-    settings = tiny_config(demo_data, artifacts, scenes_file=str(demo_data / "scenes.json"), **{**SCST, **overrides})
-    path.write_text(yaml.safe_dump(settings))
-    return path
+    return helpers.write_config(path, demo_data, artifacts, scenes_file=str(demo_data / "scenes.json"), **{**SCST, **overrides})
 
 
 def metrics(artifacts):
@@ -170,7 +159,7 @@ def test_monitor_val_cider_keeps_the_epoch_with_the_best_val_cider(scst_run):
     val = {i: captions[i] for i in json.loads((artifacts / "splits.json").read_text())["val"]}
     store, tokenizer = FeatureStore.open(artifacts), Tokenizer.load(artifacts)
     model = keras.saving.load_model(artifacts / "image_caption_model_xe.keras")
-    builder = DatasetBuilder(store.features, store.index, tokenizer, model.max_length + 1)
+    builder = DatasetBuilder(store.features, store.index, tokenizer, model.max_length)
     rescored = CaptionValidation(tokenizer, builder, val, 500).score(model)
     assert rescored["val_cider"] == pytest.approx(float(best["val_cider"]), abs=1e-6)
 
@@ -196,7 +185,7 @@ def test_scst_continues_the_epochs_and_the_summary_says_which_model_is_final(scs
 def test_a_kill_in_the_scst_stage_resumes_in_that_stage(scst_run, demo_data, tmp_path):
     _, reference, _ = scst_run
     config = write_config(tmp_path / "config.yaml", demo_data, tmp_path / "artifacts")
-    killed = run_python(["-c", KILLED_RUN, str(config), "3", "1"], check=False, env=ENV)  # SCST epoch 2, second batch
+    killed = train_with_callback(KILL_AT, config, 3, 1, env=ENV)  # SCST epoch 2, second batch
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     artifacts = tmp_path / "artifacts"
     assert [(row["epoch"], row["stage"]) for row in metrics(artifacts)] == [("1", "xe"), ("2", "xe"), ("3", "scst")]

@@ -19,21 +19,16 @@ import zipfile
 
 import httpx
 import pytest
-import yaml
 from PIL import Image
 
-from helpers import REPO, run_python, tiny_config
+from helpers import REPO, run_python
 
 IMAGES = 20
 
 
 @pytest.fixture(scope="module")
-def run(demo_data, tmp_path_factory):
-    work = tmp_path_factory.mktemp("serving")
-    config = work / "config.yaml"
-    config.write_text(yaml.safe_dump(tiny_config(demo_data, work / "artifacts")))
-    run_python(["-m", "training.train", "--config", str(config)])
-    return work / "artifacts"
+def run(trained_run):
+    return trained_run[0]
 
 
 @pytest.fixture(scope="module")

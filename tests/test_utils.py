@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import assert_readme_shows
 from training.configs import Config
 from training.utils import ExperimentTracker, configure_precision, set_global_seed, setup_logging
 from training.utils.experiment_tracking import git_info
@@ -80,11 +81,7 @@ def test_readme_tracking_example_runs_as_written(tmp_path, monkeypatch, restore_
 
 
 def test_readme_example_matches_repo_readme():
-    readmes = [p for p in (REPO / "training" / "README.md", REPO / "README.md") if p.is_file()]
-    texts = [p.read_text() for p in readmes if "tracker.log_bleu_scores" in p.read_text()]
-    if not texts:
-        pytest.skip("no README in the repository shows the tracking example yet")
-    assert any(README_TRACKING_EXAMPLE.strip() in text for text in texts)
+    assert_readme_shows(README_TRACKING_EXAMPLE, "tracker.log_bleu_scores")
 
 
 def test_metrics_csv_column_order_and_extra_keys(tmp_path):

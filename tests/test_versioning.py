@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import assert_readme_shows
 from training.utils.model_versioning import ModelIntegrityError, ModelVersionManager, semver_key
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,11 +89,7 @@ def test_readme_versioning_example_runs_as_written(tmp_path, monkeypatch, keras_
 
 
 def test_readme_example_matches_repo_readme():
-    readmes = [p for p in (REPO / "training" / "README.md", REPO / "README.md") if p.is_file()]
-    texts = [p.read_text() for p in readmes if "ModelVersionManager(" in p.read_text()]
-    if not texts:
-        pytest.skip("no README in the repository shows the versioning example yet")
-    assert any(README_VERSIONING_EXAMPLE.strip() in text for text in texts)
+    assert_readme_shows(README_VERSIONING_EXAMPLE, "ModelVersionManager(")
 
 
 @pytest.mark.parametrize("bad", ["1.0", "v1.0.0", "1.0.0.0", "01.0.0", "1.0.0-", "1.0.0+build", "1.0.0-rc..1", "latest"])

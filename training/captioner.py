@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from training.data.tokenizer import Tokenizer
 from training.evaluation.inference import BeamSearchDecoder, Caption
-from training.features import get_feature_extractor
+from training.features import get_feature_extractor, pool_regions
 from training.features.images import decode_image, resize_image
 from training.models.caption_model import CaptionModel
 
@@ -179,8 +179,7 @@ class Captioner(keras.Model):
         if features.ndim != 3:
             raise ValueError(f"region features must be (images, regions, channels), got shape {features.shape}")
         if not self.use_regions and features.shape[1] > 1:  # the run attends over the pooled vector only
-            # The same op as the exported graph's, so both give the same captions.
-            features = tf.reduce_mean(tf.cast(features, tf.float32), axis=1, keepdims=True).numpy()
+            features = pool_regions(features).numpy()
         count = len(features)
         if count == 0:
             return []
@@ -217,7 +216,7 @@ class Captioner(keras.Model):
         def serve(images):
             features = tf.cast(self._features_from_encoded(images), tf.float32)
             if not self.use_regions:
-                features = tf.reduce_mean(features, axis=1, keepdims=True)
+                features = pool_regions(features)
             total = tf.shape(images)[0]
             captions = tf.TensorArray(tf.string, size=0, dynamic_size=True, infer_shape=False, element_shape=[None])
             scores = tf.TensorArray(tf.float32, size=0, dynamic_size=True, infer_shape=False, element_shape=[None])

@@ -34,7 +34,7 @@ def evaluate_run(artifacts_dir: Path, split: str, beam_size: int | None = None) 
     loader = CaptionLoader(config.data.captions_format)
     captions = CaptionPreprocessor().process(loader.load(config.data.captions_file))
     wanted = [i for i in splits[split] if i in store.index]
-    builder = DatasetBuilder(store.features, store.index, tokenizer, model.max_length + 1, pooled=not config.model.use_regions)
+    builder = DatasetBuilder(store.features, store.index, tokenizer, model.max_length, pooled=not config.model.use_regions)
     beam_size = beam_size or config.training.beam_size
     scores = evaluate_split(model, tokenizer, builder, {i: captions[i] for i in wanted}, config, artifacts_dir,
                             beam_size=beam_size, split_name=split, beside_run=True)

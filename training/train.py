@@ -233,7 +233,7 @@ class TrainingPipeline:
         max_length = c.data.max_caption_length or get_max_caption_length(split.train)
         log.info("vocabulary: %d words; captions up to %d tokens", tokenizer.vocab_size, max_length)
         builder = DatasetBuilder(
-            store.features, store.index, tokenizer, max_length, c.training.batch_size, c.data.seed, pooled=not c.model.use_regions
+            store.features, store.index, tokenizer, max_length - 1, c.training.batch_size, c.data.seed, pooled=not c.model.use_regions
         )
         trainer.steps_per_epoch = builder.steps(split.train)
         if c.training.val_caption_images:

@@ -26,7 +26,7 @@ class CaptionValidation:
         self.image_ids = list(captions)[:max_images]
         self.tokenizer, self.batch_size = tokenizer, batch_size
         self.references = [[strip_wrappers(c) for c in captions[i]] for i in self.image_ids]
-        self.features = builder.image_batches(self.image_ids) if self.image_ids else None
+        self.features = builder.image_features(self.image_ids) if self.image_ids else None
         self._decoders: dict[int, object] = {}
 
     def __len__(self) -> int:

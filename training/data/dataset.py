@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from training.features.base import pool_regions
+
 
 @dataclass(frozen=True)
 class TrainingSample:
@@ -17,12 +19,13 @@ class TrainingSample:
     tokens: tuple[int, ...]
 
 
-def pool_features(features: np.ndarray, chunk_size: int = 1024) -> np.ndarray:
-    """Mean over regions, (N, R, C) -> (N, 1, C) float16, read chunk by chunk so a memory-mapped store stays on disk."""
-    pooled = np.empty((features.shape[0], 1, features.shape[2]), dtype=np.float16)
+def pool_features(features: np.ndarray, chunk_size: int = 128) -> np.ndarray:
+    """`pool_regions` of a whole store, (N, R, C) -> (N, 1, C) float32, chunk by chunk so a memory-mapped store
+    stays on disk. Kept in float32, as the Captioner pools an image's grid, so a pooled run is trained and
+    evaluated on the very vectors `training.caption` and the exported model compute."""
+    pooled = np.empty((features.shape[0], 1, features.shape[2]), dtype=np.float32)
     for start in range(0, features.shape[0], chunk_size):
-        # Accumulating in float32 without a float32 copy of the chunk keeps the memory small.
-        pooled[start : start + chunk_size, 0] = features[start : start + chunk_size].mean(axis=1, dtype=np.float32)
+        pooled[start : start + chunk_size] = pool_regions(features[start : start + chunk_size]).numpy()
     return pooled
 
 
@@ -49,6 +52,11 @@ class DatasetBuilder:
       new process at epoch e sees the very batches an uninterrupted run would.
     - Image features are gathered per batch from the (memory-mapped) store, so the store is
       never loaded whole into memory.
+
+    `max_length` means what it means for the model (`CaptionModel.max_length`) and the decoders:
+    the most target tokens of one caption, i.e. its words and endseq (startseq is an input only),
+    which is also the most steps a decoder takes. A caption with more words is cut to its first
+    max_length - 1 words, followed by endseq.
     """
 
     def __init__(self, features, image_index, tokenizer, max_length, batch_size=64, seed=42, pooled=False,
@@ -56,7 +64,9 @@ class DatasetBuilder:
         self.features = pool_features(features) if pooled else features
         self.image_index = image_index
         self.tokenizer = tokenizer
-        self.max_length = int(max_length)  # in tokens, startseq and endseq included
+        self.max_length = int(max_length)  # targets per caption: the model's max_length
+        if self.max_length < 1:
+            raise ValueError(f"max_length must be >= 1 (target tokens per caption, endseq included), got {max_length!r}")
         self.batch_size = int(batch_size)
         self.seed = seed
         self.bucket_width = bucket_width
@@ -66,14 +76,14 @@ class DatasetBuilder:
         return tuple(self.features.shape[1:])
 
     def samples(self, captions: dict[str, list[str]]) -> list[TrainingSample]:
-        """Token ids per caption; captions over max_length are cut and still end with endseq."""
+        """Token ids per caption (startseq ... endseq); one with more than max_length targets is cut and still ends with endseq."""
         samples = []
         for image_id, texts in captions.items():
             if image_id not in self.image_index:
                 raise KeyError(f"image '{image_id}' has captions but no features in the feature store")
             for sequence in self.tokenizer.texts_to_sequences(texts):
-                if len(sequence) > self.max_length:
-                    sequence = sequence[: self.max_length - 1] + [self.tokenizer.end_id]
+                if len(sequence) - 1 > self.max_length:
+                    sequence = sequence[: self.max_length] + [self.tokenizer.end_id]
                 samples.append(TrainingSample(image_id, tuple(sequence)))
         return samples
 
@@ -124,12 +134,12 @@ class DatasetBuilder:
     def _gather(self, rows: np.ndarray) -> np.ndarray:
         # Reading the memmap in row order keeps disk access sequential; then restore batch order.
         order = np.argsort(rows, kind="stable")
-        out = np.empty((len(rows),) + self.feature_shape, dtype=np.float16)
+        out = np.empty((len(rows),) + self.feature_shape, dtype=self.features.dtype)
         out[order] = self.features[rows[order]]
         return out
 
     def _to_model_inputs(self, rows, inputs, targets, positions):
-        features = tf.numpy_function(self._gather, [rows], tf.float16, stateful=False)
+        features = tf.numpy_function(self._gather, [rows], tf.as_dtype(self.features.dtype), stateful=False)
         features = tf.cast(tf.ensure_shape(features, (None,) + self.feature_shape), tf.float32)
         return (features, inputs, positions), targets
 
@@ -190,7 +200,9 @@ class DatasetBuilder:
         seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(epoch, tf.int64)])
         return tf.argsort(tf.random.stateless_uniform([count], seed=seed), stable=True)
 
-    def image_batches(self, image_ids: list[str]) -> np.ndarray:
-        """Features of the given images, in order, for decoding: float16 as stored (a COCO test split in
-        float32 would take gigabytes); the decoders convert one batch at a time."""
+    def image_features(self, image_ids: list[str]) -> np.ndarray:
+        """One array of the given images' features, in order, for decoding: regions in float16 as stored (a COCO
+        test split in float32 would take gigabytes; the decoders convert one batch at a time), pooled in float32."""
         return self._gather(np.array([self.image_index[i] for i in image_ids], dtype=np.int64))
+
+    image_batches = image_features  # the former name, still used by callers

@@ -34,7 +34,7 @@ def evaluate_split(model, tokenizer, builder, captions: dict, config: Config, ar
     image_ids = list(captions)[: config.training.eval_max_images]
     if not image_ids:
         raise ConfigError(f"the {split_name} split has no images to evaluate: check the split ratios")
-    results = features_captioner(model, tokenizer, config, beam_size).caption(builder.image_batches(image_ids), attention=True)
+    results = features_captioner(model, tokenizer, config, beam_size).caption(builder.image_features(image_ids), attention=True)
     predictions = {image_id: result.text for image_id, result in zip(image_ids, results)}
     references = {image_id: [strip_wrappers(c) for c in captions[image_id]] for image_id in image_ids}
 

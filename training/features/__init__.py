@@ -1,6 +1,6 @@
 """Image features: extractor registry, keras.applications backbones, the on-disk feature store."""
 
-from training.features.base import BaseFeatureExtractor, pool
+from training.features.base import BaseFeatureExtractor, pool_regions
 from training.features.registry import (
     FeatureExtractorRegistry,
     available_extractors,
@@ -18,6 +18,6 @@ __all__ = [
     "FeatureStore",
     "available_extractors",
     "get_feature_extractor",
-    "pool",
+    "pool_regions",
     "register_extractor",
 ]

@@ -142,6 +142,10 @@ class BaseFeatureExtractor(abc.ABC):
         return features
 
 
-def pool(grid: np.ndarray) -> np.ndarray:
-    """The pooled image vector: the mean over regions of a (..., regions, channels) grid."""
-    return np.asarray(grid, dtype=np.float32).mean(axis=-2)
+def pool_regions(grid) -> tf.Tensor:
+    """Mean over regions, summed in float32: (..., regions, channels) -> (..., 1, channels) float32 tensor.
+
+    The one pooling op of a `use_regions: false` run: training batches, evaluation, the Captioner
+    and its exported graph all call it, so they all see the very same pooled vector.
+    """
+    return tf.reduce_mean(tf.cast(grid, tf.float32), axis=-2, keepdims=True)

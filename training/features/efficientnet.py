@@ -41,65 +41,36 @@ class KerasApplicationExtractor(BaseFeatureExtractor):
         return getattr(keras.applications, self.PREPROCESSING).preprocess_input(images)
 
 
-# EfficientNet and MobileNetV3 rescale and normalise inside the model, so their input stays in [0, 255].
-@register_extractor("EfficientNetB0")
-class EfficientNetB0Extractor(KerasApplicationExtractor):
-    NAME, APPLICATION, FEATURE_DIM, DEFAULT_IMAGE_SIZE = "EfficientNetB0", "EfficientNetB0", 1280, (224, 224)
+# One row per backbone: (name, keras.applications constructor, preprocessing module, feature size,
+# default image size, smallest image side). The preprocessing module is the keras.applications module whose
+# preprocess_input applies; None where the model rescales and normalises inside (EfficientNet, MobileNetV3),
+# so its input stays in [0, 255].
+BACKBONES = [
+    ("EfficientNetB0", "EfficientNetB0", None, 1280, (224, 224), 32),
+    ("EfficientNetB1", "EfficientNetB1", None, 1280, (240, 240), 32),
+    ("EfficientNetB2", "EfficientNetB2", None, 1408, (260, 260), 32),
+    ("EfficientNetB3", "EfficientNetB3", None, 1536, (300, 300), 32),
+    ("EfficientNetB4", "EfficientNetB4", None, 1792, (380, 380), 32),
+    ("EfficientNetB5", "EfficientNetB5", None, 2048, (456, 456), 32),
+    ("EfficientNetB6", "EfficientNetB6", None, 2304, (528, 528), 32),
+    ("EfficientNetB7", "EfficientNetB7", None, 2560, (600, 600), 32),
+    ("InceptionV3", "InceptionV3", "inception_v3", 2048, (299, 299), 75),  # scales to [-1, 1]
+    ("ResNet50", "ResNet50", "resnet50", 2048, (224, 224), 32),  # RGB -> BGR minus the ImageNet channel means
+    ("MobileNetV3Large", "MobileNetV3Large", None, 960, (224, 224), 32),
+    ("MobileNetV3Small", "MobileNetV3Small", None, 576, (224, 224), 32),
+]
 
 
-@register_extractor("EfficientNetB1")
-class EfficientNetB1Extractor(KerasApplicationExtractor):
-    NAME, APPLICATION, FEATURE_DIM, DEFAULT_IMAGE_SIZE = "EfficientNetB1", "EfficientNetB1", 1280, (240, 240)
+def _extractor_class(name, application, preprocessing, feature_dim, image_size, min_image_size) -> type:
+    """The `<name>Extractor` class of one BACKBONES row, registered under `name`."""
+    attributes = {
+        "NAME": name, "APPLICATION": application, "PREPROCESSING": preprocessing, "FEATURE_DIM": feature_dim,
+        "DEFAULT_IMAGE_SIZE": image_size, "MIN_IMAGE_SIZE": min_image_size,
+        "__module__": __name__, "__qualname__": f"{name}Extractor",
+        "__doc__": f"keras.applications.{application} without its classifier head, as a feature extractor.",
+    }
+    return register_extractor(name)(type(f"{name}Extractor", (KerasApplicationExtractor,), attributes))
 
 
-@register_extractor("EfficientNetB2")
-class EfficientNetB2Extractor(KerasApplicationExtractor):
-    NAME, APPLICATION, FEATURE_DIM, DEFAULT_IMAGE_SIZE = "EfficientNetB2", "EfficientNetB2", 1408, (260, 260)
-
-
-@register_extractor("EfficientNetB3")
-class EfficientNetB3Extractor(KerasApplicationExtractor):
-    NAME, APPLICATION, FEATURE_DIM, DEFAULT_IMAGE_SIZE = "EfficientNetB3", "EfficientNetB3", 1536, (300, 300)
-
-
-@register_extractor("EfficientNetB4")
-class EfficientNetB4Extractor(KerasApplicationExtractor):
-    NAME, APPLICATION, FEATURE_DIM, DEFAULT_IMAGE_SIZE = "EfficientNetB4", "EfficientNetB4", 1792, (380, 380)
-
-
-@register_extractor("EfficientNetB5")
-class EfficientNetB5Extractor(KerasApplicationExtractor):
-    NAME, APPLICATION, FEATURE_DIM, DEFAULT_IMAGE_SIZE = "EfficientNetB5", "EfficientNetB5", 2048, (456, 456)
-
-
-@register_extractor("EfficientNetB6")
-class EfficientNetB6Extractor(KerasApplicationExtractor):
-    NAME, APPLICATION, FEATURE_DIM, DEFAULT_IMAGE_SIZE = "EfficientNetB6", "EfficientNetB6", 2304, (528, 528)
-
-
-@register_extractor("EfficientNetB7")
-class EfficientNetB7Extractor(KerasApplicationExtractor):
-    NAME, APPLICATION, FEATURE_DIM, DEFAULT_IMAGE_SIZE = "EfficientNetB7", "EfficientNetB7", 2560, (600, 600)
-
-
-@register_extractor("InceptionV3")
-class InceptionV3Extractor(KerasApplicationExtractor):
-    NAME, APPLICATION, FEATURE_DIM, DEFAULT_IMAGE_SIZE = "InceptionV3", "InceptionV3", 2048, (299, 299)
-    PREPROCESSING = "inception_v3"  # scales to [-1, 1]
-    MIN_IMAGE_SIZE = 75
-
-
-@register_extractor("ResNet50")
-class ResNet50Extractor(KerasApplicationExtractor):
-    NAME, APPLICATION, FEATURE_DIM, DEFAULT_IMAGE_SIZE = "ResNet50", "ResNet50", 2048, (224, 224)
-    PREPROCESSING = "resnet50"  # RGB -> BGR minus the ImageNet channel means ("caffe" mode)
-
-
-@register_extractor("MobileNetV3Large")
-class MobileNetV3LargeExtractor(KerasApplicationExtractor):
-    NAME, APPLICATION, FEATURE_DIM, DEFAULT_IMAGE_SIZE = "MobileNetV3Large", "MobileNetV3Large", 960, (224, 224)
-
-
-@register_extractor("MobileNetV3Small")
-class MobileNetV3SmallExtractor(KerasApplicationExtractor):
-    NAME, APPLICATION, FEATURE_DIM, DEFAULT_IMAGE_SIZE = "MobileNetV3Small", "MobileNetV3Small", 576, (224, 224)
+# Module attributes EfficientNetB0Extractor ... MobileNetV3SmallExtractor, importable by name as before.
+globals().update({f"{row[0]}Extractor": _extractor_class(*row) for row in BACKBONES})

@@ -29,7 +29,7 @@ import numpy as np
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
-from training.features.base import BaseFeatureExtractor
+from training.features.base import BaseFeatureExtractor, pool_regions
 from training.features.images import find_bad_images
 from training.utils.io import ensure_dir, load_json, save_json
 
@@ -107,7 +107,7 @@ class FeatureStore:
     def get(self, image_id: str, pooled: bool = False) -> np.ndarray:
         """One image's grid (regions, channels), or with pooled=True its mean vector (channels,) in float32."""
         grid = self.features[self.index[image_id]]
-        return grid.astype(np.float32).mean(axis=0) if pooled else np.asarray(grid)
+        return pool_regions(grid)[0].numpy() if pooled else np.asarray(grid)
 
     def summary(self) -> dict:
         """What the run summary records about image features."""

@@ -181,7 +181,7 @@ class SelfCriticalTrainer:
                 losses, rewards = [], []
                 for number, batch in enumerate(tqdm(batches, desc=f"SCST epoch {epoch + 1}", unit="batch", leave=False)):
                     ids = [image_ids[i] for i in batch]
-                    features = tf.constant(self.builder.image_batches(ids), tf.float32)
+                    features = tf.constant(self.builder.image_features(ids), tf.float32)
                     sequences = sampler.sample(features, (seed, epoch * 100_000 + number))
                     reward = self.rewards(sequences, ids)
                     advantage, _ = self_critical_advantages(reward, self.samples)
