@@ -175,7 +175,7 @@ class TrainingPipeline:
         trainer = self.prepare_run_folder(fresh)
         split, store = self.prepare_features(split)
         tokenizer, builder = self.vocabulary_and_batches(split, store, trainer)
-        model = trainer.build_model(tokenizer.vocab_size, builder.max_length - 1, self.embedding_matrix(tokenizer))
+        model = trainer.build_model(tokenizer.vocab_size, builder.max_length, self.embedding_matrix(tokenizer))
         trainer.train(model, builder.build(split.train, first_epoch=trainer.initial_epoch), builder.build(split.val, training=False),
                       callbacks=self.callbacks, steps_per_epoch=builder.steps(split.train))
         if not trainer.is_chief:
