@@ -1,6 +1,8 @@
 """Tests for the model stage: shapes, masking, decoding cache, save/load, embeddings, precision."""
 
 import dataclasses
+import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -8,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from training.configs import ModelConfig
+from training.configs.training_config import TrainingConfig
 from training.evaluation.inference import cache_shape_invariants
 from training.models import (
     CaptionModel,
@@ -148,7 +151,7 @@ def batch_loss(args):
 @pytest.mark.parametrize("architecture", ARCHS)
 def test_tiny_model_overfits_eight_captions(architecture):
     model = tiny_model(architecture, hidden_dim=16, num_layers=1, dropout=0.0)
-    compile_caption_model(model, learning_rate=2e-2)
+    compile_caption_model(model, TrainingConfig(learning_rate=2e-2, clipnorm=None))
     rng = np.random.default_rng(0)
     features = rng.normal(size=(8, REGIONS, FEATURE_DIM)).astype("float32")
     captions = rng.integers(1, VOCAB, size=(8, 6)).astype("int32")
@@ -165,7 +168,7 @@ def test_tiny_model_overfits_eight_captions(architecture):
 @pytest.mark.parametrize("architecture", ARCHS)
 def test_save_load_gives_identical_predictions(architecture, tmp_path):
     model = tiny_model(architecture)
-    compile_caption_model(model, learning_rate=1e-3, clipnorm=1.0)
+    compile_caption_model(model, TrainingConfig(learning_rate=1e-3, clipnorm=1.0))
     model.run_eagerly = True  # one step: tracing a train function would cost more than it runs
     features, tokens = tiny_batch()
     model.train_on_batch((features, tokens), tokens)  # moves weights and creates optimizer state
@@ -187,7 +190,7 @@ def test_embedding_matrix_loaded_and_frozen_unless_trained(train_embeddings):
     table = model.text_embedding.token_embedding.embeddings
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(table), matrix)
     assert any(w is table for w in model.trainable_weights) == train_embeddings
-    compile_caption_model(model, learning_rate=1e-1)
+    compile_caption_model(model, TrainingConfig(learning_rate=1e-1, clipnorm=None))
     model.run_eagerly = True
     features, tokens = tiny_batch()
     model.train_on_batch((features, tokens), tokens)
@@ -214,7 +217,7 @@ def test_mixed_float16_outputs_float32(architecture):
         assert model((features, tokens)).dtype == "float32"
         logits, cache, attention = model.decode_step(tokens[:, 0], np.int32(0), model.encode(features), model.init_cache(3))
         assert logits.dtype == "float32" and attention.dtype == "float32"
-        compile_caption_model(model, learning_rate=1e-3)
+        compile_caption_model(model, TrainingConfig(learning_rate=1e-3, clipnorm=None))
         model.run_eagerly = True
         loss = model.train_on_batch((features, tokens), tokens)[0]
         assert np.isfinite(loss)
@@ -234,7 +237,7 @@ def test_config_round_trip_uses_every_setting():
 def test_compiled_fit_on_batches_of_varying_length(architecture):
     # The pipeline pads each batch to its own longest caption: the time axis is unknown when traced.
     model = tiny_model(architecture, dropout=0.0)
-    compile_caption_model(model, learning_rate=1e-2)
+    compile_caption_model(model, TrainingConfig(learning_rate=1e-2, clipnorm=None))
     rng = np.random.default_rng(3)
 
     def batches():
@@ -261,3 +264,34 @@ def test_dropout_drops_its_rate_and_keeps_the_mean(rate):
     assert not np.array_equal(dropped, layer(inputs, training=True).numpy())  # fresh bits every call
     np.testing.assert_array_equal(layer(inputs, training=False).numpy(), inputs.numpy())
     assert isinstance(keras.layers.deserialize(keras.layers.serialize(layer)), Dropout)
+
+
+OLD_MODELS = Path(__file__).parent / "fixtures" / "models_8c65714"  # saved by the code before the renames
+
+
+@pytest.mark.parametrize("architecture", ARCHS)
+def test_model_saved_before_the_renames_loads_and_predicts_the_same(architecture):
+    loaded = keras.saving.load_model(OLD_MODELS / f"{architecture}.keras")
+    data = np.load(OLD_MODELS / "inputs_and_logits.npz")
+    logits = keras.ops.convert_to_numpy(loaded((data["features"], data["tokens"]), training=False))
+    np.testing.assert_allclose(logits, data[f"logits_{architecture}"], rtol=1e-5, atol=1e-5)
+    assert type(loaded.optimizer).__name__ == "FusedAdam" and loaded.optimizer.iterations.numpy() == 2
+    assert loaded.loss is masked_sparse_categorical_crossentropy
+
+
+def test_renamed_layers_keep_their_old_names_working():
+    from training.models.components import (
+        CachedMultiHeadAttention,
+        LSTMAttentionDecoder,
+        LSTMEncoder,
+        MultiHeadCrossAttention,
+    )
+
+    assert issubclass(LSTMEncoder, LSTMAttentionDecoder) and MultiHeadCrossAttention is CachedMultiHeadAttention
+    # Layer configs as the code before the renames serialized them (registered as training>LSTMEncoder, ...).
+    old = json.loads((OLD_MODELS / "layer_configs.json").read_text())
+    for old_name, cls in (("LSTMEncoder", LSTMEncoder), ("MultiHeadCrossAttention", CachedMultiHeadAttention)):
+        layer = keras.saving.deserialize_keras_object(old[old_name])
+        assert type(layer) is cls
+        # ... and serialize under the same name, so a file saved now also loads in older code.
+        assert keras.saving.serialize_keras_object(layer)["registered_name"] == f"training>{old_name}"

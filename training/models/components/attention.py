@@ -31,9 +31,11 @@ def attention_bias(visible):
     return ops.where(visible, 0.0, _MASKED_SCORE)
 
 
-@keras.saving.register_keras_serializable(package="training")
-class MultiHeadCrossAttention(keras.layers.Layer):
-    """Scaled dot-product attention over `num_heads` heads, built from plain Dense projections.
+# Registered under its former name, which .keras files saved before the rename hold.
+@keras.saving.register_keras_serializable(package="training", name="MultiHeadCrossAttention")
+class CachedMultiHeadAttention(keras.layers.Layer):
+    """Scaled dot-product attention over `num_heads` heads, built from plain Dense projections: the
+    decoder's self-attention over the caption and its cross-attention over the image regions.
 
     Keys/values are computed by `key_values` separately from `attend`, so a decoder can
     compute them once (image regions) or append one position at a time (self-attention cache).
@@ -102,6 +104,9 @@ class MultiHeadCrossAttention(keras.layers.Layer):
         config = super().get_config()
         config.update(hidden_dim=self.hidden_dim, num_heads=self.num_heads, dropout=self.dropout)
         return config
+
+
+MultiHeadCrossAttention = CachedMultiHeadAttention  # the former name
 
 
 @keras.saving.register_keras_serializable(package="training")
