@@ -15,7 +15,7 @@ Each row runs in its own process (clean peak-memory figures and dtype policy), w
   - measures this machine's dense matmul rate (tf.matmul, 2048x2048 float32, and bfloat16 when
     the run computes in bfloat16) before and after training: the median of both sets is the
     reference, so the ratio compares figures of the same minutes on a shared machine;
-  - trains `--epochs` full epochs with model.fit exactly as Trainer does (compile_model,
+  - trains `--epochs` full epochs with model.fit exactly as Trainer does (compile_caption_model,
     DatasetBuilder.build), no validation; `epoch_seconds` is the wall time of the first epoch,
     tracing included; `steady_captions_per_s` counts captions over the batches after the first
     `warmup` ones;
@@ -468,7 +468,7 @@ def run_row(args) -> dict:
     from training.evaluation.inference import BeamSearchDecoder, GreedyDecoder
     from training.features import FeatureStore
     from training.models import build_caption_model
-    from training.trainers.trainer import compile_model
+    from training.models.optimization import compile_caption_model
     from training.utils import configure_precision, set_global_seed
 
     pooled = args.worker == "pooled"
@@ -485,7 +485,7 @@ def run_row(args) -> dict:
                              config.data.seed, pooled=pooled)
     embedding = np.random.default_rng(0).normal(0.0, 0.4, (tokenizer.vocab_size, config.model.embedding_dim)).astype("float32")
     model = build_caption_model(config.model, tokenizer.vocab_size, max_length - 1, embedding)
-    compile_model(model, config)
+    compile_caption_model(model, config)
 
     compute_dtype = keras.mixed_precision.global_policy().compute_dtype
     rates = {"float32": matmul_gflops("float32")}

@@ -65,7 +65,7 @@ def main() -> None:
 
     from training.configs import load_config
     from training.models import build_caption_model
-    from training.models.losses import compile_caption_model
+    from training.models.optimization import compile_caption_model
     from training.utils import configure_precision
 
     config = load_config(REPO / "training" / "config.yaml", ["glove_path=null"])
@@ -73,7 +73,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     if args.model == "ours":
         model = build_caption_model(config.model, VOCAB, 40, np.zeros((VOCAB, config.model.embedding_dim), "float32"))
-        compile_caption_model(model, config.training.learning_rate, config.training.clipnorm)
+        compile_caption_model(model, config)
         batch = our_batches(rng)
     else:
         import train as bench_train

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from training.models.losses import FusedAdam
+from training.models.optimization import FusedAdam
 from training.utils import keras_private
 
 

@@ -1,11 +1,11 @@
-"""Model stage, objective: loss and accuracy over real caption tokens (id 0 is padding), the optimizer, and compile."""
+"""Model stage, objective: loss and accuracy over real caption tokens (id 0 is padding).
+
+The optimizer and compiling a model: training/models/optimization.py."""
 
 from __future__ import annotations
 
 import keras
 from keras import ops
-
-from training.utils.keras_private import FusedClipByNorm, adam_moments
 
 
 @keras.saving.register_keras_serializable(package="training")
@@ -36,56 +36,6 @@ def masked_accuracy(y_true, y_pred):
     target_logit = ops.squeeze(ops.take_along_axis(y_pred, ops.expand_dims(y_true, -1), axis=-1), -1)
     hits = ops.logical_and(target_logit >= ops.max(y_pred, axis=-1), is_token)
     return ops.sum(ops.cast(hits, "float32")) / ops.maximum(ops.sum(ops.cast(is_token, "float32")), 1.0)
-
-
-@keras.saving.register_keras_serializable(package="training")
-class FusedAdam(FusedClipByNorm, keras.optimizers.Adam):
-    """keras.optimizers.Adam, updating each variable with TensorFlow's fused Adam kernel.
-
-    Same algorithm, settings, state variables and checkpoints as Keras' Adam. Keras writes the
-    update as about a dozen element-wise ops per variable, each a pass over the variable and
-    its two moments; on 2 CPU cores that was ~15% of a W1 training step (bench/train.py), and
-    ResourceApplyAdam does it in one. Other backends, and amsgrad, use Keras' own update.
-    Clipping by norm (clipnorm) likewise reads each gradient twice instead of four times.
-    The Keras internals this needs are in training/utils/keras_private.py.
-    """
-
-    def update_step(self, gradient, variable, learning_rate):
-        if keras.backend.backend() != "tensorflow" or self.amsgrad:
-            return super().update_step(gradient, variable, learning_rate)
-        import tensorflow as tf
-
-        dtype = variable.dtype
-        momentum, velocity = adam_moments(self, variable)
-        step = ops.cast(self.iterations + 1, dtype)
-        beta_1, beta_2 = ops.cast(self.beta_1, dtype), ops.cast(self.beta_2, dtype)
-        tf.raw_ops.ResourceApplyAdam(
-            var=variable.handle,
-            m=momentum.handle,
-            v=velocity.handle,
-            beta1_power=ops.power(beta_1, step),
-            beta2_power=ops.power(beta_2, step),
-            lr=ops.cast(learning_rate, dtype),
-            beta1=beta_1,
-            beta2=beta_2,
-            epsilon=ops.cast(self.epsilon, dtype),
-            grad=ops.cast(gradient, dtype),
-        )
-
-
-def compile_caption_model(model: keras.Model, learning_rate: float, clipnorm: float | None = None,
-                          jit_compile: bool | str = "auto", loss=None) -> keras.Model:
-    """Compile with Adam and the masked loss/accuracy; `jit_compile` as in keras.Model.compile. Returns the model.
-
-    `learning_rate` may be a keras LearningRateSchedule; `loss` replaces the masked cross-entropy
-    (e.g. MaskedLabelSmoothingCrossEntropy)."""
-    model.compile(
-        optimizer=FusedAdam(learning_rate=learning_rate, clipnorm=clipnorm),
-        loss=loss or masked_sparse_categorical_crossentropy,
-        metrics=[masked_accuracy],
-        jit_compile=jit_compile,
-    )
-    return model
 
 
 @keras.saving.register_keras_serializable(package="training")

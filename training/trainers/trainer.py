@@ -10,7 +10,6 @@ import tempfile
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from training.artifacts import CHECKPOINT, LOGS_DIR, RESUME_DIR
@@ -19,7 +18,7 @@ from training.callbacks.checkpoint import BestModelCheckpoint, EpochSeeds, Resum
 from training.callbacks.metrics import MetricsCallback, ProgressCallback
 from training.configs import Config, ConfigError
 from training.models import build_caption_model
-from training.models.losses import MaskedLabelSmoothingCrossEntropy, compile_caption_model
+from training.models.optimization import compile_caption_model as compile_model  # the name Trainer callers use
 from training.utils.lifecycle import RunConflict, Terminated, differences, identity_fingerprint, run_identity, training_left
 from training.utils import keras_private
 from training.utils.io import save_json
@@ -71,43 +70,6 @@ class CallbackFactory:
 def config_fingerprint(config: Config) -> str:
     """What must match for a saved state to be resumed: every key but those that extend or describe a run."""
     return identity_fingerprint(run_identity(config))
-
-
-def compile_model(model, config: Config, steps_per_epoch: int | None = None) -> None:
-    t = config.training
-    loss = MaskedLabelSmoothingCrossEntropy(t.label_smoothing) if t.label_smoothing else None
-    compile_caption_model(model, learning_rate_schedule(config, steps_per_epoch), t.clipnorm,
-                          jit_compile=t.use_xla, loss=loss)
-    _build_training_state(model)
-
-
-def learning_rate_schedule(config: Config, steps_per_epoch: int | None = None):
-    """learning_rate (decayed on plateau by a callback), or under warmup_cosine a serializable schedule:
-    linear warm-up from 0 over warmup_steps to learning_rate, then cosine decay to min_learning_rate at the
-    last step of `epochs`. It is saved with the optimizer, so a resumed run continues it; a run extended
-    to more epochs keeps the saved schedule, which stays at min_learning_rate after the old last step."""
-    t = config.training
-    if t.lr_schedule != "warmup_cosine":
-        return t.learning_rate
-    if not steps_per_epoch:
-        raise ValueError("lr_schedule warmup_cosine needs the steps per epoch (Trainer.steps_per_epoch)")
-    total = t.epochs * steps_per_epoch
-    warmup = min(t.warmup_steps, total)
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0, decay_steps=max(1, total - warmup), alpha=t.min_learning_rate / t.learning_rate,
-        warmup_target=t.learning_rate, warmup_steps=warmup)
-
-
-def _build_training_state(model) -> None:
-    """Create the optimizer's, loss tracker's and metrics' variables now, from a symbolic batch.
-
-    Keras otherwise creates them inside the first traced train step, and tf.function then traces
-    the whole step a second time: ~2.5 s of every run's first step on 2 CPU cores (W1).
-    """
-    tokens = np.ones((1, 2), dtype="int32")
-    batch = ((np.zeros((1, 1, getattr(model, "feature_dim", 1)), "float32"), tokens), tokens)
-    if not hasattr(model, "feature_dim") or not keras_private.build_training_state(model, batch):
-        model.optimizer.build(model.trainable_variables)
 
 
 class Trainer:

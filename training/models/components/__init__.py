@@ -1,9 +1,10 @@
 """Model stage, layers: attention, projections, embeddings and decoder cores."""
 
-from training.models.components.attention import BahdanauAttention, MultiHeadCrossAttention
+from training.models.components.attention import BahdanauAttention, CachedMultiHeadAttention, MultiHeadCrossAttention
 from training.models.components.dropout import Dropout
 from training.models.components.encoders import (
     ImageProjection,
+    LSTMAttentionDecoder,
     LSTMEncoder,
     TextEmbedding,
     TransformerDecoderBlock,
@@ -11,7 +12,9 @@ from training.models.components.encoders import (
 
 __all__ = [
     "BahdanauAttention",
+    "CachedMultiHeadAttention",
     "ImageProjection",
+    "LSTMAttentionDecoder",
     "LSTMEncoder",
     "MultiHeadCrossAttention",
     "TextEmbedding",

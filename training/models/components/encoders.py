@@ -1,9 +1,9 @@
 """Model stage, building blocks: image projection, word embedding, and the two decoder cores.
 
 The decoder cores are the Transformer decoder block (default architecture) and
-`LSTMEncoder`, the seed's name for the LSTM-with-additive-attention core. Each core has a
-`call` for whole sequences (training) and a `decode_step` / `step` for one position
-(inference with a cache).
+`LSTMAttentionDecoder`, the LSTM with additive attention (`LSTMEncoder`, the seed's name for it,
+stays an alias). Each core has a `call` for whole sequences (training) and a `decode_step` /
+`step` for one position (inference with a cache).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from training.models.components.attention import BahdanauAttention, MultiHeadCrossAttention
+from training.models.components.attention import BahdanauAttention, CachedMultiHeadAttention
 from training.models.components.dropout import Dropout
 
 
@@ -122,9 +122,9 @@ class TransformerDecoderBlock(keras.layers.Layer):
         self.ff_dim = ff_dim
         self.dropout = dropout
         self.self_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="self_norm")
-        self.self_attention = MultiHeadCrossAttention(hidden_dim, num_heads, dropout, name="self_attention")
+        self.self_attention = CachedMultiHeadAttention(hidden_dim, num_heads, dropout, name="self_attention")
         self.cross_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="cross_norm")
-        self.cross_attention = MultiHeadCrossAttention(hidden_dim, num_heads, dropout, name="cross_attention")
+        self.cross_attention = CachedMultiHeadAttention(hidden_dim, num_heads, dropout, name="cross_attention")
         self.ff_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="ff_norm")
         self.ff_in = keras.layers.Dense(ff_dim, activation="gelu", name="ff_in")
         self.ff_out = keras.layers.Dense(hidden_dim, name="ff_out")
@@ -184,7 +184,7 @@ class TransformerDecoderBlock(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="training")
-class LSTMEncoder(keras.layers.Layer):
+class LSTMAttentionDecoder(keras.layers.Layer):
     """LSTM decoder core with Bahdanau attention (architecture 'lstm_attention').
 
     At each step the previous hidden state attends over the regions, and [word; context]
@@ -247,3 +247,11 @@ class LSTMEncoder(keras.layers.Layer):
         config = super().get_config()
         config.update(hidden_dim=self.hidden_dim)
         return config
+
+
+
+@keras.saving.register_keras_serializable(package="training")
+class LSTMEncoder(LSTMAttentionDecoder):
+    """LSTMAttentionDecoder under the seed's name, which CaptionModel builds: Keras stores a model's layers'
+    weights under their class names (`layers/lstm_encoder/...` in a .keras file), so a file saved with
+    either class loads into the other only if the name stays."""
