@@ -115,13 +115,13 @@ def test_config_refuses_monitor_mode_and_scst_mistakes():
 
 def test_warmup_cosine_and_label_smoothing_are_saved_with_the_model(tmp_path):
     from training.models import build_caption_model, masked_sparse_categorical_crossentropy
-    from training.trainers.trainer import compile_model
+    from training.models.optimization import compile_caption_model
 
     config = config_from_dict({"feature_dim": 12, "embedding_dim": 8, "hidden_dim": 16, "num_layers": 1, "num_heads": 2,
                                "ff_dim": 16, "lr_schedule": "warmup_cosine", "warmup_steps": 10, "epochs": 2,
                                "learning_rate": 0.001, "min_learning_rate": 1e-5, "label_smoothing": 0.1})
     model = build_caption_model(config.model, 20, 6)
-    compile_model(model, config, steps_per_epoch=30)
+    compile_caption_model(model, config, steps_per_epoch=30)
     schedule = model.optimizer._learning_rate
     assert [float(schedule(s)) for s in (0, 5, 10, 60)] == pytest.approx([0.0, 0.0005, 0.001, 1e-5], rel=1e-4)
     model.optimizer.iterations.assign(35)

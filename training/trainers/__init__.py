@@ -6,7 +6,6 @@ from training.trainers.trainer import (
     NonFiniteLoss,
     Trainer,
     TrainingInterrupted,
-    compile_model,
     config_fingerprint,
 )
 
@@ -16,6 +15,5 @@ __all__ = [
     "NonFiniteLoss",
     "Trainer",
     "TrainingInterrupted",
-    "compile_model",
     "config_fingerprint",
 ]

@@ -18,7 +18,7 @@ from training.callbacks.checkpoint import BestModelCheckpoint, EpochSeeds, Resum
 from training.callbacks.metrics import MetricsCallback, ProgressCallback
 from training.configs import Config, ConfigError
 from training.models import build_caption_model
-from training.models.optimization import compile_caption_model as compile_model  # the name Trainer callers use
+from training.models.optimization import compile_caption_model
 from training.utils.lifecycle import RunConflict, Terminated, differences, identity_fingerprint, run_identity, training_left
 from training.utils import keras_private
 from training.utils.io import save_json
@@ -130,7 +130,7 @@ class Trainer:
                 log.info("resuming from %s: %d epoch(s) done", model_path.parent, state["epoch"])
             else:
                 model = build_caption_model(self.config.model, vocab_size, max_length, embedding_matrix)
-                compile_model(model, self.config, self.steps_per_epoch)
+                compile_caption_model(model, self.config, self.steps_per_epoch)
         return model
 
     # -- fit -------------------------------------------------------------------------------------
