@@ -93,7 +93,8 @@ def test_full_disk_gives_a_clear_error_and_keeps_the_previous_checkpoint(small_d
     import training.models  # noqa: F401
 
     artifacts = small_disk / "artifacts"
-    config_path = write_config(small_disk / "config.yaml", demo_data, artifacts, epochs=4, early_stopping_patience=10)
+    config_path = write_config(small_disk / "config.yaml", demo_data, artifacts, epochs=3, early_stopping_patience=10,
+                               eval_max_images=2)  # the resumed run's evaluation is not what is checked
     done = run_with(FILL_DISK_AFTER_EPOCH_1, config_path)
     assert done.returncode == 1, done.stderr[-3000:]
     assert "No space left on device" in done.stderr and "resumes" in done.stderr
@@ -112,7 +113,8 @@ def test_kill_during_a_checkpoint_write_leaves_no_half_written_file(tmp_path, de
 
     artifacts = tmp_path / "artifacts"
     # Epoch 1 saves the checkpoint, then the resume state; epoch 2's checkpoint write is killed.
-    config_path = write_config(tmp_path / "config.yaml", demo_data, artifacts, epochs=3, early_stopping_patience=10, learning_rate=0.003)
+    config_path = write_config(tmp_path / "config.yaml", demo_data, artifacts, epochs=3, early_stopping_patience=10, learning_rate=0.003,
+                               eval_max_images=2)
     done = run_with(KILL_INSIDE_MODEL_SAVE, config_path)
     assert done.returncode == -9, done.stderr[-3000:]
     keras.saving.load_model(artifacts / "checkpoint.keras")  # still epoch 1's, whole
