@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from training.errors import UserInputError
 from training.features import (
     BaseFeatureExtractor,
     FeatureExtractorRegistry,
@@ -180,7 +181,7 @@ def test_bad_images_are_reported_and_left_out(tmp_path):
     features = extractor.extract_features(ids, tmp_path / "images", verbose=0)
     assert sorted(features) == sorted(store.image_ids) and len(extractor.bad_images) == 4
 
-    with pytest.raises(ValueError, match=r"(?s)4 of 9 images.*max_bad_image_fraction=0.1.*truncated.jpg"):
+    with pytest.raises(UserInputError, match=r"(?s)4 of 9 images.*max_bad_image_fraction=0.1.*truncated.jpg"):
         FeatureStore.build(tmp_path / "strict", extractor, ids, tmp_path / "images", max_bad_fraction=0.1, verbose=0)
     with pytest.raises(FileNotFoundError, match="images_path"):
         FeatureStore.build(tmp_path / "none", extractor, ids, tmp_path / "no_such_folder", verbose=0)

@@ -29,6 +29,7 @@ import numpy as np
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
+from training.errors import UserInputError
 from training.features.base import BaseFeatureExtractor, pool_regions
 from training.features.images import find_bad_images
 from training.utils.io import ensure_dir, load_json, save_json
@@ -76,7 +77,7 @@ def check_bad_fraction(bad_images: list[dict], total: int, max_bad_fraction: flo
         else:
             problem = f"{len(bad_images)} of {total} images are unusable ({share:.1%}), more than max_bad_image_fraction={max_bad_fraction}"
             fix = "Fix or remove these files, or raise max_bad_image_fraction in the config to skip them."
-        raise ValueError(f"{problem}:\n{shown}{more}\n{fix}")
+        raise UserInputError(f"{problem}:\n{shown}{more}\n{fix}")
 
 
 class FeatureStore:
