@@ -316,27 +316,7 @@ def test_dropout_gradient_is_its_mask_in_bfloat16():
     np.testing.assert_allclose(gradient[kept], 256 / 230, rtol=1e-2)  # 1 / keep probability, in bfloat16
 
 
-@pytest.mark.parametrize("architecture", ARCHS)
-def test_packed_rows_give_each_caption_the_logits_it_gets_alone(architecture):
-    # Row 0 packs captions of 3, 5 and 2 tokens, padded; row 1 one caption of 4 (slots: 2 rows x 3 x 5).
-    model = tiny_model(architecture)
-    rng = np.random.default_rng(1)
-    features = rng.normal(size=(2, REGIONS, FEATURE_DIM)).astype("float32")
-    captions = [[[1, 2, 3], [4, 5, 6, 7, 8], [9, 10]], [[11, 12, 13, 14]]]
-    width = 12
-    tokens, positions = np.zeros((2, width), "int32"), np.zeros((2, width), "int32")
-    for row, row_captions in enumerate(captions):
-        flat = [t for caption in row_captions for t in caption]
-        tokens[row, : len(flat)] = flat
-        positions[row, : len(flat)] = [p for caption in row_captions for p in range(len(caption))]
-    packed = keras.ops.convert_to_numpy(model((features, tokens, positions), training=False))
-    for row, row_captions in enumerate(captions):
-        start = 0
-        for caption in row_captions:
-            alone = model((features[row : row + 1], np.array([caption], "int32")), training=False)
-            np.testing.assert_allclose(packed[row, start : start + len(caption)], keras.ops.convert_to_numpy(alone)[0],
-                                       rtol=1e-5, atol=1e-5)
-            start += len(caption)
+# A packed row's logits against its captions one per row: tests/test_packed_rows.py.
 
 
 def test_packed_rows_train_as_captions_one_per_row():
