@@ -21,7 +21,8 @@ def caption_images(paths: list[str], artifacts_dir, beam_size: int | None = None
 
     resolved = [str(Path(p).resolve()) for p in paths]
     bad = find_bad_images(resolved, "/", verbose=0)
-    good = [p for p in resolved if p not in {entry["image"] for entry in bad}]
+    unreadable = {entry["image"] for entry in bad}
+    good = [p for p in resolved if p not in unreadable]
     if not good:
         return [], bad
     captioner = Captioner.from_artifacts(artifacts_dir, beam_size=beam_size)
