@@ -111,6 +111,14 @@ class TextEmbedding(keras.layers.Layer):
         return config
 
 
+def gelu(x):
+    """The exact GELU, x * Phi(x), written with erf: the same function as keras.activations.gelu, whose
+    TensorFlow version uses erfc, ~14x slower than erf on bfloat16 on CPU (the feed-forward's GELU was
+    ~5% of a W1 training step)."""
+    half = ops.cast(0.5, x.dtype)
+    return x * (half + half * ops.erf(x * ops.cast(0.7071067811865476, x.dtype)))
+
+
 @keras.saving.register_keras_serializable(package="training")
 class TransformerDecoderBlock(keras.layers.Layer):
     """Pre-LN decoder block: causal self-attention, cross-attention over regions, feed-forward."""
@@ -126,7 +134,7 @@ class TransformerDecoderBlock(keras.layers.Layer):
         self.cross_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="cross_norm")
         self.cross_attention = CachedMultiHeadAttention(hidden_dim, num_heads, dropout, name="cross_attention")
         self.ff_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="ff_norm")
-        self.ff_in = keras.layers.Dense(ff_dim, activation="gelu", name="ff_in")
+        self.ff_in = keras.layers.Dense(ff_dim, name="ff_in")  # then `gelu`
         self.ff_out = keras.layers.Dense(hidden_dim, name="ff_out")
         self.dropout_layer = Dropout(dropout)
 
@@ -140,7 +148,7 @@ class TransformerDecoderBlock(keras.layers.Layer):
         self.built = True
 
     def _feed_forward(self, x, training=None):
-        hidden = self.dropout_layer(self.ff_in(self.ff_norm(x)), training=training)
+        hidden = self.dropout_layer(gelu(self.ff_in(self.ff_norm(x))), training=training)
         return x + self.dropout_layer(self.ff_out(hidden), training=training)
 
     def call(self, x, regions, self_mask=None, training=None):
