@@ -346,3 +346,37 @@ def test_packed_rows_train_as_captions_one_per_row():
     assert float(loss_packed) == pytest.approx(float(loss_single), rel=1e-5)
     for packed, single_grad in zip(grads_packed, grads_single):
         np.testing.assert_allclose(tf.convert_to_tensor(packed), tf.convert_to_tensor(single_grad), rtol=1e-4, atol=1e-6)
+
+
+def test_gelu_is_keras_gelu():
+    from training.models.components.encoders import gelu
+
+    x = np.linspace(-6, 6, 2001, dtype="float32")
+    np.testing.assert_allclose(gelu(x), keras.activations.gelu(x, approximate=False), rtol=1e-6, atol=1e-6)
+    # In bfloat16 the two differ by at most one rounding of the result.
+    ours = gelu(tf.cast(x, "bfloat16")).numpy().astype("float32")
+    np.testing.assert_allclose(ours, keras.activations.gelu(x, approximate=False), rtol=2**-7, atol=2**-7)
+
+
+def test_dense_matches_keras_dense_and_sums_its_bias_gradient_in_float32():
+    from training.models.components import Dense
+
+    rng = np.random.default_rng(3)
+    inputs = tf.cast(rng.normal(0.3, 1.0, size=(13, 64, 32)), "bfloat16")  # a W1 batch's 832 tokens
+    weights = [rng.normal(size=(32, 48)).astype("float32") * 0.1, np.full(48, 0.5, "float32")]
+    ours, reference = Dense(48, dtype="mixed_bfloat16"), keras.layers.Dense(48, dtype="mixed_bfloat16")
+    for layer in (ours, reference):
+        layer.build(inputs.shape)
+        layer.set_weights(weights)
+
+    def forward_and_bias_gradient(layer):
+        with tf.GradientTape() as tape:
+            outputs = layer(inputs)
+        return outputs, tape.gradient(outputs, layer.bias)
+
+    outputs, gradient = forward_and_bias_gradient(ours)
+    reference_outputs, reference_gradient = forward_and_bias_gradient(reference)
+    np.testing.assert_array_equal(outputs.numpy(), reference_outputs.numpy())
+    # d(sum of outputs)/d(bias) is the number of tokens, 832: exact in float32 and in bfloat16, but a sum of
+    # ones in bfloat16 stops at 256 (256 + 1 rounds to 256), as TensorFlow's BiasAddGrad sums.
+    np.testing.assert_array_equal(gradient.numpy(), np.full(48, 13 * 64, "float32"))

@@ -14,6 +14,7 @@ from keras import ops
 
 from training.configs.training_config import ARCHITECTURES, ModelConfig
 from training.models.components import (
+    Dense,
     Dropout,
     ImageProjection,
     LSTMEncoder,
@@ -87,7 +88,7 @@ class CaptionModel(keras.Model):
             self.output_dropout = Dropout(dropout)
         # The logits matmul, the step's largest, runs in the compute dtype; its output is cast to
         # float32 in `call` so the softmax and loss stay float32 (as the Keras mixed-precision guide does).
-        self.output_layer = keras.layers.Dense(vocab_size, name="logits")
+        self.output_layer = Dense(vocab_size, name="logits")
 
     # ------------------------------------------------------------------ build / training path
 

@@ -1,6 +1,7 @@
 """Model stage, layers: attention, projections, embeddings and decoder cores."""
 
 from training.models.components.attention import BahdanauAttention, CachedMultiHeadAttention, MultiHeadCrossAttention
+from training.models.components.dense import Dense
 from training.models.components.dropout import Dropout
 from training.models.components.encoders import (
     ImageProjection,
@@ -13,6 +14,8 @@ from training.models.components.encoders import (
 __all__ = [
     "BahdanauAttention",
     "CachedMultiHeadAttention",
+    "Dense",
+    "Dropout",
     "ImageProjection",
     "LSTMAttentionDecoder",
     "LSTMEncoder",

@@ -7,6 +7,7 @@ import math
 import keras
 from keras import ops
 
+from training.models.components.dense import Dense
 from training.models.components.dropout import Dropout
 
 
@@ -49,10 +50,10 @@ class CachedMultiHeadAttention(keras.layers.Layer):
         self.num_heads = num_heads
         self.dropout = dropout
         self.head_dim = hidden_dim // num_heads
-        self.query_dense = keras.layers.Dense(hidden_dim, name="query")
-        self.key_dense = keras.layers.Dense(hidden_dim, name="key")
-        self.value_dense = keras.layers.Dense(hidden_dim, name="value")
-        self.output_dense = keras.layers.Dense(hidden_dim, name="output")
+        self.query_dense = Dense(hidden_dim, name="query")
+        self.key_dense = Dense(hidden_dim, name="key")
+        self.value_dense = Dense(hidden_dim, name="value")
+        self.output_dense = Dense(hidden_dim, name="output")
         self.weights_dropout = Dropout(dropout)
 
     def build(self, query_shape, source_shape=None):
@@ -117,9 +118,9 @@ class BahdanauAttention(keras.layers.Layer):
     def __init__(self, units: int, **kwargs):
         super().__init__(**kwargs)
         self.units = units
-        self.region_dense = keras.layers.Dense(units, name="region")
-        self.query_dense = keras.layers.Dense(units, name="query")
-        self.score_dense = keras.layers.Dense(1, name="score")
+        self.region_dense = Dense(units, name="region")
+        self.query_dense = Dense(units, name="query")
+        self.score_dense = Dense(1, name="score")
 
     def build(self, query_shape, regions_shape):
         self.region_dense.build(regions_shape)

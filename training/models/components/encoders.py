@@ -12,6 +12,7 @@ import keras
 from keras import ops
 
 from training.models.components.attention import BahdanauAttention, CachedMultiHeadAttention
+from training.models.components.dense import Dense
 from training.models.components.dropout import Dropout
 
 
@@ -23,7 +24,7 @@ class ImageProjection(keras.layers.Layer):
         super().__init__(**kwargs)
         self.hidden_dim = hidden_dim
         self.dropout = dropout
-        self.dense = keras.layers.Dense(hidden_dim, name="dense")
+        self.dense = Dense(hidden_dim, name="dense")
         # CNN features have arbitrary scale per channel; normalising keeps attention logits sane.
         self.norm = keras.layers.LayerNormalization(epsilon=1e-5, name="norm")
         self.dropout_layer = Dropout(dropout)
@@ -72,7 +73,7 @@ class TextEmbedding(keras.layers.Layer):
         self.token_embedding = keras.layers.Embedding(
             vocab_size, embedding_dim, trainable=train_embeddings, name="token_embedding"
         )
-        self.projection = keras.layers.Dense(hidden_dim, name="projection")
+        self.projection = Dense(hidden_dim, name="projection")
         self.position_embedding = (
             keras.layers.Embedding(max_length, hidden_dim, name="position_embedding") if use_positions else None
         )
@@ -134,8 +135,8 @@ class TransformerDecoderBlock(keras.layers.Layer):
         self.cross_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="cross_norm")
         self.cross_attention = CachedMultiHeadAttention(hidden_dim, num_heads, dropout, name="cross_attention")
         self.ff_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="ff_norm")
-        self.ff_in = keras.layers.Dense(ff_dim, name="ff_in")  # then `gelu`
-        self.ff_out = keras.layers.Dense(hidden_dim, name="ff_out")
+        self.ff_in = Dense(ff_dim, name="ff_in")  # then `gelu`
+        self.ff_out = Dense(hidden_dim, name="ff_out")
         self.dropout_layer = Dropout(dropout)
 
     def build(self, input_shape, regions_shape):
