@@ -380,3 +380,29 @@ def test_dense_matches_keras_dense_and_sums_its_bias_gradient_in_float32():
     # d(sum of outputs)/d(bias) is the number of tokens, 832: exact in float32 and in bfloat16, but a sum of
     # ones in bfloat16 stops at 256 (256 + 1 rounds to 256), as TensorFlow's BiasAddGrad sums.
     np.testing.assert_array_equal(gradient.numpy(), np.full(48, 13 * 64, "float32"))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+def test_layer_normalization_matches_keras_in_values_and_gradients(dtype):
+    from training.models.components import LayerNormalization
+
+    rng = np.random.default_rng(4)
+    inputs = tf.constant(rng.normal(1.0, 3.0, size=(5, 7, 32)).astype("float32"))
+    upstream = tf.constant(rng.normal(size=(5, 7, 32)).astype("float32"))
+    weights = [rng.uniform(0.5, 1.5, 32).astype("float32"), rng.normal(size=32).astype("float32")]
+    results = []
+    for layer in (LayerNormalization(epsilon=1e-5, dtype=dtype), keras.layers.LayerNormalization(epsilon=1e-5, dtype=dtype)):
+        layer.build(inputs.shape)
+        layer.set_weights(weights)
+        x = tf.cast(inputs, layer.compute_dtype)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            outputs = layer(x)
+            loss = tf.reduce_sum(tf.cast(outputs, "float32") * upstream)
+        results.append([outputs, *tape.gradient(loss, [x, layer.gamma, layer.beta])])
+    tolerance = 1e-5 if dtype == "float32" else 2**-7
+    for ours, reference in zip(*results):
+        assert ours.dtype == reference.dtype
+        scale = np.abs(reference.numpy().astype("float32")).max()
+        np.testing.assert_allclose(ours.numpy().astype("float32"), reference.numpy().astype("float32"),
+                                   atol=tolerance * scale, rtol=0)

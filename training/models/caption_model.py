@@ -17,6 +17,7 @@ from training.models.components import (
     Dense,
     Dropout,
     ImageProjection,
+    LayerNormalization,
     LSTMEncoder,
     TextEmbedding,
     TransformerDecoderBlock,
@@ -82,7 +83,7 @@ class CaptionModel(keras.Model):
                 TransformerDecoderBlock(hidden_dim, num_heads, ff_dim, dropout, name=f"decoder_block_{i}")
                 for i in range(num_layers)
             ]
-            self.final_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="final_norm")
+            self.final_norm = LayerNormalization(epsilon=1e-5, name="final_norm")
         else:
             self.lstm = LSTMEncoder(hidden_dim, name="lstm")
             self.output_dropout = Dropout(dropout)

@@ -3,6 +3,7 @@
 from training.models.components.attention import BahdanauAttention, CachedMultiHeadAttention, MultiHeadCrossAttention
 from training.models.components.dense import Dense
 from training.models.components.dropout import Dropout
+from training.models.components.normalization import LayerNormalization
 from training.models.components.encoders import (
     ImageProjection,
     LSTMAttentionDecoder,
@@ -17,6 +18,7 @@ __all__ = [
     "Dense",
     "Dropout",
     "ImageProjection",
+    "LayerNormalization",
     "LSTMAttentionDecoder",
     "LSTMEncoder",
     "MultiHeadCrossAttention",

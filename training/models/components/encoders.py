@@ -14,6 +14,7 @@ from keras import ops
 from training.models.components.attention import BahdanauAttention, CachedMultiHeadAttention
 from training.models.components.dense import Dense
 from training.models.components.dropout import Dropout
+from training.models.components.normalization import LayerNormalization
 
 
 @keras.saving.register_keras_serializable(package="training")
@@ -26,7 +27,7 @@ class ImageProjection(keras.layers.Layer):
         self.dropout = dropout
         self.dense = Dense(hidden_dim, name="dense")
         # CNN features have arbitrary scale per channel; normalising keeps attention logits sane.
-        self.norm = keras.layers.LayerNormalization(epsilon=1e-5, name="norm")
+        self.norm = LayerNormalization(epsilon=1e-5, name="norm")
         self.dropout_layer = Dropout(dropout)
 
     def build(self, input_shape):
@@ -130,11 +131,11 @@ class TransformerDecoderBlock(keras.layers.Layer):
         self.num_heads = num_heads
         self.ff_dim = ff_dim
         self.dropout = dropout
-        self.self_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="self_norm")
+        self.self_norm = LayerNormalization(epsilon=1e-5, name="self_norm")
         self.self_attention = CachedMultiHeadAttention(hidden_dim, num_heads, dropout, name="self_attention")
-        self.cross_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="cross_norm")
+        self.cross_norm = LayerNormalization(epsilon=1e-5, name="cross_norm")
         self.cross_attention = CachedMultiHeadAttention(hidden_dim, num_heads, dropout, name="cross_attention")
-        self.ff_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="ff_norm")
+        self.ff_norm = LayerNormalization(epsilon=1e-5, name="ff_norm")
         self.ff_in = Dense(ff_dim, name="ff_in")  # then `gelu`
         self.ff_out = Dense(hidden_dim, name="ff_out")
         self.dropout_layer = Dropout(dropout)
