@@ -64,8 +64,8 @@ def make_bench_model() -> tuple[Path, str]:
 
     data, artifacts = BENCH_DIR / "demo_data", BENCH_DIR / "artifacts"
     overrides = [f"images_path={data / 'Images'}", f"captions_file={data / 'captions.txt'}",
-                 f"glove_path={data / 'glove.demo.50d.txt'}", f"artifacts_dir={artifacts}",
-                 f"epochs={BENCH_EPOCHS}", "eval_max_images=20"]
+                 f"glove_path={data / 'glove.demo.50d.txt'}", f"scenes_file={data / 'scenes.json'}",
+                 f"artifacts_dir={artifacts}", f"epochs={BENCH_EPOCHS}", "scst_epochs=0", "eval_max_images=20"]
     commands = [
         ["-m", "training.data.demo", str(data), "--images", str(BENCH_IMAGES), "--seed", "0"],
         ["-m", "training.train", "--config", "training/config.demo.yaml", "--fresh",
