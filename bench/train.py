@@ -398,7 +398,8 @@ def peer_dataset(builder, captions: dict, length: int, seed: int):
         targets[i, : len(sample.tokens) - 1] = sample.tokens[1:]
 
     def to_batch(row, x, y):
-        features = tf.numpy_function(builder._gather, [row], tf.float16, stateful=False)
+        # The store's dtype: float16 regions, float32 pooled vectors (pooled as training pools them).
+        features = tf.numpy_function(builder._gather, [row], tf.as_dtype(builder.features.dtype), stateful=False)
         features = tf.cast(tf.ensure_shape(features, (None,) + builder.feature_shape), tf.float32)
         return (features, x), y, tf.cast(y > 0, tf.float32)
 
