@@ -212,15 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--artifacts", required=True, type=Path, help="artifacts_dir of a trained run")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--max-batch", type=int, default=32, help="most images decoded together (default 32)")
+    parser.add_argument("--max-batch", type=cli.int_range(1), default=32, help="most images decoded together (default 32)")
     parser.add_argument("--max-wait-ms", type=float, default=5.0,
                         help="how long a request waits for others to share its batch (default 5)")
-    parser.add_argument("--max-queue", type=int, default=256, help="requests waiting before 429 (default 256)")
-    parser.add_argument("--max-image-bytes", type=int, default=10 * 2**20, help="largest body (default 10 MiB)")
+    parser.add_argument("--max-queue", type=cli.int_range(1), default=256, help="requests waiting before 429 (default 256)")
+    parser.add_argument("--max-image-bytes", type=cli.int_range(1), default=10 * 2**20, help="largest body (default 10 MiB)")
     args = parser.parse_args(argv)
-    for name in ("max_batch", "max_queue", "max_image_bytes"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.max_wait_ms < 0:
         parser.error("--max-wait-ms must be >= 0")
 
