@@ -32,9 +32,6 @@ from training.utils.lifecycle import Terminated, latest_state
 
 log = logging.getLogger(__name__)
 
-RESUME_DIR = SCST_RESUME_DIR
-CHECKPOINT = SCST_CHECKPOINT
-
 
 def self_critical_advantages(rewards: np.ndarray, samples: int) -> tuple[np.ndarray, np.ndarray]:
     """(reward - baseline, baseline) per sample; rows i * samples .. i * samples + samples - 1 are image i's,
@@ -98,7 +95,7 @@ class SelfCriticalTrainer:
         self.cider = CiderD.from_references(self.references)  # training-split document frequencies, once
         self.samples = config.training.scst_samples
         self.images_per_batch = max(1, config.training.batch_size // self.samples)
-        self.directory = self.artifacts_dir / RESUME_DIR
+        self.directory = self.artifacts_dir / SCST_RESUME_DIR
 
     # -- one step ----------------------------------------------------------------------------------
     def rewards(self, sequences: np.ndarray, image_ids: list[str]) -> np.ndarray:
@@ -158,7 +155,7 @@ class SelfCriticalTrainer:
         if improved:
             log.info("SCST: final model is the SCST one (val CIDEr-D %.4f > %.4f of the cross-entropy model)",
                      state["best_val_cider"], state["xe_val_cider"])
-            return keras.saving.load_model(self.artifacts_dir / CHECKPOINT), facts
+            return keras.saving.load_model(self.artifacts_dir / SCST_CHECKPOINT), facts
         log.info("SCST: final model is the cross-entropy one (its val CIDEr-D %.4f; SCST's best %.4f)",
                  state["xe_val_cider"], state["best_val_cider"])
         return xe_model, facts
@@ -195,8 +192,8 @@ class SelfCriticalTrainer:
                         "epoch_time_seconds": round(time.perf_counter() - started, 3)}
                 if values["val_cider"] > state["best_val_cider"]:
                     log.info("SCST: val_cider improved from %.4f to %.4f: saving %s", state["best_val_cider"],
-                             values["val_cider"], self.artifacts_dir / CHECKPOINT)
-                    with atomic_path(self.artifacts_dir / CHECKPOINT) as tmp:
+                             values["val_cider"], self.artifacts_dir / SCST_CHECKPOINT)
+                    with atomic_path(self.artifacts_dir / SCST_CHECKPOINT) as tmp:
                         model.save(tmp)
                     state.update(best_val_cider=values["val_cider"], best_epoch=epoch + 1)
                 if self.tracker is not None:
