@@ -71,8 +71,7 @@ def write_predictions(artifacts_dir: str | Path, name: str, split: str, beam_siz
 
 
 def read_predictions(artifacts_dir: str | Path, name: str = predictions_name("test")) -> dict | None:
-    path = Path(artifacts_dir) / name
-    return load_json(path) if path.is_file() else None
+    return _read_json(Path(artifacts_dir) / name)
 
 
 # -- per-image scores ----------------------------------------------------------------------------------
@@ -118,17 +117,26 @@ def _parse_cell(text: str) -> Any:
 
 # -- summary and snapshot ------------------------------------------------------------------------------
 def read_summary(artifacts_dir: str | Path) -> dict | None:
-    path = Path(artifacts_dir) / SUMMARY_FILE
-    return load_json(path) if path.is_file() else None
+    return _read_json(Path(artifacts_dir) / SUMMARY_FILE)
+
+
+def read_features_index(artifacts_dir: str | Path) -> dict | None:
+    """The run folder's feature store index (grid shape, image ids), read without opening the store."""
+    return _read_json(Path(artifacts_dir) / FEATURES_INDEX)
 
 
 def read_snapshot(artifacts_dir: str | Path) -> dict | None:
     """The run's config as sections (data, model, training): config_snapshot.json, else run_summary.json's copy."""
-    path = Path(artifacts_dir) / SNAPSHOT_FILE
-    config = load_json(path) if path.is_file() else (read_summary(artifacts_dir) or {}).get("config")
+    config = _read_json(Path(artifacts_dir) / SNAPSHOT_FILE)
+    if config is None:
+        config = (read_summary(artifacts_dir) or {}).get("config")
     if not config:
         return None
     return config.get("config", config)  # snapshots of early versions wrapped the config
+
+
+def _read_json(path: Path) -> dict | None:
+    return load_json(path) if path.is_file() else None
 
 
 # -- csv ----------------------------------------------------------------------------------------------------

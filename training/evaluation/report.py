@@ -17,7 +17,6 @@ from PIL import Image, UnidentifiedImageError
 
 from training.artifacts import (
     CAPTION_METRICS_CURVE,
-    FEATURES_INDEX,
     GALLERY_IMAGE,
     LOSS_CURVE,
     LR_CURVE,
@@ -25,12 +24,13 @@ from training.artifacts import (
     REPORT_FILE,
     attention_strip_name,
     predictions_name,
+    read_features_index,
     read_metrics,
     read_predictions,
     read_snapshot,
     read_summary,
 )
-from training.utils.io import atomic_path, atomic_write_text, load_json
+from training.utils.io import atomic_path, atomic_write_text
 from training.utils.mlflow_logging import flatten_config
 
 SCORE_NAMES = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4",
@@ -44,10 +44,6 @@ CONFIG_SUMMARY = {"data": ("images_path", "captions_file", "captions_format"),
 THUMB = 256  # longest side of images drawn in the report; keeps report.html small
 STRIP_COLUMNS = 8  # panels per row of an attention strip
 PLACEHOLDER = np.full((THUMB, THUMB, 3), 200, np.uint8)  # stands in for a missing image, so layouts keep their shape
-
-
-def _read_json(path: Path) -> dict | None:
-    return load_json(path) if path.is_file() else None
 
 
 def _read_metrics(path: Path) -> dict[str, list[float]]:
@@ -201,7 +197,7 @@ def write_report(artifacts_dir: str | Path, images_path: str | Path | None = Non
     if not artifacts.is_dir():
         raise FileNotFoundError(f"{artifacts}: artifacts directory not found")
     summary, config = read_summary(artifacts), read_snapshot(artifacts) or {}
-    predictions, index = read_predictions(artifacts), _read_json(artifacts / FEATURES_INDEX)
+    predictions, index = read_predictions(artifacts), read_features_index(artifacts)
     images_path = images_path or config.get("data", {}).get("images_path")  # absolute since runs store it so
     images_path = Path(images_path) if images_path else None
     body = _header(artifacts, summary) + _score_section(predictions, summary, config) + _config_section(config)
