@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from training import cli
-from training.errors import UserInputError
+from training.evaluation.loading import require_run_folder
 from training.evaluation.report import build_report, write_report  # noqa: F401 - build_report: its home before
 
 
@@ -24,9 +24,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(args) -> int:
-    if not args.artifacts.is_dir():
-        raise UserInputError(f"--artifacts {args.artifacts}: {'a file' if args.artifacts.exists() else 'not found'}; "
-                             "pass the artifacts_dir folder of a run")
+    require_run_folder(args.artifacts, holding="a run")
     path, missing, images_path = write_report(args.artifacts, args.images, args.gallery_size)
     print(f"report written to {path}")
     if missing:

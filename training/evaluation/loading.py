@@ -8,6 +8,15 @@ from training.artifacts import FINAL_MODEL, SNAPSHOT_FILE, read_snapshot
 from training.configs import Config, ConfigError
 
 
+def require_run_folder(artifacts_dir: str | Path, holding: str = "a finished run") -> Path:
+    """`artifacts_dir` as a Path; a ConfigError naming --artifacts when it is a file or missing."""
+    artifacts_dir = Path(artifacts_dir)
+    if not artifacts_dir.is_dir():
+        what = "a file" if artifacts_dir.exists() else "not found"
+        raise ConfigError(f"--artifacts {artifacts_dir}: {what}; pass the artifacts_dir folder of {holding}")
+    return artifacts_dir
+
+
 def load_trained(artifacts_dir: str | Path):
     """(config, model, tokenizer) of a finished run; ConfigError when the folder does not hold one."""
     import keras
@@ -15,10 +24,7 @@ def load_trained(artifacts_dir: str | Path):
     import training.models  # noqa: F401 - registers the caption model's Keras classes for load_model
     from training.data.tokenizer import Tokenizer
 
-    artifacts_dir = Path(artifacts_dir)
-    if not artifacts_dir.is_dir():
-        what = "a file" if artifacts_dir.exists() else "not found"
-        raise ConfigError(f"--artifacts {artifacts_dir}: {what}; pass the artifacts_dir folder of a finished run")
+    artifacts_dir = require_run_folder(artifacts_dir)
     raw = read_snapshot(artifacts_dir) if (artifacts_dir / SNAPSHOT_FILE).is_file() else None
     if raw is None:
         raise ConfigError(f"{artifacts_dir} holds no {SNAPSHOT_FILE}: is it the artifacts_dir of a finished run?")
