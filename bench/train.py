@@ -1,6 +1,7 @@
 """Benchmark of training and decoding at Flickr8k scale: workload W1, region and pooled features.
 
 Run: python bench/train.py [--rows region,pooled] [--epochs 1] [--scale 5] [--steps 300] [--no-memory] [--peer-steps 150]
+                          [--captions FILE] [--data-dir DIR]
 Prints progress, then one JSON object as the last line (figures per row, the 5x-store memory test,
 the machine, and which targets are met).
 
@@ -583,7 +584,7 @@ def run_row(args) -> dict:
 def run_worker(args, worker: str, scale: int = 1) -> dict:
     command = [sys.executable, __file__, "--worker", worker, "--scale", str(scale), "--epochs", str(args.epochs),
                "--steps", str(args.steps), "--decode-images", str(args.decode_images), "--captions", str(args.captions),
-               "--precision", args.precision, "--peer-steps", str(args.peer_steps)]
+               "--precision", args.precision, "--peer-steps", str(args.peer_steps), "--data-dir", str(DATA_DIR)]
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
     if done.returncode:
         raise SystemExit(f"bench/train.py: the {worker} row failed (exit {done.returncode})")
@@ -620,6 +621,7 @@ def targets(rows: dict, memory: dict | None) -> dict:
 
 
 def main() -> None:
+    global DATA_DIR
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="region,pooled", help="comma-separated: region, pooled")
     parser.add_argument("--epochs", type=int, default=1, help="full training epochs per row")
@@ -632,8 +634,11 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the big-store memory test")
     parser.add_argument("--peer-steps", type=int, default=150,
                         help="training steps of the plain Keras peer per row (0: no peer)")
+    parser.add_argument("--data-dir", type=Path, default=DATA_DIR,
+                        help=f"where the feature stores are written and reused (default {DATA_DIR})")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    DATA_DIR = args.data_dir.resolve()
 
     if args.worker:
         if args.worker == "memory":

@@ -1,0 +1,63 @@
+"""The benchmarks run end to end, at a small scale: `make bench` is the only other thing that runs them.
+
+bench/train.py on the first 240 images of the real Flickr8k captions (both rows, their peers,
+decoding), with its stores in a temporary folder; bench/decode.py's own bench model made from 40
+demo images, then decoded. The figures are not checked against targets (that is the benchmarks'
+job): only that each row ran and reported them.
+"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+from helpers import REPO, run_python
+
+IMAGES = 240  # 0.6 of them train: ~720 captions, 11+ batches of 64, past the bench's 10 warm-up steps
+
+
+def _first_images(captions_file: Path, images: int, out: Path) -> Path:
+    lines = captions_file.read_text(encoding="utf-8").splitlines()
+    kept, seen = [lines[0]], set()
+    for line in lines[1:]:
+        image = line.split(",", 1)[0]
+        if image not in seen and len(seen) == images:
+            break
+        seen.add(image)
+        kept.append(line)
+    out.write_text("\n".join(kept) + "\n", encoding="utf-8")
+    return out
+
+
+def test_train_bench_runs_both_rows_and_their_peers_on_a_small_store(flickr8k_captions, tmp_path):
+    captions = _first_images(flickr8k_captions, IMAGES, tmp_path / "captions.txt")
+    done = run_python(["bench/train.py", "--captions", str(captions), "--data-dir", str(tmp_path / "stores"),
+                       "--rows", "region,pooled", "--no-memory", "--scale", "0", "--decode-images", "8",
+                       "--peer-steps", "12"], timeout=900)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert (tmp_path / "stores" / "w1_x1" / "features.npy").is_file()  # its store, not the repository's bench_data/
+    assert report["rows"]["region"]["images_in_store"] == IMAGES
+    for name in ("region", "pooled"):
+        row = report["rows"][name]
+        assert row["batches_trained"] >= 11 and row["steady_captions_per_s"] > 0
+        assert row["peer"]["steps"] == 12 and row["peer_captions_per_s"] > 0
+        assert row["speedup_vs_peer"] > 0 and 0 < row["bf16_matmul_fraction" if "bf16_matmul_fraction" in row
+                                                       else "float32_matmul_fraction"] < 1
+        assert row["greedy_images_per_s"] > 0 and row["beam3_images_per_s"] > 0
+        assert f"{name}_speedup_vs_peer" in report["targets"]
+
+
+def test_decode_bench_makes_its_model_then_decodes_with_it(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_decode", REPO / "bench" / "decode.py")
+    decode = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(decode)
+    decode.BENCH_DIR, decode.BENCH_IMAGES, decode.BENCH_EPOCHS = tmp_path / "decode", 40, 1
+
+    artifacts, made = decode.make_bench_model()
+    assert artifacts == tmp_path / "decode" / "artifacts" and decode.finished_run(artifacts)
+    assert decode.make_bench_model()[0] == artifacts  # the same recipe: reused, not trained again
+
+    done = run_python(["bench/decode.py", "--artifacts", str(artifacts), "--images", "8", "--batch-size", "4",
+                       "--runs", "1"], timeout=900)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["greedy_images_per_s"] > 0 and report["beam3_images_per_s"] > 0
