@@ -41,8 +41,9 @@ def test_train_bench_runs_both_rows_and_their_peers_on_a_small_store(flickr8k_ca
         row = report["rows"][name]
         assert row["batches_trained"] >= 11 and row["steady_captions_per_s"] > 0
         assert row["peer"]["steps"] == 12 and row["peer_captions_per_s"] > 0
-        assert row["speedup_vs_peer"] > 0 and 0 < row["bf16_matmul_fraction" if "bf16_matmul_fraction" in row
-                                                       else "float32_matmul_fraction"] < 1
+        # bf16_matmul_fraction under mixed_bfloat16, fp32_... where the machine computes in float32
+        [fraction] = [value for key, value in row.items() if key.endswith("_matmul_fraction") and not key.startswith("peer_")]
+        assert row["speedup_vs_peer"] > 0 and 0 < fraction < 1
         assert row["greedy_images_per_s"] > 0 and row["beam3_images_per_s"] > 0
         assert f"{name}_speedup_vs_peer" in report["targets"]
 
