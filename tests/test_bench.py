@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from helpers import REPO, run_python
+from training.artifacts import FINAL_MODEL
 
 IMAGES = 240  # 0.6 of them train: ~720 captions, 11+ batches of 64, past the bench's 10 warm-up steps
 
@@ -54,9 +55,12 @@ def test_decode_bench_makes_its_model_then_decodes_with_it(tmp_path):
     spec.loader.exec_module(decode)
     decode.BENCH_DIR, decode.BENCH_IMAGES, decode.BENCH_EPOCHS = tmp_path / "decode", 40, 1
 
-    artifacts, made = decode.make_bench_model()
+    artifacts, _ = decode.make_bench_model()
     assert artifacts == tmp_path / "decode" / "artifacts" and decode.finished_run(artifacts)
-    assert decode.make_bench_model()[0] == artifacts  # the same recipe: reused, not trained again
+    model_file = artifacts / FINAL_MODEL
+    written = model_file.stat().st_mtime_ns
+    assert decode.make_bench_model()[0] == artifacts
+    assert model_file.stat().st_mtime_ns == written  # the same recipe: reused, not trained again
 
     done = run_python(["bench/decode.py", "--artifacts", str(artifacts), "--images", "8", "--batch-size", "4",
                        "--runs", "1"], timeout=900)
