@@ -151,3 +151,29 @@ def test_run_identity_does_not_depend_on_where_the_files_lie(tmp_path):
     assert run_identity(here) == run_identity(moved)
     (tmp_path / "b" / "captions.txt").write_text("image,caption\nx.jpg,a cat\n")  # other contents: another run
     assert run_identity(here) != run_identity(moved)
+
+
+def test_a_config_not_in_utf8_names_the_file_and_line(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("epochs: 3\nrun_name: café\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml: not UTF-8 text \(byte 0xe9 on line 2\); save the file as UTF-8"):
+        load_config(path)
+
+
+def test_a_folder_given_as_the_config_is_called_a_folder(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder, not a config file"):
+        load_config(tmp_path)
+
+
+@pytest.mark.parametrize("override, example", [("data=5", "data.seed=7"), ("training=3", "training.epochs=3")])
+def test_a_section_set_as_a_value_says_it_is_a_section(tmp_path, override, example):
+    with pytest.raises(ConfigError, match=rf"'{override[:-2]}' is a section, not a value; set one of its keys, e\.g\. --set {example}"):
+        load_config(write(tmp_path, {"epochs": 2}), [override])
+
+
+def test_the_built_in_extractor_names_are_those_training_features_registers():
+    # The training command refuses another name with this list, before it imports TensorFlow.
+    from training.configs.training_config import BUILT_IN_EXTRACTORS
+    from training.features import available_extractors
+
+    assert sorted(BUILT_IN_EXTRACTORS) == available_extractors()

@@ -19,6 +19,11 @@ CAPTION_FORMATS = ("flickr8k_csv", "flickr8k_token", "flickr30k", "coco", "karpa
 DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
 MONITORS = {"val_loss": "min", "val_cider": "max", "val_bleu4": "max"}  # what each monitored value's better direction is
 LR_SCHEDULES = ("plateau", "warmup_cosine")
+# The feature extractors training.features registers (a test keeps the two equal): a command refuses
+# another name before it imports TensorFlow.
+BUILT_IN_EXTRACTORS = ("PatchGrid", "EfficientNetB0", "EfficientNetB1", "EfficientNetB2", "EfficientNetB3", "EfficientNetB4",
+                       "EfficientNetB5", "EfficientNetB6", "EfficientNetB7", "InceptionV3", "ResNet50", "MobileNetV3Large",
+                       "MobileNetV3Small")
 
 
 # Keys that name a file or folder: resolved against the working directory when a run starts.
@@ -240,6 +245,9 @@ def config_from_dict(raw: dict[str, Any] | None, source: str = "config") -> Conf
                 values[key][sub_key] = sub_value
         elif key in _FIELD_SECTION:
             values[_FIELD_SECTION[key]][key] = value
+        elif key in SECTIONS:
+            example = {"data": "seed=7", "model": "dropout=0.2", "training": "epochs=3"}[key]
+            raise ConfigError(f"{source}: '{key}' is a section, not a value; set one of its keys, e.g. --set {key}.{example}")
         else:
             raise ConfigError(f"{source}: unknown key '{key}'{_suggest(key, list(_FIELD_SECTION) + list(SECTIONS))}")
     sections = {}
@@ -290,10 +298,17 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder, not a config file (pass --config with the path of a YAML file)")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path} (pass --config with the path of a YAML file)")
+    data = path.read_bytes()
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(data.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{data[error.start]:02x} on line {line}); "
+                          "save the file as UTF-8 (for example: iconv -f latin1 -t utf-8)") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     if raw is not None and not isinstance(raw, dict):

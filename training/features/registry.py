@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import difflib
 import warnings
+
+from training.errors import unknown_extractor
 
 # One table for the whole process: the seed README registers through a fresh
 # `FeatureExtractorRegistry()` and expects `get_feature_extractor` to see it.
@@ -31,13 +32,7 @@ class FeatureExtractorRegistry:
     def lookup(self, name: str) -> type:
         if name in _EXTRACTORS:
             return _EXTRACTORS[name]
-        by_lower = {known.lower(): known for known in _EXTRACTORS}
-        close = difflib.get_close_matches(str(name).lower(), list(by_lower), n=1, cutoff=0.6)
-        hint = f"did you mean '{by_lower[close[0]]}'? " if close else ""
-        raise ValueError(
-            f"unknown feature extractor '{name}' (config key 'feature_extractor'); {hint}"
-            f"valid names: {', '.join(self.names())}"
-        )
+        raise ValueError(unknown_extractor(name, self.names()))
 
     def names(self) -> list[str]:
         return sorted(_EXTRACTORS)
