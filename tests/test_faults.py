@@ -1,8 +1,10 @@
 """Faults during a run: bad paths in the config, NaN loss, a full disk, a kill in the middle of a write."""
 
+import json
 import subprocess
 
 import pytest
+import yaml
 
 from helpers import run_python, train_with_callback, write_config
 
@@ -76,15 +78,24 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, dem
     assert [p.name for p in (artifacts / "resume").iterdir()] == ["epoch_00001"]
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    mount_point = tmp_path / "disk"
+def mounted_tmpfs(mount_point, size):
+    """A real tmpfs of `size` (e.g. "24m") at `mount_point`, unmounted after the test; skips where mount needs root."""
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount_point)], capture_output=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)], capture_output=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.decode().strip()}): needs root")
     yield mount_point
     subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    yield from mounted_tmpfs(tmp_path / "disk", "24m")
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    yield from mounted_tmpfs(tmp_path / "disk", "1m")
 
 
 def test_full_disk_gives_a_clear_error_and_keeps_the_previous_checkpoint(small_disk, demo_data):
@@ -97,6 +108,7 @@ def test_full_disk_gives_a_clear_error_and_keeps_the_previous_checkpoint(small_d
                                eval_max_images=2)  # the resumed run's evaluation is not what is checked
     done = run_with(FILL_DISK_AFTER_EPOCH_1, config_path)
     assert done.returncode == 1, done.stderr[-3000:]
+    assert f"could not write {artifacts}/" in done.stderr  # the file, by name
     assert "No space left on device" in done.stderr and "resumes" in done.stderr
     assert "Traceback" not in done.stderr
     keras.saving.load_model(artifacts / "checkpoint.keras")  # epoch 1's checkpoint is intact
@@ -104,6 +116,19 @@ def test_full_disk_gives_a_clear_error_and_keeps_the_previous_checkpoint(small_d
     again = run_python(["-m", "training.train", "--config", str(config_path)])
     assert "resuming from" in again.stdout + again.stderr
     assert (artifacts / "image_caption_model_final.keras").is_file()
+
+
+def test_a_full_disk_during_extraction_names_the_store_file_and_leaves_no_partial_file(tiny_disk, demo_data):
+    # 120 images of 64 x 64 px: PatchGrid's 64 x 192 float16 grids take 2.9 MB, on a 1 MB disk. The store's
+    # file is memory-mapped: were its blocks not reserved first, the process would die of SIGBUS writing a row.
+    artifacts = tiny_disk / "artifacts"
+    config_path = write_config(tiny_disk.parent / "config.yaml", demo_data, artifacts, image_size=[64, 64])
+    done = run_python(["-m", "training.train", "--config", str(config_path)], check=False)
+    assert done.returncode == 1, done.stderr[-3000:]
+    [line] = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert line.startswith(f"error: could not write {artifacts / 'features.partial.npy'}: No space left on device. Free space")
+    assert "Traceback" not in done.stderr
+    assert not (artifacts / "features.partial.npy").exists()  # nothing half-made is left to resume
 
 
 def test_kill_during_a_checkpoint_write_leaves_no_half_written_file(tmp_path, demo_data):
@@ -124,3 +149,73 @@ def test_kill_during_a_checkpoint_write_leaves_no_half_written_file(tmp_path, de
     assert "resuming from" in again.stdout + again.stderr
     assert not list(artifacts.glob(".*.tmp*")), "stale temporary files are cleaned up on the next run"
     assert (artifacts / "image_caption_model_final.keras").is_file()
+
+
+# -- refusals: one line, exit 2, before anything is written -----------------------------------------
+REFUSE = """
+import sys
+from training.train import main
+code = main(["--config", sys.argv[1], *sys.argv[2:]])
+print("tensorflow loaded:", "tensorflow" in sys.modules)
+sys.exit(code)
+"""
+
+
+def refuse(config_path, *overrides):
+    """The training command's answer to `overrides`, and whether it imported TensorFlow first."""
+    done = run_python(["-c", REFUSE, str(config_path), *(f"--set={o}" for o in overrides)], check=False)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    [line] = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    return line, "tensorflow loaded: True" in done.stdout
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["max_images=2"], "the val split has no images (2 images in all"),
+    (["val_split=0", "test_split=0.2"], "the val split has no images (120 images in all, train/val/test splits 0.8/0.0/0.2): raise val_split"),
+    (["test_split=0", "val_split=0.2"], "the test split has no images"),
+    (["word_count_threshold=100000"], "'word_count_threshold' is 100000 but no word of the training captions occurs that often"),
+    (["feature_extractor=EfficientNetB9"], "unknown feature extractor 'EfficientNetB9' (config key 'feature_extractor'); did you mean"),
+])
+def test_a_run_that_cannot_work_is_refused_before_tensorflow_loads_and_leaves_no_folder(tmp_path, demo_data, overrides, message):
+    artifacts = tmp_path / "runs" / "new"
+    line, tensorflow = refuse(write_config(tmp_path / "config.yaml", demo_data, artifacts), *overrides)
+    assert message in line
+    assert not tensorflow
+    assert not (tmp_path / "runs").exists()  # nor the folder that would have held it
+
+
+def test_a_missing_image_is_refused_before_the_snapshot_is_written(tmp_path, demo_data):
+    images = tmp_path / "Images"
+    images.mkdir()
+    for path in sorted((demo_data / "Images").iterdir())[1:]:  # all but the first
+        (images / path.name).symlink_to(path)
+    artifacts = tmp_path / "artifacts"
+    line, _ = refuse(write_config(tmp_path / "config.yaml", demo_data, artifacts, images_path=str(images),
+                                  max_bad_image_fraction=0.0))
+    assert "1 of 120 images are unusable" in line
+    assert not artifacts.exists()
+
+
+def test_a_damaged_resume_file_is_named_and_nothing_is_changed(tmp_path, trained_run):
+    import shutil
+
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(trained_run[0], artifacts, symlinks=True)
+    config = json.loads((artifacts / "config_snapshot.json").read_text())
+    config["data"]["artifacts_dir"] = str(artifacts)
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    [state] = (artifacts / "resume").iterdir()
+    model = state / "model.keras"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    before = tree(artifacts)
+    line, tensorflow = refuse(config_path, "epochs=4")  # extends the run: it would resume from that file
+    assert line.startswith(f"error: {model} is damaged (")
+    assert "nothing was changed" in line and "--fresh" in line
+    assert not tensorflow and tree(artifacts) == before
+
+
+def tree(folder):
+    """Every file under `folder` with its size and modification time."""
+    return {str(p.relative_to(folder)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in sorted(folder.rglob("*"))}

@@ -17,10 +17,13 @@ from pathlib import Path
 from training import cli
 from training.artifacts import CHECKPOINT, FINAL_MODEL, RESUME_DIR, SPLITS_FILE, XE_MODEL
 from training.configs import Config, ConfigError, load_config
+from training.configs.training_config import BUILT_IN_EXTRACTORS
+from training.errors import unknown_extractor
 from training.utils import ExperimentTracker, ensure_dir, save_json, set_global_seed
 from training.utils.io import atomic_path, remove_stale_temporaries
 from training.utils.logging import import_tensorflow_quietly
-from training.utils.lifecycle import check_rerun, finished_and_unchanged, keep_aside, latest_state, raise_terminated
+from training.utils.lifecycle import (check_rerun, check_resume_files, finished_and_unchanged, keep_aside, latest_state,
+                                      raise_terminated)
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +98,47 @@ class TrainingPipeline:
         require_folder_or_nothing(d.artifacts_dir, "artifacts_dir")
         require_folder_or_nothing(d.features_dir, "features_dir")
 
+    def check_splits(self, split) -> None:
+        """Training needs images in every split (val: validation loss; test: the scores): refuse an empty one up front."""
+        d = self.config.data
+        for name in ("train", "val", "test"):
+            if not getattr(split, name):
+                total = len(split.train) + len(split.val) + len(split.test)
+                raise ConfigError(f"the {name} split has no images ({total} images in all, train/val/test splits "
+                                  f"{d.train_split}/{d.val_split}/{d.test_split}): raise {name}_split"
+                                  + (" or max_images" if d.max_images else "") + " so that it gets at least one image")
+
+    def fit_vocabulary(self, split):
+        """The vocabulary of the training captions; one that keeps no word (word_count_threshold too high) is refused
+        (checked before anything is written, and again on the split left once unreadable images are skipped)."""
+        from training.data.tokenizer import Tokenizer
+
+        threshold = self.config.data.word_count_threshold
+        tokenizer = Tokenizer(min_word_count=threshold).fit(caption for captions in split.train.values() for caption in captions)
+        markers = {tokenizer.start_token, tokenizer.end_token}
+        top = max((item for item in tokenizer.word_counts.items() if item[0] not in markers), key=lambda item: item[1], default=None)
+        if top is not None and top[1] < threshold:
+            raise ConfigError(f"'word_count_threshold' is {threshold} but no word of the training captions occurs that often "
+                              f"(the most frequent, {top[0]!r}, occurs {top[1]} times): every caption would be <unk>; "
+                              f"lower word_count_threshold (e.g. --set word_count_threshold={min(5, top[1])})")
+        return tokenizer
+
+    def check_images(self, split) -> None:
+        """Image files missing beyond max_bad_image_fraction stop the run before anything is written (the store
+        still holds the features of images moved away since, so those need no file)."""
+        from training.data.image_files import check_missing_images
+
+        d = self.config.data
+        image_ids = list(split.train) + list(split.val) + list(split.test)
+        check_missing_images(image_ids, d.images_path, d.features_dir or d.artifacts_dir, d.max_bad_image_fraction)
+
+    def check_extractor_name(self) -> None:
+        """An unknown feature_extractor, told before TensorFlow loads (names registered in this process count too)."""
+        registry = sys.modules.get("training.features.registry")
+        names = set(BUILT_IN_EXTRACTORS) | set(registry.available_extractors() if registry else ())
+        if self.config.model.feature_extractor not in names:
+            raise ConfigError(unknown_extractor(self.config.model.feature_extractor, sorted(names)))
+
     def check_extractor(self) -> None:
         """An unknown feature_extractor, or a feature_dim it does not give, stops the run before anything is written."""
         from training.features import FeatureExtractorRegistry
@@ -154,6 +198,7 @@ class TrainingPipeline:
         from training.utils.run_lock import hold_run_folder
 
         self.check_inputs()  # before the lock creates the folder: a mistyped path leaves nothing behind
+        self.check_extractor_name()
         if not _is_chief_task(self.config):  # the workers of one multi-worker run share the chief's folder
             return self._run()
         with hold_run_folder(self.artifacts_dir):
@@ -163,6 +208,9 @@ class TrainingPipeline:
         started = time.perf_counter()
         # Nothing is written to the run folder before the inputs are checked and the rerun allowed.
         split = self.load_captions()
+        self.check_splits(split)
+        tokenizer = self.fit_vocabulary(split)
+        self.check_images(split)
         fresh = not self.config.training.resume
         if not fresh:
             check_rerun(self.artifacts_dir, self.config)
@@ -170,11 +218,14 @@ class TrainingPipeline:
             if nothing_to_do:
                 log.info("%s holds this finished run with this config; nothing to do: %s", self.artifacts_dir, nothing_to_do)
                 return {"artifacts_dir": str(self.artifacts_dir), "unchanged": True}
+            check_resume_files(self.artifacts_dir)
         # TensorFlow loads only from here on: a refused or finished rerun stops in a fraction of a second.
         import_tensorflow_quietly()
         trainer = self.prepare_run_folder(fresh)
         split, store = self.prepare_features(split)
-        tokenizer, builder = self.vocabulary_and_batches(split, store, trainer)
+        if store.skipped:
+            tokenizer = self.fit_vocabulary(split)
+        builder = self.vocabulary_and_batches(tokenizer, split, store, trainer)
         model = trainer.build_model(tokenizer.vocab_size, builder.max_length, self.embedding_matrix(tokenizer))
         trainer.train(model, builder.build(split.train, first_epoch=trainer.initial_epoch), builder.build(split.val, training=False),
                       callbacks=self.callbacks, steps_per_epoch=builder.steps(split.train))
@@ -219,16 +270,12 @@ class TrainingPipeline:
         save_json({name: list(getattr(split, name)) for name in ("train", "val", "test")}, self.artifacts_dir / SPLITS_FILE)
         return split, store
 
-    def vocabulary_and_batches(self, split, store, trainer):
-        """The vocabulary (saved), the dataset builder, and the validation captioning the trainer reports."""
+    def vocabulary_and_batches(self, tokenizer, split, store, trainer):
+        """The vocabulary saved, the dataset builder, and the validation captioning the trainer reports."""
         from training.data.caption_loader import get_max_caption_length
         from training.data.dataset import DatasetBuilder
-        from training.data.tokenizer import Tokenizer
 
         c = self.config
-        tokenizer = Tokenizer(min_word_count=c.data.word_count_threshold).fit(
-            caption for captions in split.train.values() for caption in captions
-        )
         tokenizer.save(self.artifacts_dir)
         max_length = c.data.max_caption_length or get_max_caption_length(split.train)
         log.info("vocabulary: %d words; captions up to %d tokens", tokenizer.vocab_size, max_length)
@@ -240,7 +287,7 @@ class TrainingPipeline:
             from training.callbacks.caption_metrics import CaptionValidation
 
             trainer.caption_validation = CaptionValidation(tokenizer, builder, split.val, c.training.val_caption_images)
-        return tokenizer, builder
+        return builder
 
     def finish(self, model, tokenizer, builder, split, trainer) -> dict:
         """The final model (best checkpoint, or SCST's when it beats it), its test scores, the summary and report."""

@@ -16,6 +16,7 @@ Files in the store directory:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -29,7 +30,7 @@ import numpy as np
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
-from training.errors import UserInputError
+from training.data.image_files import check_bad_fraction  # noqa: F401 - also importable from here
 from training.features.base import BaseFeatureExtractor, pool_regions
 from training.features.images import find_bad_images
 from training.utils.io import ensure_dir, load_json, save_json
@@ -65,19 +66,6 @@ def recipe(extractor: BaseFeatureExtractor) -> dict:
 def fingerprint(extractor_recipe: dict) -> str:
     settings = {"format": FORMAT_VERSION, **{key: extractor_recipe[key] for key in RECIPE_KEYS}}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def check_bad_fraction(bad_images: list[dict], total: int, max_bad_fraction: float) -> None:
-    share = len(bad_images) / total
-    if share > max_bad_fraction or len(bad_images) == total:
-        shown = "\n".join(f"  {b['path']}: {b['reason']}" for b in bad_images[:5])
-        more = f"\n  ... and {len(bad_images) - 5} more" if len(bad_images) > 5 else ""
-        if len(bad_images) == total:
-            problem, fix = f"none of the {total} images is usable", "Check images_path and the files."
-        else:
-            problem = f"{len(bad_images)} of {total} images are unusable ({share:.1%}), more than max_bad_image_fraction={max_bad_fraction}"
-            fix = "Fix or remove these files, or raise max_bad_image_fraction in the config to skip them."
-        raise UserInputError(f"{problem}:\n{shown}{more}\n{fix}")
 
 
 class FeatureStore:
@@ -276,6 +264,12 @@ def _start(directory: Path, wanted: dict, extractor, old: FeatureStore | None, n
     shape = (len(state["image_ids"]), extractor.num_regions, extractor.feature_dim)
     # open_memmap writes the .npy header now; rows are filled in place, chunk by chunk.
     features = np.lib.format.open_memmap(directory / PARTIAL_FEATURES_FILE, mode="w+", dtype=np.float16, shape=shape)
+    try:
+        _reserve(directory / PARTIAL_FEATURES_FILE)
+    except OSError:
+        del features
+        (directory / PARTIAL_FEATURES_FILE).unlink(missing_ok=True)  # no state file names it yet: nothing is lost
+        raise
     for begin in range(0, len(old_ids), 1024):
         end = min(begin + 1024, len(old_ids))
         features[begin:end] = old.features[begin:end]
@@ -286,6 +280,25 @@ def _start(directory: Path, wanted: dict, extractor, old: FeatureStore | None, n
     if old_ids:
         logger.info("copied the %d rows of %s into a larger file for %d new image(s)", len(old_ids), directory / FEATURES_FILE, len(new_ids))
     return state, features
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _reserve(path: Path) -> None:
+    """Allocate every block of the (sparse) memory-mapped file now: a full disk is then an OSError naming the
+    file here, not a SIGBUS that kills the process at the first row the disk has no room for."""
+    if not hasattr(os, "posix_fallocate"):  # macOS, Windows: the file system allocates as rows are written
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as error:
+        if error.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system that cannot reserve: as before
+            return
+        raise OSError(error.errno, error.strerror, str(path)) from None
+    finally:
+        os.close(fd)
 
 
 def _resume(directory: Path, wanted: dict):
@@ -303,11 +316,16 @@ def _resume(directory: Path, wanted: dict):
         raise _conflict(directory, "an unfinished feature extraction", state, wanted,
                         [PARTIAL_FEATURES_FILE, PARTIAL_STATE_FILE, PARTIAL_ROWS_FILE])
     try:
+        _reserve(paths[2])  # a partial file of an older version may still be sparse
         features = np.lib.format.open_memmap(paths[2], mode="r+")
         shape = (len(state["image_ids"]), state["grid_shape"][0] * state["grid_shape"][1], state["feature_dim"])
         if features.shape != shape or features.dtype != np.float16 or not 0 <= rows["rows_done"] <= shape[0]:
             return None, None
-    except (ValueError, OSError, KeyError, TypeError):
+    except OSError as error:
+        if error.errno in _DISK_FULL:
+            raise
+        return None, None
+    except (ValueError, KeyError, TypeError):
         return None, None
     state["rows_done"] = int(rows["rows_done"])
     return state, features

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import time
+import zipfile
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,10 @@ from training.artifacts import (
     METRICS_FILE,
     PREVIOUS_RUNS,
     RESUME_DIR,
+    SCST_RESUME_DIR,
     SNAPSHOT_FILE,
     STATE_FILE,
+    STATE_MODEL_FILE,
     SUMMARY_FILE,
     TRAINED_RUN_FILES,
 )
@@ -227,6 +230,28 @@ def finished_and_unchanged(artifacts_dir: str | Path, config: Config) -> str | N
     for settings in (old, new):
         settings.get("training", {}).pop("resume", None)
     return why if old == new else None
+
+
+def check_resume_files(artifacts_dir: str | Path) -> None:
+    """ConfigError naming the newest epoch state whose model file is damaged (cut short, overwritten), before
+    the rerun changes anything: the way on is the epoch before it, or --fresh. Reads the zip, not the model."""
+    for resume_dir in (RESUME_DIR, SCST_RESUME_DIR):
+        latest = latest_state(Path(artifacts_dir) / resume_dir)
+        if latest is None:
+            continue
+        model_file = latest[0] / STATE_MODEL_FILE
+        try:
+            with zipfile.ZipFile(model_file) as archive:
+                damaged = archive.testzip()
+            problem = f"{damaged} in it fails its checksum" if damaged else None
+        except (OSError, zipfile.BadZipFile, EOFError) as error:
+            problem = f"{error.strerror or error}" if isinstance(error, OSError) else f"not a whole .keras file ({error})"
+        if problem is None:
+            continue
+        earlier = [p.name for p in latest[0].parent.glob("epoch_*") if p.name < latest[0].name and (p / STATE_FILE).is_file()]
+        way = f"delete {latest[0]} to continue from {max(earlier)}, or " if earlier else ""
+        raise ConfigError(f"{model_file} is damaged ({problem}); nothing was changed. To go on, {way}rerun with --fresh "
+                          "to train from the first epoch (this run is moved to previous_runs/, the feature store stays)")
 
 
 def keep_aside(artifacts_dir: str | Path) -> Path | None:

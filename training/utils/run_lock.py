@@ -33,13 +33,19 @@ class RunFolderBusy(ConfigError):
 
 @contextmanager
 def hold_run_folder(directory: str | Path) -> Iterator[Path]:
-    """Hold `directory` for this process, or raise RunFolderBusy at once naming the process that holds it."""
+    """Hold `directory` for this process, or raise RunFolderBusy at once naming the process that holds it.
+
+    A folder made here for a run that then fails before writing anything is removed again: a refused
+    run leaves no folder behind."""
+    directory = Path(directory).absolute()
+    made = [folder for folder in (directory, *directory.parents) if not folder.exists()]  # deepest first
     directory = ensure_dir(directory)
     lock = FileLock(directory / LOCK_FILE)
     try:
         lock.acquire(timeout=0)
     except Timeout:
         raise RunFolderBusy(_busy_message(directory)) from None
+    failed = True
     try:
         holder = {
             "pid": os.getpid(),
@@ -49,9 +55,23 @@ def hold_run_folder(directory: str | Path) -> Iterator[Path]:
         }
         save_json(holder, directory / HOLDER_FILE)
         yield directory
+        failed = False
     finally:
         (directory / HOLDER_FILE).unlink(missing_ok=True)
-        lock.release()
+        if made and failed and {p.name for p in directory.iterdir()} == {LOCK_FILE}:
+            (directory / LOCK_FILE).unlink()  # still held: a run starting now makes a new lock file, and waits for none
+            lock.release()
+            _remove_if_empty(made)
+        else:
+            lock.release()
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    try:
+        for folder in folders:
+            folder.rmdir()
+    except OSError:  # another run has started in it meanwhile
+        pass
 
 
 def _busy_message(directory: Path) -> str:
