@@ -1,12 +1,13 @@
 """Faults during a run: bad paths in the config, NaN loss, a full disk, a kill in the middle of a write."""
 
 import json
+import socket
 import subprocess
 
 import pytest
 import yaml
 
-from helpers import run_python, train_with_callback, write_config
+from helpers import REPO, child_env, run_python, train_with_callback, write_config
 
 NAN_IN_EPOCH_2 = """
 import keras, numpy as np
@@ -219,3 +220,75 @@ def test_a_damaged_resume_file_is_named_and_nothing_is_changed(tmp_path, trained
 def tree(folder):
     """Every file under `folder` with its size and modification time."""
     return {str(p.relative_to(folder)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
+
+
+def test_a_bad_captions_header_leaves_no_folder(tmp_path, demo_data):
+    captions = tmp_path / "captions.txt"
+    captions.write_text("picture,text\n" + "\n".join((demo_data / "captions.txt").read_text().splitlines()[1:]))
+    artifacts = tmp_path / "artifacts"
+    line, _ = refuse(write_config(tmp_path / "config.yaml", demo_data, artifacts, captions_file=str(captions)))
+    assert str(captions) in line and "line 1" in line
+    assert not artifacts.exists()
+
+
+# -- images that decode to gigabytes ------------------------------------------------------------------
+def bomb_png(path, side=50_000):
+    """A whole, valid 1-bit PNG of side x side black pixels: 0.3 MB on disk, 2.5 gigapixels decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer, row = zlib.compressobj(9), b"\0" * (1 + side // 8)  # filter byte, then the row's bits
+    pixels = b"".join(packer.compress(row * 1000) for _ in range(side // 1000)) + packer.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    return path
+
+
+def test_caption_refuses_an_image_over_the_pixel_limit_before_decoding_it(tmp_path, trained_run, demo_data):
+    bomb = bomb_png(tmp_path / "bomb.png")
+    assert bomb.stat().st_size < 1_000_000
+    image = sorted((demo_data / "Images").iterdir())[0]
+    done = run_python(["-m", "training.caption", str(bomb), str(image), "--artifacts", str(trained_run[0])], check=False)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert f"error: {bomb}: over " in done.stderr and "(--max-pixels)" in done.stderr
+    assert done.stdout.startswith(f"{image}\t")  # the other image is captioned
+    small = run_python(["-m", "training.caption", str(image), "--artifacts", str(trained_run[0]), "--max-pixels", "100"], check=False)
+    assert small.returncode == 2 and "32 x 32 = 1024 pixels, over the limit of 100 (--max-pixels)" in small.stderr
+
+
+def test_service_answers_413_to_an_image_over_the_pixel_limit_and_a_second_one_on_its_port_exits_2(tmp_path, trained_run):
+    import sys
+    import time
+
+    import httpx
+
+    bomb = bomb_png(tmp_path / "bomb.png").read_bytes()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "training.serve", "--artifacts", str(trained_run[0]), "--port", str(port)]
+    server = subprocess.Popen(command, cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 300
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.25)
+        answer = httpx.post(url + "/caption", content=bomb, headers={"Content-Type": "image/png"}, timeout=60)
+        assert answer.status_code == 413 and "(--max-pixels)" in answer.json()["error"], answer.text
+        started = time.monotonic()
+        second = run_python(["-c", "import sys; from training.serve import main; code = main(sys.argv[1:]); "
+                             "print('tensorflow loaded:', 'tensorflow' in sys.modules); sys.exit(code)",
+                             "--artifacts", str(trained_run[0]), "--port", str(port)], check=False)
+        took = time.monotonic() - started
+        assert second.returncode == 2, second.stderr[-3000:]
+        assert f"error: cannot listen on 127.0.0.1:{port}: Address already in use" in second.stderr
+        assert "tensorflow loaded: False" in second.stdout and took < 30  # at once: before TensorFlow and the model load
+    finally:
+        server.kill()
+        server.wait()

@@ -12,7 +12,8 @@ Requests that arrive within --max-wait-ms of the first waiting one are decoded t
 no request pays for tracing (requests with another beam than the run's trace theirs on first use).
 Each image gets the caption it would get alone. With --max-queue requests waiting, the next gets 429
 at once. Errors are JSON {"error": "..."}: 400 empty or unreadable image, 413 image over
---max-image-bytes, 415 other content types, 422 bad beam, 404 unknown route.
+--max-image-bytes or over --max-pixels (read from its header, before decoding), 415 other content types,
+422 bad beam, 404 unknown route. A port in use is refused (exit 2) before the model loads.
 SIGTERM stops accepting connections, answers the requests in flight, then exits.
 """
 
@@ -20,10 +21,13 @@ import asyncio
 import io
 import logging
 import signal
+import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
+
+from training.data.image_files import DEFAULT_MAX_PIXELS, oversized
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +140,7 @@ class Batcher:
 
 
 def create_app(captioner, max_batch: int = 32, max_wait_ms: float = 5.0, max_queue: int = 256,
-               max_image_bytes: int = 10 * 2**20):
+               max_image_bytes: int = 10 * 2**20, max_pixels: int = DEFAULT_MAX_PIXELS):
     from fastapi import FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
@@ -190,6 +194,9 @@ def create_app(captioner, max_batch: int = 32, max_wait_ms: float = 5.0, max_que
                 return error(413, f"the image is over {max_image_bytes} bytes (--max-image-bytes)")
         if not body:
             return error(400, "empty body: send the image's bytes")
+        too_large = oversized(io.BytesIO(body), max_pixels)  # the header only: a small file can declare gigapixels
+        if too_large:
+            return error(413, f"the image is {too_large}")
         try:
             if len(body) > INLINE_CHECK_BYTES:
                 await run_in_threadpool(check_image_bytes, bytes(body))
@@ -217,21 +224,41 @@ def main(argv: list[str] | None = None) -> int:
                         help="how long a request waits for others to share its batch (default 5)")
     parser.add_argument("--max-queue", type=cli.int_range(1), default=256, help="requests waiting before 429 (default 256)")
     parser.add_argument("--max-image-bytes", type=cli.int_range(1), default=10 * 2**20, help="largest body (default 10 MiB)")
+    parser.add_argument("--max-pixels", type=cli.int_range(1), default=DEFAULT_MAX_PIXELS,
+                        help="largest image, width x height, checked before decoding (default %(default)s)")
     args = parser.parse_args(argv)
     if args.max_wait_ms < 0:
         parser.error("--max-wait-ms must be >= 0")
 
-    cli.start(args.log_level)
+    cli.start(args.log_level, import_tensorflow=False)  # a port in use is told before TensorFlow loads
     return cli.run(lambda: _serve(args))
+
+
+def check_port_free(host: str, port: int) -> None:
+    """UserInputError when `port` on `host` cannot be listened on (as uvicorn will: SO_REUSEADDR)."""
+    from training.errors import UserInputError
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as error:
+        raise UserInputError(f"cannot listen on {host}:{port}: {error.strerror or error}; "
+                             "stop what uses that port, or pass --port with another one") from None
 
 
 def _serve(args) -> int:
     import uvicorn
 
+    from training.utils.logging import import_tensorflow_quietly
+
+    check_port_free(args.host, args.port)  # before seconds of loading and tracing
+    import_tensorflow_quietly()
     from training.captioner import Captioner
 
     captioner = Captioner.from_artifacts(args.artifacts)
-    app = create_app(captioner, args.max_batch, args.max_wait_ms, args.max_queue, args.max_image_bytes)
+    app = create_app(captioner, args.max_batch, args.max_wait_ms, args.max_queue, args.max_image_bytes, args.max_pixels)
     log.info("tracing %s, then serving on http://%s:%d", args.artifacts, args.host, args.port)
     # uvicorn shuts down gracefully on SIGTERM and SIGINT, then raises the signal again: exit quietly then.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
