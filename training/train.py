@@ -9,6 +9,7 @@ import errno
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -401,12 +402,27 @@ def _explain_fault(error: Exception) -> int | None:
         if isinstance(error, NonFiniteLoss):
             print(f"error: {error}", file=sys.stderr)
             return 1
+    if "tensorflow" in sys.modules and _lost_worker(error):
+        print(f"error: {_lost_worker(error)}", file=sys.stderr)
+        return 1
     if isinstance(error, OSError) and error.errno in _WRITE_ERRORS:  # nothing already written is lost
         print(f"error: could not write {error.filename or 'a file'}: {error.strerror or error}. "
               "Free space (or fix permissions) and run the same command: it resumes from the last completed epoch.",
               file=sys.stderr)
         return 1
     return None
+
+
+def _lost_worker(error: Exception) -> str | None:
+    """What to say when a multi-worker run lost a worker, or None for another error. TensorFlow's coordination
+    service notices a worker that stopped sending heartbeats and aborts every collective op of the others."""
+    import tensorflow as tf
+
+    if not isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)):
+        return None
+    tasks = sorted(set(re.findall(r"/job:\w+/replica:\d+/task:\d+", error.message)))
+    return (f"the multi-worker run lost {' and '.join(tasks) or 'a worker'} ({type(error).__name__}: collective ops aborted). "
+            "Start every worker again with the same command: the run resumes from the last completed epoch.")
 
 
 if __name__ == "__main__":
