@@ -52,13 +52,36 @@ def free_port() -> int:
 
 
 def demo_images(artifacts: Path, count: int) -> list[bytes]:
+    return [p.read_bytes() for p in demo_image_paths(artifacts, count)]
+
+
+def demo_image_paths(artifacts: Path, count: int) -> list[Path]:
+    """The first `count` PNG images of the run's images_path."""
     snapshot = json.loads((artifacts / "config_snapshot.json").read_text())
     folder = Path(snapshot["data"]["images_path"])
     folder = folder if folder.is_absolute() else REPO / folder
     paths = sorted(folder.glob("*.png"))[:count]
     if len(paths) < count:
         raise SystemExit(f"error: {folder} holds {len(paths)} PNG images, fewer than --images {count}")
-    return [p.read_bytes() for p in paths]
+    return paths
+
+
+def start_service(artifacts: Path, *options: str) -> tuple[subprocess.Popen, str, float]:
+    """`python -m training.serve` on a free port of 127.0.0.1, once /health answers: (process, url, start-up seconds)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    server = subprocess.Popen([sys.executable, "-m", "training.serve", "--artifacts", str(artifacts), "--port", str(port), *options],
+                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=sys.stderr)
+    launched = time.perf_counter()
+    while True:
+        if server.poll() is not None:
+            raise SystemExit(f"error: the service exited with code {server.returncode}")
+        try:
+            if httpx.get(url + "/health").status_code == 200:
+                return server, url, time.perf_counter() - launched
+        except httpx.TransportError:
+            time.sleep(0.1)
 
 
 async def send_all(url: str, images: list[bytes], concurrency: int) -> tuple[float, list[float], list[dict]]:
@@ -92,23 +115,8 @@ def main() -> None:
     artifacts, made = choose_model(args.model, args.artifacts)
     images = demo_images(artifacts, args.images)
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    server = subprocess.Popen([sys.executable, "-m", "training.serve", "--artifacts", str(artifacts), "--port", str(port)],
-                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=sys.stderr)
+    server, url, startup_s = start_service(artifacts)
     try:
-        launched = time.perf_counter()
-        while True:
-            if server.poll() is not None:
-                raise SystemExit(f"error: the service exited with code {server.returncode}")
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        startup_s = time.perf_counter() - launched
-
         for concurrency in CONCURRENCY:  # untimed: connections, first-request costs
             asyncio.run(send_all(url, images[:64], concurrency))
         load_before = os.getloadavg()[0]

@@ -66,3 +66,13 @@ def test_decode_bench_makes_its_model_then_decodes_with_it(tmp_path):
                        "--runs", "1"], timeout=900)
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["greedy_images_per_s"] > 0 and report["beam3_images_per_s"] > 0
+
+
+def test_soak_bench_reports_each_interval_and_checks_every_caption(trained_run):
+    done = run_python(["bench/soak.py", "--artifacts", str(trained_run[0]), "--minutes", "0.1", "--interval", "3",
+                       "--concurrency", "8", "--images", "8"], timeout=600)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [row["interval"] for row in report["rows"]] == [1, 2]
+    assert all(row["requests"] > 0 and row["p99_ms"] >= row["p50_ms"] > 0 and row["rss_mb"] > 100 for row in report["rows"])
+    assert report["errors"] == 0  # every answer was 200 and the image's lone caption
+    assert set(report["targets_met"]) == {"errors", "rss", "p99"}
