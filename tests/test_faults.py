@@ -1,13 +1,13 @@
 """Faults during a run: bad paths in the config, NaN loss, a full disk, a kill in the middle of a write."""
 
 import json
-import socket
 import subprocess
 
 import pytest
 import yaml
 
-from helpers import REPO, child_env, run_python, train_with_callback, write_config
+from helpers import run_python, train_with_callback, write_config
+from test_serving import run, server  # noqa: F401 - the service of the shared trained run
 
 NAN_IN_EPOCH_2 = """
 import keras, numpy as np
@@ -259,36 +259,23 @@ def test_caption_refuses_an_image_over_the_pixel_limit_before_decoding_it(tmp_pa
     assert small.returncode == 2 and "32 x 32 = 1024 pixels, over the limit of 100 (--max-pixels)" in small.stderr
 
 
-def test_service_answers_413_to_an_image_over_the_pixel_limit_and_a_second_one_on_its_port_exits_2(tmp_path, trained_run):
-    import sys
+def test_service_answers_413_to_an_image_over_the_pixel_limit_and_a_second_one_on_its_port_exits_2(tmp_path, server, run):
     import time
 
     import httpx
 
-    bomb = bomb_png(tmp_path / "bomb.png").read_bytes()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "training.serve", "--artifacts", str(trained_run[0]), "--port", str(port)]
-    server = subprocess.Popen(command, cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 300
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.25)
-        answer = httpx.post(url + "/caption", content=bomb, headers={"Content-Type": "image/png"}, timeout=60)
-        assert answer.status_code == 413 and "(--max-pixels)" in answer.json()["error"], answer.text
-        started = time.monotonic()
-        second = run_python(["-c", "import sys; from training.serve import main; code = main(sys.argv[1:]); "
-                             "print('tensorflow loaded:', 'tensorflow' in sys.modules); sys.exit(code)",
-                             "--artifacts", str(trained_run[0]), "--port", str(port)], check=False)
-        took = time.monotonic() - started
-        assert second.returncode == 2, second.stderr[-3000:]
-        assert f"error: cannot listen on 127.0.0.1:{port}: Address already in use" in second.stderr
-        assert "tensorflow loaded: False" in second.stdout and took < 30  # at once: before TensorFlow and the model load
-    finally:
-        server.kill()
-        server.wait()
+    url, _ = server
+    # The bomb's first 64 KB: its header declares the 50000 x 50000 pixels, and this server takes bodies of
+    # up to 100 KB (--max-image-bytes), where the whole file is 0.3 MB.
+    head = bomb_png(tmp_path / "bomb.png").read_bytes()[:65536]
+    answer = httpx.post(url + "/caption", content=head, headers={"Content-Type": "image/png"}, timeout=60)
+    assert answer.status_code == 413 and "(--max-pixels)" in answer.json()["error"], answer.text
+    port = int(url.rsplit(":", 1)[1])
+    started = time.monotonic()
+    second = run_python(["-c", "import sys; from training.serve import main; code = main(sys.argv[1:]); "
+                         "print('tensorflow loaded:', 'tensorflow' in sys.modules); sys.exit(code)",
+                         "--artifacts", str(run), "--port", str(port)], check=False)
+    took = time.monotonic() - started
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert f"error: cannot listen on 127.0.0.1:{port}: Address already in use" in second.stderr
+    assert "tensorflow loaded: False" in second.stdout and took < 30  # at once: before TensorFlow and the model load
