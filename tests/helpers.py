@@ -106,3 +106,22 @@ def run_python(code_or_args, cwd=REPO, check=True, timeout=600, env=None, java=F
     return done
 
 
+
+
+def save_keras_application(path: Path, images, application: str = "MobileNetV3Small", seed: int = 0) -> Path:
+    """A keras.applications network without its classifier, randomly initialised (seeded), saved as a weights file.
+
+    Its batch-norm statistics are those of `images` (float (N, H, W, 3) in [0, 255], at the size it will see), as
+    a trained network's fit its data: left at their initial values, the random network's outputs shrink layer by
+    layer to ~1e-10, zeros once stored as float16, and every image would look alike."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model = getattr(keras.applications, application)(include_top=False, weights=None, input_shape=images.shape[1:])
+    for layer in model._flatten_layers():
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.0  # the moving statistics become this batch's
+    model(images, training=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save_weights(path)
+    return path

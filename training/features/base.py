@@ -12,6 +12,7 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from training.features.images import find_bad_images, image_dataset
+from training.utils.lifecycle import weights_identity
 
 
 class BaseFeatureExtractor(abc.ABC):
@@ -48,6 +49,11 @@ class BaseFeatureExtractor(abc.ABC):
     @property
     def name(self) -> str:
         return self.NAME or type(self).__name__
+
+    def recipe(self) -> dict:
+        """What its features depend on besides the image size: the backbone and its weights, a file by its
+        contents (so a moved weights file keeps a feature store valid)."""
+        return {"extractor": self.name, "weights": weights_identity(self.weights)}
 
     @abc.abstractmethod
     def build_model(self) -> keras.Model:

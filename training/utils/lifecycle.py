@@ -28,6 +28,7 @@ from training.artifacts import (
     TRAINED_RUN_FILES,
 )
 from training.configs import Config, ConfigError
+from training.configs.training_config import is_weights_file
 
 # Keys a rerun may change without being refused. Later training stages add their epoch budgets here.
 EXTENDING_KEYS = frozenset({
@@ -82,6 +83,11 @@ def file_fingerprint(path: str | Path | None) -> str | None:
     return f"{size} bytes, sha256 {digest.hexdigest()[:16]}"
 
 
+def weights_identity(extractor_weights: str | None) -> str | None:
+    """'imagenet', None, or a weights file by its contents: a moved copy of the same file is the same weights."""
+    return f"file of {file_fingerprint(extractor_weights)}" if is_weights_file(extractor_weights) else extractor_weights
+
+
 def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value))  # tuples -> lists, as they come back from a JSON file
 
@@ -95,6 +101,7 @@ def run_identity(config: Config) -> dict[str, Any]:
     identity = {k: v for k, v in _flat(config.to_dict()).items() if k not in EXTENDING_KEYS}
     for key in DATA_FILE_KEYS:
         identity[key] = file_fingerprint(identity[key])
+    identity["extractor_weights"] = weights_identity(identity["extractor_weights"])
     return _plain(identity)
 
 
