@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import difflib
 import warnings
+from collections.abc import Callable
 
 # One table for the whole process: the seed README registers through a fresh
 # `FeatureExtractorRegistry()` and expects `get_feature_extractor` to see it.
 _EXTRACTORS: dict[str, type] = {}
+# Families of names '<prefix>:<spec>' (keras_hub:<preset>), resolved when looked up: {prefix: make(name, spec) -> class}.
+_FAMILIES: dict[str, Callable[[str, str], type]] = {}
 
 
 class FeatureExtractorRegistry:
@@ -31,6 +34,9 @@ class FeatureExtractorRegistry:
     def lookup(self, name: str) -> type:
         if name in _EXTRACTORS:
             return _EXTRACTORS[name]
+        prefix, colon, spec = str(name).partition(":")
+        if colon and prefix in _FAMILIES:
+            return _FAMILIES[prefix](name, spec)
         by_lower = {known.lower(): known for known in _EXTRACTORS}
         close = difflib.get_close_matches(str(name).lower(), list(by_lower), n=1, cutoff=0.6)
         hint = f"did you mean '{by_lower[close[0]]}'? " if close else ""
@@ -40,10 +46,11 @@ class FeatureExtractorRegistry:
         )
 
     def names(self) -> list[str]:
-        return sorted(_EXTRACTORS)
+        return sorted(_EXTRACTORS) + [f"{prefix}:<preset>" for prefix in sorted(_FAMILIES)]
 
     def __contains__(self, name: str) -> bool:
-        return name in _EXTRACTORS
+        prefix, colon, _ = str(name).partition(":")
+        return name in _EXTRACTORS or bool(colon and prefix in _FAMILIES)
 
 
 def register_extractor(name: str):
@@ -53,6 +60,11 @@ def register_extractor(name: str):
         return FeatureExtractorRegistry().register(name, cls)
 
     return decorate
+
+
+def register_family(prefix: str, make: Callable[[str, str], type]) -> None:
+    """Names '<prefix>:<spec>' resolve to `make(name, spec)`, an extractor class (e.g. one per keras-hub preset)."""
+    _FAMILIES[prefix] = make
 
 
 def get_feature_extractor(name: str, **kwargs):
