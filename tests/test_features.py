@@ -386,3 +386,15 @@ def test_a_weights_file_gives_its_features_and_a_moved_file_keeps_the_store(tmp_
     with pytest.raises(FeatureStoreConflict, match=r"weights 'file of \d+ bytes, sha256 [0-9a-f]{16}' -> 'file of "):
         FeatureStore.build(tmp_path / "store", get_feature_extractor("MobileNetV3Small", image_size=(64, 64),
                            weights=str(retrained)), names, tmp_path / "images", verbose=0)
+
+
+def test_a_backbone_computes_in_float32_whatever_the_training_precision():
+    import keras
+
+    keras.config.set_dtype_policy("mixed_bfloat16")  # what a run sets on a CPU with bfloat16
+    try:
+        extractor = get_feature_extractor("MobileNetV3Small", image_size=(32, 32), weights=None)
+        dtypes = {layer.dtype_policy.compute_dtype for layer in extractor.model._flatten_layers()}
+        assert dtypes == {"float32"} and keras.config.dtype_policy().name == "mixed_bfloat16"
+    finally:
+        keras.config.set_dtype_policy("float32")

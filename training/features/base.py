@@ -66,7 +66,7 @@ class BaseFeatureExtractor(abc.ABC):
     @property
     def model(self) -> keras.Model:
         if self._model is None:
-            model = self.build_model()
+            model = self._build_in_float32()
             if not isinstance(model, keras.Model):
                 raise TypeError(f"{type(self).__name__}.build_model() must return a keras.Model, got {type(model).__name__}")
             shape = tuple(model.output_shape)
@@ -76,6 +76,17 @@ class BaseFeatureExtractor(abc.ABC):
                 raise ValueError(f"{type(self).__name__}: FEATURE_DIM is {self.FEATURE_DIM} but the model gives {shape[-1]} channels")
             self._model = model
         return self._model
+
+    def _build_in_float32(self) -> keras.Model:
+        """build_model() in float32, whatever the run's precision policy: a store's features must not depend on
+        the machine that extracted them (a CPU with bfloat16 trains in mixed_bfloat16), and they must be those
+        the Captioner and the exported graph compute, in float32."""
+        policy = keras.config.dtype_policy()
+        keras.config.set_dtype_policy("float32")
+        try:
+            return self.build_model()
+        finally:
+            keras.config.set_dtype_policy(policy)
 
     @property
     def grid_shape(self) -> tuple[int, int]:
