@@ -111,13 +111,18 @@ class Config:
         return config_from_dict(raw, source)
 
     def with_absolute_paths(self, base: str | Path | None = None) -> "Config":
-        """The same config with every PATH_KEYS value made absolute against `base` (the working directory)."""
+        """The same config with every PATH_KEYS value, a weights file and a local preset folder made absolute
+        against `base` (the working directory)."""
         base = Path(base) if base is not None else Path.cwd()
         absolute = {k: str((base / v).absolute()) for k in PATH_KEYS if (v := getattr(self.data, k))}
         config = dataclasses.replace(self, data=dataclasses.replace(self.data, **absolute))
+        model = {}
         if is_weights_file(weights := self.model.extractor_weights):
-            config = dataclasses.replace(config, model=dataclasses.replace(config.model, extractor_weights=str((base / weights).absolute())))
-        return config
+            model["extractor_weights"] = str((base / weights).absolute())
+        prefix, colon, preset = self.model.feature_extractor.partition(":")
+        if colon and (base / preset).is_dir():  # a local keras-hub preset folder
+            model["feature_extractor"] = f"{prefix}:{(base / preset).absolute()}"
+        return dataclasses.replace(config, model=dataclasses.replace(config.model, **model))
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig}

@@ -25,12 +25,9 @@ from training.configs.training_config import is_weights_file
 from training.errors import UserInputError
 from training.features.base import BaseFeatureExtractor
 from training.features.registry import register_family
-from training.utils.lifecycle import file_fingerprint
+from training.utils.lifecycle import extractor_identity
 
 PREFIX, CLASS_TOKEN_PREFIX = "keras_hub", "keras_hub_cls"
-# The preset files a local preset's features depend on (the weights only when they are loaded).
-PRESET_FILES = ("config.json", "image_converter.json")
-PRESET_WEIGHTS = "model.weights.h5"
 
 
 def _keras_hub():
@@ -130,13 +127,7 @@ class KerasHubExtractor(BaseFeatureExtractor):
 
     def recipe(self) -> dict:
         """A local preset by its files' contents (a moved folder keeps its feature store), a named one by its name."""
-        recipe = super().recipe()
-        folder = Path(self.PRESET)
-        if folder.is_dir():
-            names = PRESET_FILES + ((PRESET_WEIGHTS,) if self.weights == "imagenet" else ())
-            contents = ", ".join(f"{name} {file_fingerprint(folder / name)}" for name in names)
-            recipe["extractor"] = f"{self.name.partition(':')[0]}:{folder.name} ({contents})"
-        return recipe
+        return dict(super().recipe(), extractor=extractor_identity(f"{self.name.partition(':')[0]}:{self.PRESET}"))
 
 
 def extractor_class(name: str, preset: str) -> type:
