@@ -3,10 +3,13 @@
 import atexit
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -19,6 +22,16 @@ SEED_ARTIFACTS = [
 
 
 TRAINED_RUN = {"val_caption_images": 500}  # conftest's shared run, over tiny_config: caption metrics each epoch
+# Prepended to a script run by run_python: the process then cannot import the package (an exported SavedModel
+# must need nothing of it).
+BLOCK_TRAINING = """
+import sys
+class NoTraining:  # the SavedModel must need nothing of the package
+    def find_spec(self, name, path=None, target=None):
+        if name == "training" or name.startswith("training."):
+            raise ImportError("this process must not import " + name)
+sys.meta_path.insert(0, NoTraining())
+"""
 
 
 def tiny_config(data_dir: Path, artifacts: Path, **overrides) -> dict:
@@ -125,3 +138,34 @@ def save_keras_application(path: Path, images, application: str = "MobileNetV3Sm
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save_weights(path)
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serving(run, *args):
+    """`python -m training.serve --artifacts run *args` on a free port of 127.0.0.1: (its url, the process) once it
+    answers /health; killed on leaving."""
+    import httpx
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "training.serve", "--artifacts", str(run), "--port", str(port), *args],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.25)
+        assert process.poll() is None, process.stdout.read()
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
