@@ -3,35 +3,24 @@ and DINOv2 encoders (tiny configs, random weights saved as local presets: nothin
 
 Each of the two end-to-end runs (MobileNetV3Small, CLIP) is trained once for the module on JPEG copies of the
 demo images, then captioned by `training.caption`, exported by `training.export` (the .keras file in a fresh
-process, the SavedModel in one that cannot import the package) and served by `training.serve` on 127.0.0.1:
-every one of them must give the captions of the stored features.
+process, the SavedModel in one that cannot import the package, both with the backbone's weights file or preset
+folder moved away) and served by `training.serve` on 127.0.0.1: every one must give the captions of the stored
+features.
 """
 
 import json
 import shutil
-import socket
-import subprocess
-import sys
-import time
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import REPO, run_python, save_keras_application, write_config
+from helpers import BLOCK_TRAINING, REPO, run_python, save_keras_application, serving, write_config
 
 keras_hub = pytest.importorskip("keras_hub", reason="keras-hub is installed by `make install` (pyproject.toml)")
 
 IMAGES = 6  # captioned by every route
-BLOCK_TRAINING = """
-import sys
-class NoTraining:  # the SavedModel must need nothing of the package
-    def find_spec(self, name, path=None, target=None):
-        if name == "training" or name.startswith("training."):
-            raise ImportError("this process must not import " + name)
-sys.meta_path.insert(0, NoTraining())
-"""
 
 
 # -- backbones the tests make ------------------------------------------------------------------------
@@ -136,6 +125,30 @@ def test_a_moved_keras_hub_preset_keeps_its_feature_store(tmp_path):
                            names, tmp_path / "images", verbose=0)
 
 
+def test_a_moved_weights_file_or_preset_folder_is_the_same_run(tmp_path, monkeypatch):
+    from training.configs import load_config
+    from training.utils.lifecycle import run_identity
+
+    def identity(weights, extractor):
+        return run_identity(load_config(REPO / "training" / "config.yaml", [f"extractor_weights={weights}",
+                            f"feature_extractor={extractor}", "glove_path=null"]).with_absolute_paths())
+
+    for folder in ("here", "moved"):
+        (tmp_path / folder / "dinov2_tiny").mkdir(parents=True)
+        for name in ("config.json", "image_converter.json", "model.weights.h5", "weights.h5"):
+            (tmp_path / folder / ("" if name == "weights.h5" else "dinov2_tiny") / name).write_text(name)
+    monkeypatch.chdir(tmp_path)  # relative paths: absolute in the run's config
+    here = identity("here/weights.h5", "keras_hub:here/dinov2_tiny")
+    assert here == identity(tmp_path / "moved" / "weights.h5", f"keras_hub:{tmp_path / 'moved' / 'dinov2_tiny'}")
+    assert here["extractor_weights"].startswith("file of 10 bytes, sha256 ")
+    (tmp_path / "moved" / "weights.h5").write_text("retrained")
+    assert identity("moved/weights.h5", "keras_hub:here/dinov2_tiny")["extractor_weights"] != here["extractor_weights"]
+    (tmp_path / "moved" / "dinov2_tiny" / "model.weights.h5").write_text("retrained")
+    assert identity("here/weights.h5", "keras_hub:moved/dinov2_tiny")["feature_extractor"] != here["feature_extractor"]
+    config = load_config(REPO / "training" / "config.yaml", ["feature_extractor=keras_hub:here/dinov2_tiny"])
+    assert config.with_absolute_paths().model.feature_extractor == f"keras_hub:{tmp_path / 'here' / 'dinov2_tiny'}"
+
+
 TRAIN_AND_CAPTION = """
 import json, sys
 import numpy as np
@@ -169,12 +182,6 @@ def test_siglip_and_dinov2_extract_train_and_caption(name, jpeg_data, tmp_path):
 
 # -- the whole way: extraction, training, caption, export, SavedModel, service ---------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module", params=["MobileNetV3Small", "keras_hub:clip"])
 def trained(request, jpeg_data, tmp_path_factory):
     """(run folder, JPEG paths, {path: (caption, score)} from `training.caption`) of one backbone, trained once."""
@@ -187,24 +194,25 @@ def trained(request, jpeg_data, tmp_path_factory):
         weights = save_keras_application(work / "weights" / "mobilenet_v3_small.weights.h5", pixels)
         backbone = dict(feature_extractor="MobileNetV3Small", image_size=[64, 64], feature_dim=576, extractor_weights=str(weights))
     else:  # a local preset folder, the preset's own weights: 4x4 regions at 32 px
-        backbone = dict(feature_extractor=f"keras_hub:{save_preset('clip', work / 'clip_tiny')}", image_size=[32, 32],
-                        feature_dim=16, extractor_weights="imagenet")
+        weights = save_preset("clip", work / "clip_tiny")
+        backbone = dict(feature_extractor=f"keras_hub:{weights}", image_size=[32, 32], feature_dim=16, extractor_weights="imagenet")
     config = write_config(work / "config.yaml", jpeg_data, work / "run", epochs=2, **backbone)
     run_python(["-m", "training.train", "--config", str(config)])
     images = sorted(str(p) for p in (jpeg_data / "Images").glob("*.jpg"))[:IMAGES]
     done = run_python(["-m", "training.caption", *images, "--artifacts", str(work / "run"), "--json"])
     reference = {r["image"]: (r["caption"], r["score"]) for r in json.loads(done.stdout)}
-    return work / "run", images, reference
+    return work / "run", images, reference, weights
 
 
 @pytest.mark.slow
 def test_caption_export_saved_model_and_service_agree_with_the_stored_features(trained, tmp_path):
-    run, images, reference = trained
+    run, images, reference, weights = trained
     texts = [reference[path][0] for path in images]
     assert all(texts)
 
     out = tmp_path / "export"
     run_python(["-m", "training.export", "--artifacts", str(run), "--out", str(out)])
+    shutil.move(weights, tmp_path / "away")  # the exported files carry the backbone: its weights file or preset folder
     code = f"""
 import json, keras, numpy as np
 from pathlib import Path
@@ -229,23 +237,10 @@ print(json.dumps([[c.decode(), float(s)] for c, s in zip(out["captions"].numpy()
     assert [text for text, _ in saved] == texts
     assert [score for _, score in saved] == pytest.approx([reference[p][1] for p in images], abs=1e-4)
 
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "training.serve", "--artifacts", str(run), "--port", str(port),
-                                "--max-batch", "4"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 180
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.25)
-        assert process.poll() is None, process.stdout.read()
+    shutil.move(tmp_path / "away", weights)  # the service loads the run, which needs it
+    with serving(run, "--max-batch", "4") as (url, _):
         answers = [httpx.post(url + "/caption", content=open(p, "rb").read(), headers={"Content-Type": "image/jpeg"},
                               timeout=60).json() for p in images]
-    finally:
-        process.kill()
-        process.wait()
     assert [a["caption"] for a in answers] == texts
     assert [a["score"] for a in answers] == pytest.approx([reference[p][1] for p in images], abs=1e-4)
 

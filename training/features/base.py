@@ -55,6 +55,10 @@ class BaseFeatureExtractor(abc.ABC):
         contents (so a moved weights file keeps a feature store valid)."""
         return {"extractor": self.name, "weights": weights_identity(self.weights)}
 
+    def spec(self) -> dict:
+        """Keyword arguments that rebuild this network without what it was made from (a saved Captioner keeps them)."""
+        return {}
+
     @abc.abstractmethod
     def build_model(self) -> keras.Model:
         """Return the backbone: preprocessed (B, H, W, 3) float32 -> (B, h, w, channels)."""

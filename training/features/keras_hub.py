@@ -65,8 +65,12 @@ class KerasHubExtractor(BaseFeatureExtractor):
     CLASS_TOKEN: bool = False
     MIN_IMAGE_SIZE = 8
 
-    def __init__(self, image_size=None, weights: str | None = "imagenet", batch_size: int = 32):
-        self._converter = None
+    def __init__(self, image_size=None, weights: str | None = "imagenet", batch_size: int = 32,
+                 backbone: dict | None = None, converter: dict | None = None):
+        # backbone, converter: their serialized configs (spec()), to rebuild the network without its preset.
+        self._backbone_config, self._converter_config = backbone, converter
+        self._converter = keras.saving.deserialize_keras_object(converter) if converter and _keras_hub() else None
+        self._backbone = None
         if image_size is None:
             image_size = tuple(self.converter.image_size)
         super().__init__(image_size=image_size, weights=weights, batch_size=batch_size)
@@ -91,9 +95,22 @@ class KerasHubExtractor(BaseFeatureExtractor):
             images = images + tf.constant(self.converter.offset, tf.float32)
         return images
 
+    def spec(self) -> dict:
+        """The backbone's and the image converter's configs: a saved Captioner rebuilds the network from them,
+        without the preset (which may be a folder of another machine)."""
+        backbone = self._backbone_config or keras.saving.serialize_keras_object(self.load_backbone())
+        return {"backbone": backbone, "converter": keras.saving.serialize_keras_object(self.converter)}
+
     def load_backbone(self):
-        """The preset's backbone with the weights extractor_weights names."""
+        """The preset's backbone with the weights extractor_weights names (once); from its config when given one."""
+        if self._backbone is None:
+            self._backbone = self._load_backbone()
+        return self._backbone
+
+    def _load_backbone(self):
         backbone_class = _keras_hub().models.Backbone
+        if self._backbone_config:  # (_keras_hub() has registered keras-hub's classes for deserialization)
+            return keras.saving.deserialize_keras_object(self._backbone_config)
         try:
             backbone = backbone_class.from_preset(self.PRESET, load_weights=self.weights == "imagenet")
         except (ValueError, FileNotFoundError) as error:
