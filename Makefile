@@ -14,6 +14,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON_SYSTEM) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[$(EXTRA),serve,dev]'
+	# keras-hub without tensorflow-text, whose `tensorflow` requirement would overwrite tensorflow-cpu (pyproject.toml).
+	$(PY) -m pip install -q --no-deps 'keras-hub==0.32.*'
 	touch $@
 
 demo: install

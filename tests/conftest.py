@@ -23,7 +23,7 @@ FLICKR8K_CAPTIONS = Path(
 # The files that take longest go first: each goes whole to one of the two workers, and a long file
 # taken last would leave the other worker idle. test_serving trains the shared run before test_pipeline reads it.
 SLOW_FIRST = ["test_long_runs.py", "test_faults.py", "test_serving.py", "test_run_folder.py", "test_bench.py",
-              "test_float16.py", "test_scst.py", "test_pipeline.py", "test_distributed.py", "test_metrics.py"]
+              "test_backbones.py", "test_float16.py", "test_scst.py", "test_pipeline.py", "test_distributed.py", "test_metrics.py"]
 
 
 def pytest_collection_modifyitems(items):

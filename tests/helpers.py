@@ -3,10 +3,13 @@
 import atexit
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -19,6 +22,16 @@ SEED_ARTIFACTS = [
 
 
 TRAINED_RUN = {"val_caption_images": 500}  # conftest's shared run, over tiny_config: caption metrics each epoch
+# Prepended to a script run by run_python: the process then cannot import the package (an exported SavedModel
+# must need nothing of it).
+BLOCK_TRAINING = """
+import sys
+class NoTraining:  # the SavedModel must need nothing of the package
+    def find_spec(self, name, path=None, target=None):
+        if name == "training" or name.startswith("training."):
+            raise ImportError("this process must not import " + name)
+sys.meta_path.insert(0, NoTraining())
+"""
 
 
 def tiny_config(data_dir: Path, artifacts: Path, **overrides) -> dict:
@@ -106,3 +119,53 @@ def run_python(code_or_args, cwd=REPO, check=True, timeout=600, env=None, java=F
     return done
 
 
+
+
+def save_keras_application(path: Path, images, application: str = "MobileNetV3Small", seed: int = 0) -> Path:
+    """A keras.applications network without its classifier, randomly initialised (seeded), saved as a weights file.
+
+    Its batch-norm statistics are those of `images` (float (N, H, W, 3) in [0, 255], at the size it will see), as
+    a trained network's fit its data: left at their initial values, the random network's outputs shrink layer by
+    layer to ~1e-10, zeros once stored as float16, and every image would look alike."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model = getattr(keras.applications, application)(include_top=False, weights=None, input_shape=images.shape[1:])
+    for layer in model._flatten_layers():
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.0  # the moving statistics become this batch's
+    model(images, training=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save_weights(path)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serving(run, *args):
+    """`python -m training.serve --artifacts run *args` on a free port of 127.0.0.1: (its url, the process) once it
+    answers /health; killed on leaving."""
+    import httpx
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "training.serve", "--artifacts", str(run), "--port", str(port), *args],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.25)
+        assert process.poll() is None, process.stdout.read()
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()

@@ -173,7 +173,8 @@ def test_a_section_set_as_a_value_says_it_is_a_section(tmp_path, override, examp
 
 def test_the_built_in_extractor_names_are_those_training_features_registers():
     # The training command refuses another name with this list, before it imports TensorFlow.
-    from training.configs.training_config import BUILT_IN_EXTRACTORS
+    from training.configs.training_config import BUILT_IN_EXTRACTORS, BUILT_IN_FAMILIES
     from training.features import available_extractors
 
-    assert sorted(BUILT_IN_EXTRACTORS) == available_extractors()
+    families = [f"{family}:<preset>" for family in sorted(BUILT_IN_FAMILIES)]
+    assert sorted(BUILT_IN_EXTRACTORS) + families == available_extractors()

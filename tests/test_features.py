@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import save_keras_application
 from training.errors import UserInputError
 from training.features import (
     BaseFeatureExtractor,
@@ -348,3 +350,51 @@ def test_a_run_folder_links_to_a_shared_store_but_never_hides_its_own(tmp_path):
     with pytest.raises(FeatureStoreConflict, match=r"holds a feature store of its own \(features.npy, features_index.json\)"):
         link_store(tmp_path / "shared", tmp_path / "own")
     assert (tmp_path / "own" / "features.npy").read_bytes() == before and not (tmp_path / "own" / "features.npy").is_symlink()
+
+
+# -- a weights file (offline machines) -------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_weights_file_gives_its_features_and_a_moved_file_keeps_the_store(tmp_path, caplog):
+    import keras
+
+    names = write_images(tmp_path / "images", 5)
+    paths = [str(tmp_path / "images" / name) for name in names]
+    images = np.concatenate(list(get_feature_extractor("MobileNetV3Small", image_size=(64, 64)).dataset(paths)))
+    weights = save_keras_application(tmp_path / "attached" / "mobilenet.weights.h5", images)
+    extractor = get_feature_extractor("MobileNetV3Small", image_size=(64, 64), weights=str(weights), batch_size=2)
+    store = FeatureStore.build(tmp_path / "store", extractor, names, tmp_path / "images", verbose=0)
+    assert store.extracted == 5 and store.features.shape == (5, 4, 576)
+
+    # The same network with those weights, built here, gives the stored rows; another one does not.
+    network = keras.applications.MobileNetV3Small(include_top=False, weights=None, input_shape=(64, 64, 3))
+    network.load_weights(weights)
+    expected = network.predict(images, verbose=0).reshape(5, 4, 576)
+    assert np.abs(expected).mean() > 0.05  # features worth comparing, not all ~0
+    np.testing.assert_allclose(np.asarray(store.features, np.float32), expected, rtol=2e-3, atol=2e-3)
+    retrained = save_keras_application(tmp_path / "retrained.weights.h5", images, seed=1)
+    network.load_weights(retrained)
+    assert np.abs(network.predict(images, verbose=0).reshape(5, 4, 576) - expected).mean() > 0.05
+
+    # The store is keyed by the file's contents: a moved copy reuses it, other weights never replace it.
+    moved = Path(shutil.move(weights, tmp_path / "elsewhere.weights.h5"))
+    with caplog.at_level(logging.INFO, logger="training.features.store"):
+        again = FeatureStore.build(tmp_path / "store", get_feature_extractor("MobileNetV3Small", image_size=(64, 64),
+                                   weights=str(moved)), names, tmp_path / "images", verbose=0)
+    assert (again.reused, again.extracted, again.fingerprint) == (5, 0, store.fingerprint)
+    assert "5 image(s) reused, 0 extracted" in caplog.text
+    with pytest.raises(FeatureStoreConflict, match=r"weights 'file of \d+ bytes, sha256 [0-9a-f]{16}' -> 'file of "):
+        FeatureStore.build(tmp_path / "store", get_feature_extractor("MobileNetV3Small", image_size=(64, 64),
+                           weights=str(retrained)), names, tmp_path / "images", verbose=0)
+
+
+def test_a_backbone_computes_in_float32_whatever_the_training_precision():
+    import keras
+
+    keras.config.set_dtype_policy("mixed_bfloat16")  # what a run sets on a CPU with bfloat16
+    try:
+        extractor = get_feature_extractor("MobileNetV3Small", image_size=(32, 32), weights=None)
+        dtypes = {layer.dtype_policy.compute_dtype for layer in extractor.model._flatten_layers()}
+        assert dtypes == {"float32"} and keras.config.dtype_policy().name == "mixed_bfloat16"
+    finally:
+        keras.config.set_dtype_policy("float32")

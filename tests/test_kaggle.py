@@ -121,3 +121,43 @@ def test_readme_kaggle_cell_runs_with_the_env_override(tmp_path, monkeypatch, ca
     assert "tensorflow_version: 2." in capsys.readouterr().out
     assert set(setup_kaggle_training(verbose=False)) == {"on_kaggle", "tensorflow_version", "gpus", "input_root",
                                                           "input_datasets"}
+
+
+def add_file(root, relative, text="{}"):
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_attached_backbone_weights_become_extractor_weights(tmp_path):
+    import h5py
+
+    root = tmp_path / "input"
+    add_flickr8k(root)
+    add_glove(root, 200)
+    create_kaggle_config(input_root=root, output_path=tmp_path / "online.yaml")
+    assert load_config(tmp_path / "online.yaml").model.extractor_weights == "imagenet"  # nothing attached: downloads
+
+    weights = root / "keras-weights" / "efficientnetb3_notop.h5"  # the base config's EfficientNetB3, as keras names it
+    for path in (weights, root / "other" / "efficientnetb0_notop.h5"):  # another backbone's file is not taken
+        path.parent.mkdir(parents=True)
+        with h5py.File(path, "w") as handle:
+            handle.create_dataset("kernel", data=[1.0])
+    create_kaggle_config(input_root=root, output_path=tmp_path / "offline.yaml")
+    assert load_config(tmp_path / "offline.yaml").model.extractor_weights == str(weights)
+
+
+def test_an_attached_keras_hub_preset_becomes_the_extractor(tmp_path):
+    root = tmp_path / "input"
+    add_flickr8k(root)
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({"feature_extractor": "keras_hub:dinov2_small", "image_size": [224, 224],
+                                    "feature_dim": 384, "glove_path": None}))
+    for preset in ("dinov2_base", "dinov2_small"):  # a Kaggle model: <model>/keras/<preset>/<version>/
+        for name in ("config.json", "model.weights.h5"):
+            add_file(root, f"dinov2/keras/{preset}/1/{name}")
+    create_kaggle_config(input_root=root, output_path=tmp_path / "config.yaml", base_config=base)
+    config = load_config(tmp_path / "config.yaml")
+    assert config.model.feature_extractor == f"keras_hub:{root / 'dinov2' / 'keras' / 'dinov2_small' / '1'}"
+    assert config.model.extractor_weights == "imagenet"  # the preset's own weights

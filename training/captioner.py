@@ -48,13 +48,16 @@ class Captioner(keras.Model):
 
     def __init__(self, caption_model: CaptionModel, vocabulary: list[str] | None = None,
                  extractor: str = "PatchGrid", image_size=(64, 64), use_regions: bool = True,
-                 beam_size: int = 3, length_penalty: float = 0.0, extractor_weights: str | None = None, **kwargs):
+                 beam_size: int = 3, length_penalty: float = 0.0, extractor_weights: str | None = None,
+                 extractor_spec: dict | None = None, **kwargs):
         super().__init__(**kwargs)
         if not caption_model.built:
             caption_model.build(((None, None, caption_model.feature_dim), (None, None)))
         self.caption_model = caption_model
-        # Weights come from the run (extractor_weights) or, when loading, from the saved file.
-        self.extractor = get_feature_extractor(extractor, image_size=tuple(image_size), weights=extractor_weights)
+        # Weights come from the run (extractor_weights) or, when loading, from the saved file; the network's shape
+        # from its name or, when loading, from extractor_spec (a keras-hub backbone's config, saved in the file).
+        self.extractor = get_feature_extractor(extractor, image_size=tuple(image_size), weights=extractor_weights,
+                                               **(extractor_spec or {}))
         self.extractor_model = self.extractor.model
         self.extractor_name, self.image_size = extractor, tuple(int(s) for s in self.extractor.image_size)
         self.use_regions, self.beam_size, self.length_penalty = bool(use_regions), int(beam_size), float(length_penalty)
@@ -97,7 +100,7 @@ class Captioner(keras.Model):
         config = super().get_config()
         config.update(caption_model=keras.saving.serialize_keras_object(self.caption_model),
                       extractor=self.extractor_name, image_size=list(self.image_size), use_regions=self.use_regions,
-                      beam_size=self.beam_size, length_penalty=self.length_penalty)
+                      beam_size=self.beam_size, length_penalty=self.length_penalty, extractor_spec=self.extractor.spec())
         return config
 
     @classmethod

@@ -1,4 +1,4 @@
-"""Kaggle setup: find the attached Flickr/GloVe datasets and write a training config pointing at them."""
+"""Kaggle setup: find the attached Flickr/GloVe datasets (and backbone weights) and write a training config pointing at them."""
 
 from __future__ import annotations
 
@@ -44,9 +44,10 @@ def _has_images(path: Path) -> bool:
 
 
 def find_datasets(input_root: str | Path | None = None) -> dict[str, Any]:
-    """Locate Flickr8k (Images/ + captions.txt), Flickr30k (flickr30k_images/ + results.csv) and glove.6B.*d.txt."""
+    """Locate Flickr8k (Images/ + captions.txt), Flickr30k (flickr30k_images/ + results.csv), glove.6B.*d.txt,
+    weights files (*.h5, by name: the first of each) and keras-hub preset folders (config.json + model.weights.h5)."""
     root = _input_root(input_root)
-    found: dict[str, Any] = {"flickr8k": None, "flickr30k": None, "glove": []}
+    found: dict[str, Any] = {"flickr8k": None, "flickr30k": None, "glove": [], "weights": {}, "presets": []}
     for here, dirnames, filenames in _walk(root):
         if found["flickr8k"] is None and "captions.txt" in filenames and "Images" in dirnames:
             found["flickr8k"] = {"images_path": here / "Images", "captions_file": here / "captions.txt"}
@@ -56,10 +57,14 @@ def find_datasets(input_root: str | Path | None = None) -> dict[str, Any]:
                 if _has_images(images):
                     found["flickr30k"] = {"images_path": images, "captions_file": here / "results.csv"}
                     break
-        for name in filenames:
+        for name in sorted(filenames):
             match = _GLOVE_NAME.match(name)
             if match:
                 found["glove"].append({"path": here / name, "dim": int(match.group(1))})
+            if name.endswith(".h5"):
+                found["weights"].setdefault(name, here / name)
+        if {"config.json", "model.weights.h5"} <= set(filenames):
+            found["presets"].append(here)
         # Image folders hold thousands of files and no datasets; skip walking into them.
         dirnames[:] = [d for d in dirnames if d != "Images" and not (d == "flickr30k_images" and _has_images(here / d))]
     return found
@@ -138,6 +143,8 @@ def create_kaggle_config(
         _set_key(raw, "glove_path", str(glove["path"]))
         _set_key(raw, "embedding_dim", glove["dim"])
 
+    _use_attached_weights(raw, found, root)
+
     output_path = Path(output_path)
     config_from_dict(raw, source=str(output_path))  # fail before writing anything
     header = f"# Written by training.kaggle_utils.create_kaggle_config from {base_path} ({dataset_name} under {root}).\n"
@@ -145,6 +152,32 @@ def create_kaggle_config(
     load_config(output_path)  # what TrainingPipeline will read must load as written
     logger.info("Kaggle config written to %s (%s, GloVe: %s)", output_path, dataset_name, glove and glove["path"])
     return output_path
+
+
+def _use_attached_weights(raw: dict[str, Any], found: dict[str, Any], root: Path) -> None:
+    """Point the config at the backbone's weights in an attached data set, for a notebook without internet:
+    keras.applications' own file (e.g. efficientnetb3_notop.h5) as extractor_weights, or for keras_hub:<preset>
+    a preset folder of that name (a Kaggle model: <model>/keras/<preset>/<version>/) as the extractor."""
+    from training.configs import ModelConfig
+    from training.features import FeatureExtractorRegistry
+
+    extractor = _get_key(raw, "feature_extractor") or ModelConfig.feature_extractor
+    if holder_of(raw, "extractor_weights").get("extractor_weights", ModelConfig.extractor_weights) != "imagenet":
+        return  # null (random weights), or a weights file the base config names
+    prefix, colon, preset = extractor.partition(":")
+    if colon:
+        folders = [folder for folder in found["presets"] if preset in folder.parts]
+        if folders:
+            _set_key(raw, "feature_extractor", f"{prefix}:{folders[0]}")
+            logger.info("keras-hub preset %s found in %s", preset, folders[0])
+        return
+    file_name = getattr(FeatureExtractorRegistry().lookup(extractor), "WEIGHTS_FILE", "")
+    if file_name in found["weights"]:
+        _set_key(raw, "extractor_weights", str(found["weights"][file_name]))
+        logger.info("%s weights found: %s", extractor, found["weights"][file_name])
+    elif file_name:
+        logger.info("no %s under %s: the %s ImageNet weights download on first use (attach that file as a data set "
+                    "to train without internet)", file_name, root, extractor)
 
 
 def _get_key(raw: dict[str, Any], key: str) -> Any:

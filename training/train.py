@@ -18,7 +18,7 @@ from pathlib import Path
 from training import cli
 from training.artifacts import CHECKPOINT, FINAL_MODEL, RESUME_DIR, SPLITS_FILE, XE_MODEL
 from training.configs import Config, ConfigError, load_config
-from training.configs.training_config import BUILT_IN_EXTRACTORS
+from training.configs.training_config import BUILT_IN_EXTRACTORS, BUILT_IN_FAMILIES, check_weights_file, is_weights_file
 from training.errors import unknown_extractor
 from training.utils import ExperimentTracker, ensure_dir, save_json, set_global_seed
 from training.utils.io import atomic_path, remove_stale_temporaries
@@ -71,6 +71,7 @@ class TrainingPipeline:
         self.callbacks = list(callbacks or [])  # extra Keras callbacks for model.fit
         self.artifacts_dir = Path(self.config.data.artifacts_dir)  # created once the inputs are checked
         self.tracker: ExperimentTracker | None = None
+        self.extractor = None  # the feature extractor, once made
 
     # -- data ------------------------------------------------------------------------------------
     def load_captions(self):
@@ -96,6 +97,7 @@ class TrainingPipeline:
             check_glove_header(require_path(d.glove_path, "glove_path"), self.config.model.embedding_dim)
         if d.scenes_file:
             require_path(d.scenes_file, "scenes_file")
+        check_weights_file(self.config.model.extractor_weights)
         require_folder_or_nothing(d.artifacts_dir, "artifacts_dir")
         require_folder_or_nothing(d.features_dir, "features_dir")
 
@@ -134,32 +136,48 @@ class TrainingPipeline:
         check_missing_images(image_ids, d.images_path, d.features_dir or d.artifacts_dir, d.max_bad_image_fraction)
 
     def check_extractor_name(self) -> None:
-        """An unknown feature_extractor, told before TensorFlow loads (names registered in this process count too)."""
+        """An unknown feature_extractor, told before TensorFlow loads (names registered in this process and
+        '<family>:<preset>' names of a built-in family count too)."""
         registry = sys.modules.get("training.features.registry")
         names = set(BUILT_IN_EXTRACTORS) | set(registry.available_extractors() if registry else ())
-        if self.config.model.feature_extractor not in names:
-            raise ConfigError(unknown_extractor(self.config.model.feature_extractor, sorted(names)))
+        names |= {f"{family}:<preset>" for family in BUILT_IN_FAMILIES}
+        name = self.config.model.feature_extractor
+        family, colon, _ = name.partition(":")
+        if name not in names and not (colon and family in BUILT_IN_FAMILIES):
+            raise ConfigError(unknown_extractor(name, sorted(names)))
 
     def check_extractor(self) -> None:
-        """An unknown feature_extractor, or a feature_dim it does not give, stops the run before anything is written."""
+        """An unknown feature_extractor, a feature_dim it does not give, or a weights file it cannot load stops the
+        run before anything is written. A backbone given a weights file, or whose size shows only once it is built
+        (keras-hub), is built here and kept for the extraction."""
         from training.features import FeatureExtractorRegistry
 
         m = self.config.model
         feature_dim = FeatureExtractorRegistry().lookup(m.feature_extractor).FEATURE_DIM
-        if feature_dim and feature_dim != m.feature_dim:
+        if not feature_dim or is_weights_file(m.extractor_weights):
+            feature_dim = self.feature_extractor().feature_dim
+        if feature_dim != m.feature_dim:
             raise ConfigError(f"'feature_dim' is {m.feature_dim} but {m.feature_extractor} gives {feature_dim}: set feature_dim: {feature_dim}")
 
+    def feature_extractor(self):
+        """The run's feature extractor, made once (its network is built when first used)."""
+        from training.features import get_feature_extractor
+
+        if self.extractor is None:
+            m = self.config.model
+            self.extractor = get_feature_extractor(m.feature_extractor, image_size=m.image_size, weights=m.extractor_weights)
+        return self.extractor
+
     def extract_features(self, image_ids: list[str]):
-        from training.features import FeatureStore, get_feature_extractor
+        from training.features import FeatureStore
         from training.features.store import FeatureStoreConflict, link_store
 
         m = self.config.model
         images_path = require_path(self.config.data.images_path, "images_path", kind="folder")
-        extractor = get_feature_extractor(m.feature_extractor, image_size=m.image_size, weights=m.extractor_weights)
-        if extractor.FEATURE_DIM != m.feature_dim:
-            raise ConfigError(
-                f"'feature_dim' is {m.feature_dim} but {m.feature_extractor} gives {extractor.FEATURE_DIM}: set feature_dim: {extractor.FEATURE_DIM}"
-            )
+        extractor = self.feature_extractor()
+        feature_dim = extractor.FEATURE_DIM or extractor.feature_dim
+        if feature_dim != m.feature_dim:
+            raise ConfigError(f"'feature_dim' is {m.feature_dim} but {m.feature_extractor} gives {feature_dim}: set feature_dim: {feature_dim}")
         features_dir = Path(self.config.data.features_dir or self.artifacts_dir)
         try:
             store = FeatureStore.build(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +25,9 @@ LR_SCHEDULES = ("plateau", "warmup_cosine")
 BUILT_IN_EXTRACTORS = ("PatchGrid", "EfficientNetB0", "EfficientNetB1", "EfficientNetB2", "EfficientNetB3", "EfficientNetB4",
                        "EfficientNetB5", "EfficientNetB6", "EfficientNetB7", "InceptionV3", "ResNet50", "MobileNetV3Large",
                        "MobileNetV3Small")
+# Families of extractors named "<family>:<preset>" (training.features.keras_hub registers them).
+BUILT_IN_FAMILIES = ("keras_hub", "keras_hub_cls")
+WEIGHTS_SUFFIXES = (".h5", ".hdf5")  # what Keras' load_weights reads: .weights.h5 (Keras 3) and legacy .h5 files
 
 
 # Keys that name a file or folder: resolved against the working directory when a run starts.
@@ -114,10 +118,18 @@ class Config:
         return config_from_dict(raw, source)
 
     def with_absolute_paths(self, base: str | Path | None = None) -> "Config":
-        """The same config with every PATH_KEYS value made absolute against `base` (the working directory)."""
+        """The same config with every PATH_KEYS value, a weights file and a local preset folder made absolute
+        against `base` (the working directory)."""
         base = Path(base) if base is not None else Path.cwd()
         absolute = {k: str((base / v).absolute()) for k in PATH_KEYS if (v := getattr(self.data, k))}
-        return dataclasses.replace(self, data=dataclasses.replace(self.data, **absolute))
+        config = dataclasses.replace(self, data=dataclasses.replace(self.data, **absolute))
+        model = {}
+        if is_weights_file(weights := self.model.extractor_weights):
+            model["extractor_weights"] = str((base / weights).absolute())
+        prefix, colon, preset = self.model.feature_extractor.partition(":")
+        if colon and (base / preset).is_dir():  # a local keras-hub preset folder
+            model["feature_extractor"] = f"{prefix}:{(base / preset).absolute()}"
+        return dataclasses.replace(config, model=dataclasses.replace(config.model, **model))
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig}
@@ -179,7 +191,8 @@ def validate(config: Config) -> Config:
     _check(d.max_images is None or d.max_images >= 1, "max_images", ">= 1 or null", d.max_images)
     _check(0.0 <= d.max_bad_image_fraction <= 1.0, "max_bad_image_fraction", "in [0, 1]", d.max_bad_image_fraction)
     _check(m.architecture in ARCHITECTURES, "architecture", f"one of {ARCHITECTURES}", m.architecture)
-    _check(m.extractor_weights in (None, "imagenet"), "extractor_weights", "'imagenet' or null", m.extractor_weights)
+    _check(m.extractor_weights in (None, "imagenet") or Path(m.extractor_weights).suffix.lower() in WEIGHTS_SUFFIXES,
+           "extractor_weights", f"'imagenet', null or the path of a weights file ({', '.join(WEIGHTS_SUFFIXES)})", m.extractor_weights)
     _check(all(s > 0 for s in m.image_size), "image_size", "two positive sizes", m.image_size)
     for key in ("feature_dim", "embedding_dim", "hidden_dim", "num_layers", "num_heads", "ff_dim"):
         _check(getattr(m, key) > 0, key, "> 0", getattr(m, key))
@@ -197,6 +210,35 @@ def validate(config: Config) -> Config:
     _check(t.eval_max_images is None or t.eval_max_images >= 1, "eval_max_images", ">= 1 or null", t.eval_max_images)
     _check_caption_training(t)
     return config
+
+
+def is_weights_file(extractor_weights: str | None) -> bool:
+    """True when extractor_weights names a file rather than 'imagenet' or null (no weights)."""
+    return extractor_weights not in (None, "imagenet")
+
+
+def check_weights_file(extractor_weights: str | None) -> None:
+    """A weights file that is missing, unreadable or not a complete HDF5 file stops the run before anything is written.
+
+    HDF5 records its own length, so h5py refuses a truncated copy when it opens it; walking every dataset
+    reads each one's header. Whether the file fits the backbone shows when the backbone loads it."""
+    if not is_weights_file(extractor_weights):
+        return
+    path = Path(extractor_weights)
+    fix = "point 'extractor_weights' at the backbone's weights file (or --set extractor_weights=...)"
+    if not path.is_file():
+        raise ConfigError(f"'extractor_weights': {'not a file' if path.exists() else 'file not found'}: {path.absolute()}; {fix}")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"'extractor_weights': permission denied: {path.absolute()}; make it readable or {fix}")
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as weights:
+            weights.visititems(lambda name, item: None)
+    except (OSError, RuntimeError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(f"'extractor_weights': {path.absolute()} is not a readable HDF5 weights file ({reason}); "
+                          f"copy or download it again, or {fix}") from None
 
 
 def check_split_ratios(train_split: float, val_split: float, test_split: float) -> None:

@@ -9,7 +9,7 @@ from training.features.registry import (
 )
 
 # Imported for their registrations: each module registers its extractors by name.
-from training.features import efficientnet, patches  # noqa: E402,F401
+from training.features import efficientnet, keras_hub, patches  # noqa: E402,F401
 from training.features.store import FeatureStore  # noqa: E402
 
 __all__ = [

@@ -12,6 +12,7 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from training.features.images import find_bad_images, image_dataset
+from training.utils.lifecycle import weights_identity
 
 
 class BaseFeatureExtractor(abc.ABC):
@@ -49,6 +50,15 @@ class BaseFeatureExtractor(abc.ABC):
     def name(self) -> str:
         return self.NAME or type(self).__name__
 
+    def recipe(self) -> dict:
+        """What its features depend on besides the image size: the backbone and its weights, a file by its
+        contents (so a moved weights file keeps a feature store valid)."""
+        return {"extractor": self.name, "weights": weights_identity(self.weights)}
+
+    def spec(self) -> dict:
+        """Keyword arguments that rebuild this network without what it was made from (a saved Captioner keeps them)."""
+        return {}
+
     @abc.abstractmethod
     def build_model(self) -> keras.Model:
         """Return the backbone: preprocessed (B, H, W, 3) float32 -> (B, h, w, channels)."""
@@ -60,7 +70,7 @@ class BaseFeatureExtractor(abc.ABC):
     @property
     def model(self) -> keras.Model:
         if self._model is None:
-            model = self.build_model()
+            model = self._build_in_float32()
             if not isinstance(model, keras.Model):
                 raise TypeError(f"{type(self).__name__}.build_model() must return a keras.Model, got {type(model).__name__}")
             shape = tuple(model.output_shape)
@@ -70,6 +80,17 @@ class BaseFeatureExtractor(abc.ABC):
                 raise ValueError(f"{type(self).__name__}: FEATURE_DIM is {self.FEATURE_DIM} but the model gives {shape[-1]} channels")
             self._model = model
         return self._model
+
+    def _build_in_float32(self) -> keras.Model:
+        """build_model() in float32, whatever the run's precision policy: a store's features must not depend on
+        the machine that extracted them (a CPU with bfloat16 trains in mixed_bfloat16), and they must be those
+        the Captioner and the exported graph compute, in float32."""
+        policy = keras.config.dtype_policy()
+        keras.config.set_dtype_policy("float32")
+        try:
+            return self.build_model()
+        finally:
+            keras.config.set_dtype_policy(policy)
 
     @property
     def grid_shape(self) -> tuple[int, int]:

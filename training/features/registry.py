@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 from training.errors import unknown_extractor
 
 # One table for the whole process: the seed README registers through a fresh
 # `FeatureExtractorRegistry()` and expects `get_feature_extractor` to see it.
 _EXTRACTORS: dict[str, type] = {}
+# Families of names '<prefix>:<spec>' (keras_hub:<preset>), resolved when looked up: {prefix: make(name, spec) -> class}.
+_FAMILIES: dict[str, Callable[[str, str], type]] = {}
 
 
 class FeatureExtractorRegistry:
@@ -32,13 +35,17 @@ class FeatureExtractorRegistry:
     def lookup(self, name: str) -> type:
         if name in _EXTRACTORS:
             return _EXTRACTORS[name]
+        prefix, colon, spec = str(name).partition(":")
+        if colon and prefix in _FAMILIES:
+            return _FAMILIES[prefix](name, spec)
         raise ValueError(unknown_extractor(name, self.names()))
 
     def names(self) -> list[str]:
-        return sorted(_EXTRACTORS)
+        return sorted(_EXTRACTORS) + [f"{prefix}:<preset>" for prefix in sorted(_FAMILIES)]
 
     def __contains__(self, name: str) -> bool:
-        return name in _EXTRACTORS
+        prefix, colon, _ = str(name).partition(":")
+        return name in _EXTRACTORS or bool(colon and prefix in _FAMILIES)
 
 
 def register_extractor(name: str):
@@ -48,6 +55,11 @@ def register_extractor(name: str):
         return FeatureExtractorRegistry().register(name, cls)
 
     return decorate
+
+
+def register_family(prefix: str, make: Callable[[str, str], type]) -> None:
+    """Names '<prefix>:<spec>' resolve to `make(name, spec)`, an extractor class (e.g. one per keras-hub preset)."""
+    _FAMILIES[prefix] = make
 
 
 def get_feature_extractor(name: str, **kwargs):

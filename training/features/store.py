@@ -53,11 +53,11 @@ class FeatureStoreConflict(ValueError):
 
 
 def recipe(extractor: BaseFeatureExtractor) -> dict:
-    """What the features depend on: the extractor, its weights and the image size (not the images folder,
-    so a moved data set is not re-extracted; not the image list, so any run over the same images shares rows)."""
+    """What the features depend on: the extractor, its weights (a file by contents) and the image size (not the
+    images folder, so a moved data set is not re-extracted; not the image list, so any run over the same images
+    shares rows)."""
     return {
-        "extractor": extractor.name,
-        "weights": extractor.weights,
+        **extractor.recipe(),
         "image_size": list(extractor.image_size),
         "feature_dim": extractor.FEATURE_DIM or extractor.feature_dim,
     }

@@ -31,6 +31,7 @@ from training.artifacts import (
     TRAINED_RUN_FILES,
 )
 from training.configs import Config, ConfigError
+from training.configs.training_config import is_weights_file
 
 # Keys a rerun may change without being refused. Later training stages add their epoch budgets here.
 EXTENDING_KEYS = frozenset({
@@ -43,6 +44,8 @@ EXTENDING_KEYS = frozenset({
     # reach training only through the feature store, which is keyed by image id.
     "artifacts_dir", "images_path", "features_dir",
 })
+# The files of a local keras-hub preset folder that shape its features.
+PRESET_FILES = ("config.json", "image_converter.json", "model.weights.h5")
 # Data files compared by contents (size and sha256), not by path.
 DATA_FILE_KEYS = ("captions_file", "glove_path")
 
@@ -85,6 +88,22 @@ def file_fingerprint(path: str | Path | None) -> str | None:
     return f"{size} bytes, sha256 {digest.hexdigest()[:16]}"
 
 
+def weights_identity(extractor_weights: str | None) -> str | None:
+    """'imagenet', None, or a weights file by its contents: a moved copy of the same file is the same weights."""
+    return f"file of {file_fingerprint(extractor_weights)}" if is_weights_file(extractor_weights) else extractor_weights
+
+
+def extractor_identity(feature_extractor: str) -> str:
+    """The extractor's name; a local preset folder ('keras_hub:<folder>') by its files' contents, so a moved
+    folder is the same extractor and other files at the same place are not."""
+    prefix, colon, preset = feature_extractor.partition(":")
+    folder = Path(preset)
+    if not (colon and folder.is_dir()):
+        return feature_extractor
+    contents = ", ".join(f"{name} {file_fingerprint(folder / name)}" for name in PRESET_FILES)
+    return f"{prefix}:{folder.name} ({contents})"
+
+
 def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value))  # tuples -> lists, as they come back from a JSON file
 
@@ -98,6 +117,8 @@ def run_identity(config: Config) -> dict[str, Any]:
     identity = {k: v for k, v in _flat(config.to_dict()).items() if k not in EXTENDING_KEYS}
     for key in DATA_FILE_KEYS:
         identity[key] = file_fingerprint(identity[key])
+    identity["extractor_weights"] = weights_identity(identity["extractor_weights"])
+    identity["feature_extractor"] = extractor_identity(identity["feature_extractor"])
     return _plain(identity)
 
 
