@@ -73,7 +73,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -86,6 +85,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import machine  # noqa: E402  (bench/machine.py)
 import numpy as np  # noqa: E402
 
 from training.configs import load_config  # noqa: E402
@@ -233,44 +233,11 @@ class MemorySampler:
         return {"peak_rss_anon_gb": round(self.peak / 1e9, 3), "peak_rss_gb": round(self.status("VmHWM") / 1e9, 3)}
 
 
-def matmul_gflops(dtype: str, size: int = 2048, repeats: int = 7) -> list[float]:
-    import tensorflow as tf
+def matmul_gflops(dtypes) -> dict[str, list[float]]:
+    """This process's matmul rates (2048 x 2048, 7 per dtype, alternated): see the module docstring."""
+    from training.utils.mixed_precision import matmul_rates
 
-    a = tf.cast(tf.random.stateless_normal((size, size), seed=(1, 2)), dtype)
-    b = tf.cast(tf.random.stateless_normal((size, size), seed=(3, 4)), dtype)
-    product = tf.function(lambda a, b: tf.reduce_sum(tf.cast(tf.matmul(a, b)[:1, :1], tf.float32)))
-    product(a, b)
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        product(a, b).numpy()
-        rates.append(2 * size**3 / (time.perf_counter() - start) / 1e9)
-    return rates
-
-
-def machine() -> dict:
-    model = ""
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "")
-    except OSError:
-        pass
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    from importlib.metadata import PackageNotFoundError, version
-
-    def installed(*names):
-        for name in names:
-            try:
-                return version(name)
-            except PackageNotFoundError:
-                pass
-        return None
-
-    return {"cpu": model or platform.processor(), "cpus": os.cpu_count(), "python": platform.python_version(),
-            "tensorflow": installed("tensorflow-cpu", "tensorflow"), "keras": installed("keras"),
-            # Other jobs on a shared machine slow every figure alike; the matmul rate measured
-            # in each row shows how much of the machine the row had.
-            "load_average_1m_at_start": round(load[0], 2) if load else None}
+    return matmul_rates(2048, 7, dtypes)
 
 
 # ---------------------------------------------------------------------------------------- one row
@@ -460,16 +427,14 @@ def run_peer(args) -> dict:
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   weighted_metrics=["sparse_categorical_accuracy"])
     compute_dtype = keras.mixed_precision.global_policy().compute_dtype
-    rates = {"float32": matmul_gflops("float32")}
-    if compute_dtype != "float32":
-        rates[compute_dtype] = matmul_gflops(compute_dtype)
+    rates = matmul_gflops(sorted({"float32", compute_dtype}))
     times = StepTimes()
     record: list = []
     train = peer_dataset(builder, split.train, max_length - 1, config.data.seed, bucketed, record).repeat()
     log(f"{args.worker}: training {args.peer_steps} steps (policy {policy})")
     model.fit(train, epochs=1, steps_per_epoch=args.peer_steps, callbacks=[times.callback], verbose=0)
-    for name, dtype_rates in list(rates.items()):
-        rates[name] = dtype_rates + matmul_gflops(name)
+    for name, dtype_rates in matmul_gflops(list(rates)).items():
+        rates[name] += dtype_rates
     warmup = 10
     steady_seconds = times.ends[-1] - times.ends[warmup - 1]
     steady = record[warmup:len(times.ends)]
@@ -520,9 +485,7 @@ def run_row(args) -> dict:
     compile_caption_model(model, config)
 
     compute_dtype = keras.mixed_precision.global_policy().compute_dtype
-    rates = {"float32": matmul_gflops("float32")}
-    if compute_dtype != "float32":
-        rates[compute_dtype] = matmul_gflops(compute_dtype)
+    rates = matmul_gflops(sorted({"float32", compute_dtype}))
 
     record: list = []
     times = StepTimes()
@@ -536,8 +499,8 @@ def run_row(args) -> dict:
     fit_seconds = time.perf_counter() - start
     training_memory = sampler.snapshot()
 
-    for name, dtype_rates in list(rates.items()):
-        rates[name] = dtype_rates + matmul_gflops(name)
+    for name, dtype_rates in matmul_gflops(list(rates)).items():
+        rates[name] += dtype_rates
     batches = len(times.ends)
     per_epoch = len(record) if steps else len(record) // args.epochs
     record = record[:batches]
@@ -679,7 +642,7 @@ def main() -> None:
     if not Path(args.captions).is_file():
         raise SystemExit(f"bench/train.py: captions file not found: {args.captions} (pass --captions PATH)")
     started = time.perf_counter()
-    report = {"workload": "W1", "machine": machine(), "rows": {}}
+    report = {"workload": "W1", "machine": machine.describe(), "rows": {}}
     report["store_write_seconds"] = round(prepare_store(Path(args.captions), 1), 1)
     for row in [r.strip() for r in args.rows.split(",") if r.strip()]:
         if row not in ("region", "pooled"):
@@ -713,6 +676,7 @@ def main() -> None:
         report["memory_test"] = memory
     report["targets"] = targets(report["rows"], memory)
     report["bench_seconds"] = round(time.perf_counter() - started, 1)
+    report["machine"] = machine.finish(report["machine"])
     print(json.dumps(report))
 
 
