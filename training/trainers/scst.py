@@ -90,7 +90,9 @@ def scst_train_step(model, sampler):
     banned = sampler.banned_mask(model.vocab_size)
     samples, start_id = sampler.samples, sampler.tokenizer.start_id
 
-    @tf.function(reduce_retracing=True)
+    # Traced once: any number of images, and packed rows of any length.
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.float32), tf.TensorSpec([None, None], tf.int32),
+                                  tf.TensorSpec([None], tf.float32)])
     def train_step(features, sequences, advantages):
         inputs, targets, positions, weights = pack_samples(sequences, advantages, samples, start_id)
         with tf.GradientTape() as tape:
@@ -125,6 +127,7 @@ class SelfCriticalTrainer:
         self.cider = CiderD.from_references(self.references)  # training-split document frequencies, once
         self.batch_cider = BatchCiderD(self.cider, tokenizer.vocabulary, tokenizer.end_id, self.references)
         self.step_seconds = {"features": 0.0, "sampling": 0.0, "reward": 0.0, "update": 0.0}  # summed over steps
+        self.tokens_trained = 0  # sampled tokens (words and endseq) the updates trained on
         self.samples = config.training.scst_samples
         self.images_per_batch = max(1, config.training.batch_size // self.samples)
         self.directory = self.artifacts_dir / SCST_RESUME_DIR
@@ -137,14 +140,19 @@ class SelfCriticalTrainer:
     def step(self, train_step, sampler, ids: list[str], features, seed) -> tuple[float, float]:
         """One SCST step on images `ids` (their features already gathered): (loss, mean reward).
         Adds the seconds of sampling, reward and update to `step_seconds`."""
-        times = [time.perf_counter()]
-        sequences = sampler.sample(features, seed)
+        times, count = [time.perf_counter()], len(ids)
+        full = features
+        if count < self.images_per_batch:  # the epoch's last, smaller batch: sampled at the full batch's shape
+            extra = tf.zeros((self.images_per_batch - count,) + tuple(features.shape[1:]), features.dtype)
+            full = tf.concat([features, extra], axis=0)  # so the sampler is traced once; the extra rows are dropped
+        sequences = sampler.sample(full, seed)[: count * self.samples]
         times.append(time.perf_counter())
         reward = self.rewards(sequences, ids)
         advantage, _ = self_critical_advantages(reward, self.samples)
         times.append(time.perf_counter())
-        loss = float(train_step(features, sequences, advantage))
+        loss = float(train_step(features, sequences, advantage.astype(np.float32)))
         times.append(time.perf_counter())
+        self.tokens_trained += int(np.count_nonzero(sequences))
         for name, begin, end in zip(("sampling", "reward", "update"), times, times[1:]):
             self.step_seconds[name] += end - begin
         return loss, float(reward.mean())
