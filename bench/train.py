@@ -45,7 +45,9 @@ the 1x region row's; the big store is deleted when the benchmark ends. The 1x st
 kept in bench_data/ (git-ignored) and reused while its fingerprint matches.
 
 Time on 2 cores: ~4 min quiet, ~7 min when other jobs share the machine (+30 s the first time,
-to write the 1x store): two ~1 min epochs, decoding, ~1 min writing the 5x store, 300 steps.
+to write the 1x store): two ~1 min epochs, decoding, ~1 min writing the 5x store, 300 steps;
+plus the four peer rows of 150 steps (the padded peer's the slowest). 34 min on the AMD EPYC at
+a load average of 9-13.
 
 FLOPs per training step (matmul multiply-adds x 2; element-wise work, softmax, layer norm and
 the optimizer are not counted). U rows (images) of padded length L, R regions of C channels,

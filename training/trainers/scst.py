@@ -2,9 +2,10 @@
 
 From the best cross-entropy model, each step samples `scst_samples` captions per image in one
 compiled pass (`CaptionSampler`), rewards each with its CIDEr-D against the image's references
-(document frequencies of the training split, computed once; the project's own tokens, no Java),
-takes as each sample's baseline the mean reward of the image's other samples, and minimises
--(reward - baseline) * (sum of the sample's log-probs). Epochs continue the cross-entropy stage's
+(document frequencies of the training split, computed once; the project's own tokens, no Java;
+the whole batch at once in numpy, `BatchCiderD`), takes as each sample's baseline the mean reward
+of the image's other samples, and minimises -(reward - baseline) * (sum of the sample's log-probs),
+computed on each image's samples packed in one row (`pack_samples`). Epochs continue the cross-entropy stage's
 numbering in metrics.csv (stage `scst`); after each one the validation CIDEr-D decides whether
 `checkpoint_scst.keras` is replaced, and the state in `resume_scst/` lets a killed run continue.
 The run's final model is the SCST one only if its best val_cider beats the cross-entropy model's.
