@@ -124,6 +124,9 @@ def main() -> None:
     parser.add_argument("--artifacts", type=Path, default=None, help="decode with this finished run instead")
     args = parser.parse_args()
     started = time.perf_counter()
+    import machine  # bench/machine.py
+
+    facts = machine.describe()
 
     artifacts, made = choose_model(args.model, args.artifacts)
     setup_s = time.perf_counter() - started
@@ -211,6 +214,7 @@ def main() -> None:
         "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "setup_s": round(setup_s, 1),
         "total_s": round(time.perf_counter() - started, 1),
+        "machine": machine.finish(facts),
     }))
 
 

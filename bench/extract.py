@@ -57,6 +57,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds of each path; the fastest is reported")
     args = parser.parse_args()
+    import machine  # bench/machine.py
+
+    facts = machine.describe()
 
     work = Path(tempfile.mkdtemp(prefix="bench_extract_"))
     try:
@@ -115,6 +118,7 @@ def main() -> None:
             "pipeline_cpu_ms_per_image": round(statistics.median(pipeline_cpu), 2),
             "in_memory_cpu_ms_per_image": round(statistics.median(memory_cpu), 2),
             "cpu_ratio": round(statistics.median(memory_cpu) / statistics.median(pipeline_cpu), 3),
+            "machine": machine.finish(facts),
         }))
     finally:
         shutil.rmtree(work, ignore_errors=True)

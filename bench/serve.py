@@ -112,6 +112,9 @@ def main() -> None:
     parser.add_argument("--artifacts", type=Path, default=None, help="serve this finished run instead")
     args = parser.parse_args()
     started = time.perf_counter()
+    import machine  # bench/machine.py
+
+    facts = machine.describe()
     artifacts, made = choose_model(args.model, args.artifacts)
     images = demo_images(artifacts, args.images)
 
@@ -176,6 +179,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "total_s": round(time.perf_counter() - started, 1),
+        "machine": machine.finish(facts),
     }))
 
 

@@ -67,6 +67,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8091, help="images in the store (default: Flickr8k's 8091)")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    import machine  # bench/machine.py
+
+    facts = machine.describe()
     work = Path(tempfile.mkdtemp(prefix="bench-store-"))
     try:
         names = [f"img_{i:05d}.png" for i in range(args.images + 10 * args.rounds)]
@@ -115,6 +118,7 @@ def main() -> None:
         "b3_reextract_all_seconds": round(b3_all, 1),
         "reextract_over_reuse": round(b3_all / statistics.median(reuse), 1),
         "reextract_over_grow_10": round(b3_all / statistics.median(grow), 1),
+        "machine": machine.finish(facts),
     }
     print(json.dumps(result))
 

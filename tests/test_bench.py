@@ -2,13 +2,15 @@
 
 bench/train.py on the first 240 images of the real Flickr8k captions (both rows, their peers,
 decoding), with its stores in a temporary folder; bench/decode.py's own bench model made from 40
-demo images, then decoded. The figures are not checked against targets (that is the benchmarks'
+demo images, then decoded; bench/scst.py's two stages on 60 of those images. The figures are not checked against targets (that is the benchmarks'
 job): only that each row ran and reported them.
 """
 
 import importlib.util
 import json
 from pathlib import Path
+
+import pytest
 
 from helpers import REPO, run_python
 from training.artifacts import FINAL_MODEL
@@ -47,6 +49,9 @@ def test_train_bench_runs_both_rows_and_their_peers_on_a_small_store(flickr8k_ca
         assert row["speedup_vs_peer"] > 0 and 0 < fraction < 1
         assert row["greedy_images_per_s"] > 0 and row["beam3_images_per_s"] > 0
         assert f"{name}_speedup_vs_peer" in report["targets"]
+        assert row["peer"]["padding"].startswith("per batch") and row["padded_peer"]["padding"].startswith("every caption")
+        assert 0 < row["padded_peer"]["token_efficiency"] < row["peer"]["token_efficiency"] <= 1
+    assert set(report["machine"]) >= {"cpu", "amx", "avx512_bf16", "matmul_gflop_per_s_at_start", "load_average_at_start"}
 
 
 def test_decode_bench_makes_its_model_then_decodes_with_it(tmp_path):
@@ -76,3 +81,17 @@ def test_soak_bench_reports_each_interval_and_checks_every_caption(trained_run):
     assert all(row["requests"] > 0 and row["p99_ms"] >= row["p50_ms"] > 0 and row["rss_mb"] > 100 for row in report["rows"])
     assert report["errors"] == 0  # every answer was 200 and the image's lone caption
     assert set(report["targets_met"]) == {"errors", "rss", "p99"}
+
+
+def test_scst_bench_runs_both_stages_on_a_small_store(flickr8k_captions, tmp_path):
+    captions = _first_images(flickr8k_captions, IMAGES, tmp_path / "captions.txt")
+    done = run_python(["bench/scst.py", "--captions", str(captions), "--data-dir", str(tmp_path / "stores"),
+                       "--images", "60", "--val-images", "8"], timeout=900)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert report["xe"]["captions_trained"] == report["scst"]["captions_trained"] == 300  # 60 images x 5
+    for stage in ("xe", "scst"):
+        assert report[stage]["epoch_seconds"] > 0 and report[stage]["training_memory"]["peak_rss_anon_gb"] > 0
+    assert sum(report["scst"]["steady_step_share"].values()) == pytest.approx(1.0, abs=0.01)
+    assert set(report["targets"]) == {"scst_epoch_over_xe", "scst_rss_anon_over_xe"}
+    assert report["machine"]["cpu"] and report["machine"]["matmul_gflop_per_s_at_start"]["bfloat16"] > 0

@@ -100,6 +100,31 @@ def test_one_scst_step_raises_the_probability_of_samples_better_than_their_basel
     assert others and all(gained[i] < min(gained[0], gained[11]) for i in others)
 
 
+def test_the_batch_reward_is_cider_d_of_each_sample():
+    from training.data.tokenizer import Tokenizer
+    from training.evaluation.cider import BatchCiderD, CiderD
+
+    references = {"a": ["a red circle left of a blue square", "a red circle and a blue square", "two shapes"],
+                  "b": ["a green triangle", "a green triangle right of a red circle", "a zebra near a green triangle",
+                        "the triangle is green"],
+                  "c": []}
+    tokenizer = Tokenizer(min_word_count=2).fit(["startseq " + r + " endseq" for refs in references.values() for r in refs])
+    assert "zebra" not in tokenizer.word_index  # a reference word no sample can have: it counts in norms only
+    cider = CiderD.from_references(references)
+    batch = BatchCiderD(cider, tokenizer.vocabulary, tokenizer.end_id, references)
+    texts = ["a red circle left of a blue square", "a red circle", "blue blue blue blue", "a green triangle",
+             "a red circle right of a green triangle and a red circle left of a blue square", "a green", "a red circle"]
+    owners = ["a", "a", "a", "b", "b", "b", "c"]
+    sequences = np.zeros((len(texts), 20), np.int32)
+    for row, ids in enumerate(tokenizer.texts_to_sequences(texts)):
+        ids = ids + [tokenizer.end_id] if row % 2 else ids  # with and without endseq
+        sequences[row, :len(ids)] = ids
+    decoded = tokenizer.sequences_to_texts(sequences, strip_special=True)  # what a sample says ("left": <unk>)
+    expected = [cider.score(t, references[i], key=i) for t, i in zip(decoded, owners)]
+    assert batch.scores(sequences, owners) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    assert expected[0] > expected[1] > 0 and expected[-1] == 0.0  # a real range of rewards, and no references: 0
+
+
 # -- configuration -------------------------------------------------------------------------------
 def test_config_refuses_monitor_mode_and_scst_mistakes():
     with pytest.raises(ConfigError, match="'mode' must be 'max' for monitor val_cider"):

@@ -84,7 +84,7 @@ class TrainingConfig:
     reduce_lr_patience: int = 2
     reduce_lr_factor: float = 0.5
     min_learning_rate: float = 1e-6
-    use_mixed_precision: bool = True  # takes effect only when a GPU is present
+    use_mixed_precision: bool | str = "auto"  # auto: float16 on a GPU, bfloat16 on a CPU where faster; true; false
     use_xla: bool = False
     distribution: str = "none"
     resume: bool = True
@@ -147,8 +147,13 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(key, value, inner)
+        *others, last = [a for a in args if a is not type(None)]
+        for inner in others:  # e.g. bool | str: the first type the value is
+            try:
+                return _coerce(key, value, inner)
+            except ConfigError:
+                pass
+        return _coerce(key, value, last)
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"'{key}' must be a list of {len(args)} values, got {value!r}")
@@ -207,6 +212,7 @@ def validate(config: Config) -> Config:
     _check(t.early_stopping_patience >= 0, "early_stopping_patience", ">= 0", t.early_stopping_patience)
     _check(t.reduce_lr_patience >= 0, "reduce_lr_patience", ">= 0", t.reduce_lr_patience)
     _check(t.distribution in DISTRIBUTIONS, "distribution", f"one of {DISTRIBUTIONS}", t.distribution)
+    _check(t.use_mixed_precision in (True, False, "auto"), "use_mixed_precision", "true, false or auto", t.use_mixed_precision)
     _check(t.eval_max_images is None or t.eval_max_images >= 1, "eval_max_images", ">= 1 or null", t.eval_max_images)
     _check_caption_training(t)
     return config

@@ -2,9 +2,10 @@
 
 From the best cross-entropy model, each step samples `scst_samples` captions per image in one
 compiled pass (`CaptionSampler`), rewards each with its CIDEr-D against the image's references
-(document frequencies of the training split, computed once; the project's own tokens, no Java),
-takes as each sample's baseline the mean reward of the image's other samples, and minimises
--(reward - baseline) * (sum of the sample's log-probs). Epochs continue the cross-entropy stage's
+(document frequencies of the training split, computed once; the project's own tokens, no Java;
+the whole batch at once in numpy, `BatchCiderD`), takes as each sample's baseline the mean reward
+of the image's other samples, and minimises -(reward - baseline) * (sum of the sample's log-probs),
+computed on each image's samples packed in one row (`pack_samples`). Epochs continue the cross-entropy stage's
 numbering in metrics.csv (stage `scst`); after each one the validation CIDEr-D decides whether
 `checkpoint_scst.keras` is replaced, and the state in `resume_scst/` lets a killed run continue.
 The run's final model is the SCST one only if its best val_cider beats the cross-entropy model's.
@@ -17,6 +18,7 @@ import math
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import keras
@@ -24,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from training.evaluation.cider import CiderD
+from training.evaluation.cider import BatchCiderD, CiderD
 from training.evaluation.metrics import strip_wrappers
 from training.utils.io import atomic_path, save_json
 from training.artifacts import SCST_CHECKPOINT, SCST_RESUME_DIR, STATE_FILE, STATE_MODEL_FILE, XE_MODEL
@@ -58,16 +60,47 @@ def scst_loss(log_probs, advantages):
     return -tf.reduce_mean(tf.cast(advantages, tf.float32) * log_probs)
 
 
+def pack_samples(sequences, advantages, samples: int, start_id: int):
+    """Each image's `samples` sampled captions packed end to end in one row, as DatasetBuilder packs
+    an image's captions for cross-entropy: (inputs, targets, positions, weights), each (images, T).
+
+    `sequences` (images * samples, max_length): row i * samples + j is image i's j-th sample, words
+    then endseq (when it ended) then padding. A sample's inputs are startseq and its tokens but the
+    last, its targets its tokens, its positions 0, 1, ...; every target carries its sample's
+    advantage / (images * samples) as weight, so that -sum(weights * log p(target)) is `scst_loss`.
+    Row length is the sum of the image's sample lengths, not samples x max_length."""
+    sequences = tf.cast(sequences, tf.int32)
+    lengths = tf.reduce_sum(tf.cast(sequences != 0, tf.int32), axis=1)
+    inputs = tf.concat([tf.fill([tf.shape(sequences)[0], 1], tf.cast(start_id, tf.int32)), sequences[:, :-1]], axis=1)
+    weights = tf.cast(advantages, tf.float32) / tf.cast(tf.shape(sequences)[0], tf.float32)
+
+    def per_image(ragged):  # (images * samples, None) -> (images, None): an image's samples end to end
+        return tf.RaggedTensor.from_uniform_row_length(ragged, samples).merge_dims(1, 2).to_tensor()
+
+    return (per_image(tf.RaggedTensor.from_tensor(inputs, lengths=lengths)),
+            per_image(tf.RaggedTensor.from_tensor(sequences, lengths=lengths)),
+            per_image(tf.ragged.range(lengths)),
+            per_image(tf.RaggedTensor.from_row_lengths(tf.repeat(weights, lengths), lengths)))
+
+
 def scst_train_step(model, sampler):
-    """A compiled step: (image features, their sampled captions, advantages) -> one optimizer update; returns the loss."""
+    """A compiled step: (image features, their sampled captions, advantages) -> one optimizer update; returns the loss.
+
+    The loss is `scst_loss` of `sequence_log_probs`, computed on packed rows (`pack_samples`): each
+    image's regions are projected once for its samples, and no sample is padded to max_length."""
     banned = sampler.banned_mask(model.vocab_size)
     samples, start_id = sampler.samples, sampler.tokenizer.start_id
 
-    @tf.function(reduce_retracing=True)
+    # Traced once: any number of images, and packed rows of any length.
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.float32), tf.TensorSpec([None, None], tf.int32),
+                                  tf.TensorSpec([None], tf.float32)])
     def train_step(features, sequences, advantages):
-        rows = tf.repeat(features, samples, axis=0)  # each image's features for each of its samples
+        inputs, targets, positions, weights = pack_samples(sequences, advantages, samples, start_id)
         with tf.GradientTape() as tape:
-            loss = scst_loss(sequence_log_probs(model, rows, sequences, start_id, banned), advantages)
+            logits = tf.cast(model((features, inputs, positions), training=False), tf.float32)
+            log_probs = tf.nn.log_softmax(logits + banned, axis=-1)
+            picked = tf.gather(log_probs, targets, batch_dims=2)
+            loss = -tf.reduce_sum(tf.where(weights != 0, weights * picked, 0.0))
         gradients = tape.gradient(loss, model.trainable_variables)
         model.optimizer.apply(gradients, model.trainable_variables)
         return loss
@@ -93,15 +126,43 @@ class SelfCriticalTrainer:
         self.callbacks = list(callbacks or [])
         self.references = {i: [strip_wrappers(c) for c in captions] for i, captions in train_captions.items()}
         self.cider = CiderD.from_references(self.references)  # training-split document frequencies, once
+        self.batch_cider = BatchCiderD(self.cider, tokenizer.vocabulary, tokenizer.end_id, self.references)
+        self.step_seconds = {"features": 0.0, "sampling": 0.0, "reward": 0.0, "update": 0.0}  # summed over steps
+        self.tokens_trained = 0  # sampled tokens (words and endseq) the updates trained on
         self.samples = config.training.scst_samples
         self.images_per_batch = max(1, config.training.batch_size // self.samples)
         self.directory = self.artifacts_dir / SCST_RESUME_DIR
 
     # -- one step ----------------------------------------------------------------------------------
     def rewards(self, sequences: np.ndarray, image_ids: list[str]) -> np.ndarray:
-        texts = self.tokenizer.sequences_to_texts(sequences, strip_special=True)
-        owners = [i for i in image_ids for _ in range(self.samples)]
-        return np.array([self.cider.score(t, self.references[i], key=i) for t, i in zip(texts, owners)])
+        """CIDEr-D of each sample against its image's references (BatchCiderD: CiderD.score, vectorised)."""
+        return self.batch_cider.scores(sequences, [i for i in image_ids for _ in range(self.samples)])
+
+    def step(self, train_step, sampler, ids: list[str], features, seed) -> tuple[float, float]:
+        """One SCST step on images `ids` (their features already gathered): (loss, mean reward).
+        Adds the seconds of sampling, reward and update to `step_seconds`."""
+        times, count = [time.perf_counter()], len(ids)
+        full = features
+        if count < self.images_per_batch:  # the epoch's last, smaller batch: sampled at the full batch's shape
+            extra = tf.zeros((self.images_per_batch - count,) + tuple(features.shape[1:]), features.dtype)
+            full = tf.concat([features, extra], axis=0)  # so the sampler is traced once; the extra rows are dropped
+        sequences = sampler.sample(full, seed)[: count * self.samples]
+        times.append(time.perf_counter())
+        reward = self.rewards(sequences, ids)
+        advantage, _ = self_critical_advantages(reward, self.samples)
+        times.append(time.perf_counter())
+        loss = float(train_step(features, sequences, advantage.astype(np.float32)))
+        times.append(time.perf_counter())
+        self.tokens_trained += int(np.count_nonzero(sequences))
+        for name, begin, end in zip(("sampling", "reward", "update"), times, times[1:]):
+            self.step_seconds[name] += end - begin
+        return loss, float(reward.mean())
+
+    def features(self, ids: list[str]):
+        started = time.perf_counter()
+        features = tf.constant(self.builder.image_features(ids), tf.float32)
+        self.step_seconds["features"] += time.perf_counter() - started
+        return features
 
     # -- state -------------------------------------------------------------------------------------
     def save_state(self, model, state: dict) -> None:
@@ -167,6 +228,7 @@ class SelfCriticalTrainer:
         callbacks = keras.callbacks.CallbackList(self.callbacks, model=model) if self.callbacks else None
         if callbacks:
             callbacks.on_train_begin()
+        prefetch = ThreadPoolExecutor(1, thread_name_prefix="scst-features")
         try:
             while state["epoch"] < t.scst_epochs:
                 epoch = state["xe_epochs"] + state["epoch"]  # 0-based, continuing the cross-entropy epochs
@@ -176,16 +238,18 @@ class SelfCriticalTrainer:
                 order = np.random.default_rng([seed, epoch]).permutation(len(image_ids))
                 batches = [order[i:i + self.images_per_batch] for i in range(0, len(order), self.images_per_batch)]
                 losses, rewards = [], []
+                batch_ids = [[image_ids[i] for i in batch] for batch in batches]
+                # The next batch's features are read from the store on a thread while this one trains.
+                upcoming = prefetch.submit(self.features, batch_ids[0])
                 for number, batch in enumerate(tqdm(batches, desc=f"SCST epoch {epoch + 1}", unit="batch", leave=False)):
-                    ids = [image_ids[i] for i in batch]
-                    features = tf.constant(self.builder.image_features(ids), tf.float32)
-                    sequences = sampler.sample(features, (seed, epoch * 100_000 + number))
-                    reward = self.rewards(sequences, ids)
-                    advantage, _ = self_critical_advantages(reward, self.samples)
-                    losses.append(float(train_step(features, sequences, advantage)))
-                    rewards.append(float(reward.mean()))
+                    ids, features = batch_ids[number], upcoming.result()
+                    if number + 1 < len(batches):
+                        upcoming = prefetch.submit(self.features, batch_ids[number + 1])
+                    loss, reward = self.step(train_step, sampler, ids, features, (seed, epoch * 100_000 + number))
+                    losses.append(loss)
+                    rewards.append(reward)
                     if callbacks:
-                        callbacks.on_train_batch_end(number, {"loss": losses[-1]})
+                        callbacks.on_train_batch_end(number, {"loss": losses[-1], "reward": rewards[-1]})
                 values = self.validation.score(model)
                 logs = {"train_loss": float(np.mean(losses)), "reward": float(np.mean(rewards)), **values,
                         "learning_rate": float(t.scst_learning_rate),
@@ -216,5 +280,7 @@ class SelfCriticalTrainer:
                 + f". Run the same command again to continue (SCST epoch {done + 1} is trained again).",
                 terminated=isinstance(interrupt, Terminated),
             ) from None
+        finally:
+            prefetch.shutdown(cancel_futures=True)
         if callbacks:
             callbacks.on_train_end()

@@ -40,6 +40,7 @@ EXTENDING_KEYS = frozenset({
     "scst_epochs",  # a larger SCST budget continues a finished run with (more) SCST epochs
     "val_caption_images", "eval_every", "scenes_file",  # caption metrics measured during and after training
     "run_name", "resume",  # naming and logging the run, and how it is started
+    "use_mixed_precision",  # how this machine computes (the policy depends on the machine anyway)
     # Where things lie: moving a data set or a run folder must not block a resume. The images
     # reach training only through the feature store, which is keyed by image id.
     "artifacts_dir", "images_path", "features_dir",

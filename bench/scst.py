@@ -1,0 +1,213 @@
+"""Benchmark of the SCST stage against the cross-entropy stage, on the same W1 images.
+
+Run: python bench/scst.py [--images 2000] [--captions FILE] [--data-dir DIR] [--val-images 100]
+Prints progress, then one JSON object as the last line.
+
+W1 as in bench/train.py (the Flickr8k captions, its split, vocabulary and feature store of random
+100 x 1536 regions, the model of training/config.yaml, batch 64), cut to the first `--images`
+training images (2000: 10,000 captions). Each stage runs in its own process, so each has its own
+peak memory:
+  - `xe`: one cross-entropy epoch with model.fit as Trainer runs it (packed rows, no validation);
+    the model is saved for the next stage;
+  - `scst`: that model, one SCST epoch through SelfCriticalTrainer.train (5 samples per image,
+    scst_learning_rate 1e-5 as the config's default), its validation on `--val-images`
+    validation images after the epoch (not timed as training).
+Each stage reports its epoch's training seconds (first batch to last, tracing included: a
+callback's batch-end times), its steady captions trained per second (after the first 10 batches;
+for SCST a caption trained is a sample), tokens per caption trained (SCST's samples are as long as
+the model makes them), and peak RssAnon (sampled every 20 ms) and VmHWM up to its last step
+(`training_memory`; the SCST stage's `memory` also covers its validation and checkpoint). The
+SCST stage also reports the share of its steps spent reading features (on a thread, overlapped),
+sampling, computing the reward and updating (steady steps), and its mean reward over the first and last 20 steps.
+Targets (the SCST stage's): epoch seconds <= 2x the cross-entropy epoch's, peak RssAnon <= 1.5x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import machine  # noqa: E402  (bench/machine.py)
+import numpy as np  # noqa: E402
+import train as w1  # noqa: E402  (bench/train.py: W1's data, store, memory sampler, step times)
+
+from training.configs import load_config  # noqa: E402
+
+TARGETS = {"scst_epoch_over_xe": 2.0, "scst_rss_anon_over_xe": 1.5}
+WARMUP = 10  # batches before the steady rate
+
+
+def stage_data(args):
+    """(config, W1 split with the first `args.images` training images, tokenizer, builder) as both stages see them."""
+    from training.data.caption_loader import get_max_caption_length
+    from training.data.dataset import DatasetBuilder
+    from training.data.tokenizer import Tokenizer
+    from training.features import FeatureStore
+
+    config = w1.w1_config()
+    split = w1.load_split(Path(args.captions), 1, config)
+    tokenizer = Tokenizer(min_word_count=config.data.word_count_threshold).fit(
+        caption for captions in split.train.values() for caption in captions)
+    max_length = get_max_caption_length(split.train)
+    store = FeatureStore.open(w1.store_dir(1))
+    builder = DatasetBuilder(store.features, store.index, tokenizer, max_length - 1, config.training.batch_size,
+                             config.data.seed)
+    train = dict(list(split.train.items())[: args.images])
+    val = dict(list(split.val.items())[: args.val_images])
+    return config, train, val, tokenizer, builder, max_length
+
+
+def timing(times, captions_per_batch: list[int]) -> dict:
+    """Epoch seconds, steady captions/s and step ms from a StepTimes record."""
+    batches = len(times.ends)
+    warmup = min(WARMUP, batches - 1)
+    steady_seconds = times.ends[-1] - times.ends[warmup - 1] if warmup else times.ends[-1] - times.begin
+    steady_captions = sum(captions_per_batch[warmup:batches])
+    return {"batches": batches, "captions_trained": sum(captions_per_batch[:batches]),
+            "epoch_seconds": round(times.ends[-1] - times.begin, 1),
+            "first_batch_seconds": round(times.ends[0] - times.begin, 2),
+            "steady_captions_per_s": round(steady_captions / steady_seconds, 1),
+            "steady_step_ms": round(1000 * steady_seconds / (batches - warmup), 1)}
+
+
+def run_xe(args) -> dict:
+    sampler = w1.MemorySampler()
+    import keras
+
+    from training.models import build_caption_model
+    from training.models.optimization import compile_caption_model
+    from training.utils import configure_precision, set_global_seed
+
+    config, train, _, tokenizer, builder, max_length = stage_data(args)
+    set_global_seed(config.data.seed)
+    policy = configure_precision(config.training.use_mixed_precision)
+    embedding = np.random.default_rng(0).normal(0.0, 0.4, (tokenizer.vocab_size, config.model.embedding_dim)).astype("float32")
+    model = build_caption_model(config.model, tokenizer.vocab_size, max_length - 1, embedding)
+    compile_caption_model(model, config)
+    record: list = []
+    times = w1.StepTimes()
+    w1.log(f"xe: one epoch on {len(train)} images ({sum(map(len, train.values()))} captions, policy {policy})")
+    model.fit(w1.tap_batches(builder.build(train), record), epochs=1, callbacks=[times.callback], verbose=0)
+    result = {"policy": policy, **timing(times, [captions for _, _, captions, _ in record]),
+              "tokens_per_caption": round(sum(t for *_, t in record) / sum(c for _, _, c, _ in record), 2),
+              "loss_epoch_mean": round(times.losses[-1], 3), "training_memory": sampler.snapshot()}
+    keras.saving.save_model(model, args.model)
+    return result
+
+
+def run_scst(args) -> dict:
+    sampler_memory = w1.MemorySampler()
+    import keras
+
+    from training.callbacks.caption_metrics import CaptionValidation
+    from training.evaluation.inference import CaptionSampler
+    from training.trainers.scst import SelfCriticalTrainer, compile_for_scst
+    from training.utils import configure_precision, set_global_seed
+
+    _, train, val, tokenizer, builder, _ = stage_data(args)
+    config = load_config(w1.REPO / "training" / "config.yaml", [
+        "train_split=0.6", "val_split=0.2", "test_split=0.2", "glove_path=null", "scst_epochs=1", "monitor=val_cider",
+        "mode=max", f"val_caption_images={args.val_images}"])
+    set_global_seed(config.data.seed)
+    policy = configure_precision(config.training.use_mixed_precision)
+    model = keras.saving.load_model(args.model)
+    compile_for_scst(model, config.training.scst_learning_rate, config.training.clipnorm)
+    times, rewards, warm, training_memory = w1.StepTimes(), [], {}, {}
+
+    class Rewards(keras.callbacks.Callback):  # the epoch's start and its batches' rewards
+        def on_epoch_begin(self, epoch, logs=None):
+            times.begin = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            rewards.append(logs["reward"])
+            training_memory.update(sampler_memory.snapshot())  # the peak up to the last step: validation left out
+            if len(rewards) == WARMUP:  # the steps after it are the steady ones (tracing done)
+                warm.update(trainer.step_seconds)
+
+    with tempfile.TemporaryDirectory(prefix="bench-scst-") as artifacts:
+        trainer = SelfCriticalTrainer(config, artifacts, tokenizer, builder, train,
+                                      CaptionValidation(tokenizer, builder, val, args.val_images),
+                                      callbacks=[Rewards(), times.callback])
+        state = {"epoch": 0, "xe_epochs": 1, "xe_val_cider": 0.0, "xe_val_bleu4": 0.0, "best_val_cider": -math.inf,
+                 "best_epoch": None}
+        w1.log(f"scst: one epoch on {len(train)} images ({trainer.samples} samples each, policy {policy})")
+        started = time.perf_counter()
+        trainer.train(model, state, CaptionSampler(model, tokenizer, trainer.samples))
+        stage_seconds = time.perf_counter() - started
+    seconds = {k: v - warm.get(k, 0.0) for k, v in trainer.step_seconds.items()}
+    step_total = sum(seconds[k] for k in ("sampling", "reward", "update"))
+    per_batch = [trainer.samples * len(ids) for ids in
+                 (list(train)[i:i + trainer.images_per_batch] for i in range(0, len(train), trainer.images_per_batch))]
+    return {"policy": policy, **timing(times, per_batch),
+            "images_per_batch": trainer.images_per_batch, "samples_per_image": trainer.samples,
+            "steady_step_share": {k: round(seconds[k] / step_total, 3) for k in ("sampling", "reward", "update")},
+            "steady_step_seconds": {k: round(v, 2) for k, v in seconds.items()},
+            "features_note": "read on a thread while the previous step trains (not part of the step share)",
+            "mean_reward_first_and_last_20_steps": [round(statistics.mean(rewards[:20]), 4), round(statistics.mean(rewards[-20:]), 4)],
+            "tokens_per_caption": round(trainer.tokens_trained / sum(per_batch), 2),
+            "epoch_with_validation_seconds": round(stage_seconds, 1), "training_memory": training_memory,
+            "memory": sampler_memory.snapshot()}
+
+
+def run_worker(args, stage: str) -> dict:
+    command = [sys.executable, __file__, "--worker", stage, "--images", str(args.images), "--captions", str(args.captions),
+               "--data-dir", str(args.data_dir), "--val-images", str(args.val_images), "--model", str(args.model)]
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+    if done.returncode:
+        raise SystemExit(f"bench/scst.py: the {stage} stage failed (exit {done.returncode})")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=2000, help="training images of W1 used by both stages")
+    parser.add_argument("--val-images", type=int, default=100, help="validation images SCST captions after its epoch")
+    parser.add_argument("--captions", default=str(w1.DEFAULT_CAPTIONS))
+    parser.add_argument("--data-dir", type=Path, default=w1.DATA_DIR,
+                        help=f"where the W1 feature store is written and reused (default {w1.DATA_DIR})")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.data_dir = w1.DATA_DIR = args.data_dir.resolve()
+    if args.worker:
+        print(json.dumps(run_xe(args) if args.worker == "xe" else run_scst(args)))
+        return
+    if not Path(args.captions).is_file():
+        raise SystemExit(f"bench/scst.py: captions file not found: {args.captions} (pass --captions PATH)")
+    started = time.perf_counter()
+    facts = machine.describe()
+    report = {"workload": f"W1, first {args.images} training images", "store_write_seconds": round(w1.prepare_store(Path(args.captions), 1), 1)}
+    with tempfile.TemporaryDirectory(prefix="bench-scst-model-") as folder:
+        args.model = Path(folder) / "xe.keras"
+        report["xe"] = run_worker(args, "xe")
+        w1.log(f"xe: {json.dumps(report['xe'])}")
+        report["scst"] = run_worker(args, "scst")
+        w1.log(f"scst: {json.dumps(report['scst'])}")
+    xe, scst = report["xe"], report["scst"]
+    ratios = {"scst_epoch_over_xe": round(scst["epoch_seconds"] / xe["epoch_seconds"], 2),
+              "scst_rss_anon_over_xe": round(scst["training_memory"]["peak_rss_anon_gb"] / xe["training_memory"]["peak_rss_anon_gb"], 2),
+              "scst_with_validation_rss_anon_over_xe": round(scst["memory"]["peak_rss_anon_gb"] / xe["training_memory"]["peak_rss_anon_gb"], 2),
+              "scst_captions_per_s_over_xe": round(scst["steady_captions_per_s"] / xe["steady_captions_per_s"], 2),
+              # SCST trains on sampled captions, which a weak model makes longer than the references
+              "scst_tokens_per_s_over_xe": round(scst["steady_captions_per_s"] * scst["tokens_per_caption"]
+                                                 / (xe["steady_captions_per_s"] * xe["tokens_per_caption"]), 2)}
+    report.update(ratios)
+    report["targets"] = {k: [ratios[k], limit, ratios[k] <= limit] for k, limit in TARGETS.items()}
+    report["bench_seconds"] = round(time.perf_counter() - started, 1)
+    report["machine"] = machine.finish(facts)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
