@@ -115,6 +115,9 @@ def main() -> None:
     parser.add_argument("--artifacts", type=Path, default=None, help="serve this finished run instead")
     args = parser.parse_args()
     started = time.perf_counter()
+    import machine  # bench/machine.py
+
+    facts = machine.describe()
     artifacts, made = choose_model(args.model, args.artifacts)
     paths = demo_image_paths(artifacts, args.images)
     captions = lone_captions(artifacts, paths)
@@ -155,7 +158,7 @@ def main() -> None:
         "service": "python -m training.serve, defaults (--max-batch 32, --max-wait-ms 5, --max-queue 256)",
         "startup_s": round(startup_s, 1), "model": {"path": str(artifacts), "made": made}, "cpus": os.cpu_count(),
         "load_average": [[round(x, 2) for x in load_before], [round(x, 2) for x in load_after]],
-        "total_s": round(time.perf_counter() - started, 1),
+        "total_s": round(time.perf_counter() - started, 1), "machine": machine.finish(facts),
     }))
 
 

@@ -81,6 +81,7 @@ def test_soak_bench_reports_each_interval_and_checks_every_caption(trained_run):
     assert all(row["requests"] > 0 and row["p99_ms"] >= row["p50_ms"] > 0 and row["rss_mb"] > 100 for row in report["rows"])
     assert report["errors"] == 0  # every answer was 200 and the image's lone caption
     assert set(report["targets_met"]) == {"errors", "rss", "p99"}
+    assert report["machine"]["cpu"] and report["machine"]["matmul_gflop_per_s_at_start"]["bfloat16"] > 0
 
 
 def test_scst_bench_runs_both_stages_on_a_small_store(flickr8k_captions, tmp_path):
