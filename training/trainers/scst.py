@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from training.evaluation.metrics import strip_wrappers
 from training.utils.io import atomic_path, save_json
 from training.artifacts import SCST_CHECKPOINT, SCST_RESUME_DIR, STATE_FILE, STATE_MODEL_FILE, XE_MODEL
 from training.utils.lifecycle import Terminated, latest_state
+from training.utils.logging import draws_progress
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +178,8 @@ class SelfCriticalTrainer:
                 order = np.random.default_rng([seed, epoch]).permutation(len(image_ids))
                 batches = [order[i:i + self.images_per_batch] for i in range(0, len(order), self.images_per_batch)]
                 losses, rewards = [], []
-                for number, batch in enumerate(tqdm(batches, desc=f"SCST epoch {epoch + 1}", unit="batch", leave=False)):
+                bar = tqdm(batches, desc=f"SCST epoch {epoch + 1}", unit="batch", leave=False, disable=not draws_progress(sys.stderr))
+                for number, batch in enumerate(bar):
                     ids = [image_ids[i] for i in batch]
                     features = tf.constant(self.builder.image_features(ids), tf.float32)
                     sequences = sampler.sample(features, (seed, epoch * 100_000 + number))
@@ -190,9 +193,10 @@ class SelfCriticalTrainer:
                 logs = {"train_loss": float(np.mean(losses)), "reward": float(np.mean(rewards)), **values,
                         "learning_rate": float(t.scst_learning_rate),
                         "epoch_time_seconds": round(time.perf_counter() - started, 3)}
-                if values["val_cider"] > state["best_val_cider"]:
-                    log.info("SCST: val_cider improved from %.4f to %.4f: saving %s", state["best_val_cider"],
-                             values["val_cider"], self.artifacts_dir / SCST_CHECKPOINT)
+                saved = values["val_cider"] > state["best_val_cider"]
+                if saved:
+                    log.debug("SCST: val_cider improved from %.4f to %.4f: saving %s", state["best_val_cider"],
+                              values["val_cider"], self.artifacts_dir / SCST_CHECKPOINT)
                     with atomic_path(self.artifacts_dir / SCST_CHECKPOINT) as tmp:
                         model.save(tmp)
                     state.update(best_val_cider=values["val_cider"], best_epoch=epoch + 1)
@@ -200,9 +204,10 @@ class SelfCriticalTrainer:
                     self.tracker.log_metrics(epoch=epoch + 1, stage="scst", **logs)
                 state["epoch"] += 1
                 self.save_state(model, state)
-                log.info("SCST epoch %d/%d (run epoch %d) | reward %.4f | loss %.4f | val_bleu4 %.4f | val_cider %.4f | %.1fs",
+                log.info("SCST epoch %d/%d (run epoch %d) | reward %.4f | loss %.4f | val_bleu4 %.4f | val_cider %.4f | %.1fs%s",
                          state["epoch"], t.scst_epochs, epoch + 1, logs["reward"], logs["train_loss"],
-                         values["val_bleu4"], values["val_cider"], logs["epoch_time_seconds"])
+                         values["val_bleu4"], values["val_cider"], logs["epoch_time_seconds"],
+                         f" | saved {SCST_CHECKPOINT}" if saved else "")
                 if callbacks:
                     callbacks.on_epoch_end(epoch, logs)
         except KeyboardInterrupt as interrupt:
