@@ -84,8 +84,7 @@ def _curve(path: Path, epochs: list[float], series: dict[str, list[float]], ylab
     _plot(axes, epochs, series, ylabel)
     if scst_from is not None:  # one curve over both stages: where the second begins
         axes.axvline(scst_from - 0.5, color="grey", linestyle="--", linewidth=1)
-        axes.text(scst_from - 0.4, 0.98, "SCST", transform=axes.get_xaxis_transform(), va="top", color="grey",
-                  bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8})
+        axes.text(scst_from - 0.5, 1.0, "SCST", transform=axes.get_xaxis_transform(), va="bottom", color="grey")
     return _save(figure, path)
 
 
