@@ -68,15 +68,16 @@ def demo_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(demo_data, tmp_path_factory):
     """One finished run of `tiny_config`'s defaults (3 epochs), trained once for every module that only reads
-    a run: (its artifacts_dir, what the command printed to stdout). Its evaluation runs with Java (METEOR, PTB tokens);
-    oneDNN is off, so a second run of the same config must give identical losses. Tests that change a run
-    make their own."""
+    a run: (its artifacts_dir, what the command printed to stdout and stderr, in order as `> log 2>&1` keeps
+    them). Its evaluation runs with Java (METEOR, PTB tokens); oneDNN is off, so a second run of the same
+    config must give identical losses. Tests that change a run make their own."""
 
     def make(work):
         from helpers import TRAINED_RUN, run_python, write_config
 
         config = write_config(work / "config.yaml", demo_data, work / "artifacts", **TRAINED_RUN)
-        done = run_python(["-m", "training.train", "--config", str(config)], java=True, env={"TF_ENABLE_ONEDNN_OPTS": "0"})
+        done = run_python(["-m", "training.train", "--config", str(config)], java=True, env={"TF_ENABLE_ONEDNN_OPTS": "0"},
+                          merge_stderr=True)
         return [str(work / "artifacts"), done.stdout]
 
     artifacts, output = made_once(tmp_path_factory, "run", make)

@@ -110,12 +110,13 @@ def child_env(java: bool = False, **overrides) -> dict:
     return {**env, **overrides}
 
 
-def run_python(code_or_args, cwd=REPO, check=True, timeout=600, env=None, java=False):
+def run_python(code_or_args, cwd=REPO, check=True, timeout=600, env=None, java=False, merge_stderr=False):
+    """Run this interpreter; `merge_stderr` sends stderr into stdout, in order, as `command > log 2>&1` does."""
     args = ["-c", code_or_args] if isinstance(code_or_args, str) else code_or_args
-    done = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=child_env(java, **(env or {})))
+    done = subprocess.run([sys.executable, *args], cwd=cwd, stdout=subprocess.PIPE, text=True, timeout=timeout,
+                          stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE, env=child_env(java, **(env or {})))
     if check:
-        assert done.returncode == 0, f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-5000:]}"
+        assert done.returncode == 0, f"stdout:\n{done.stdout[-5000:]}\nstderr:\n{(done.stderr or '')[-5000:]}"
     return done
 
 

@@ -4,11 +4,15 @@ import csv
 import fnmatch
 import hashlib
 import json
+import os
+import pty
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -178,20 +182,41 @@ def test_a_larger_epochs_extends_a_finished_run_even_with_its_data_moved(referen
 
 
 # -- 2 and 3: kills and signals; resuming is exact -----------------------------------------------
-def interrupt_mid_epoch(config, sig, epoch):
-    """Run until epoch `epoch` (from 0) is half done, send `sig` from outside, wait for the end: (returncode, output)."""
+def copy_terminal(terminal: int, log) -> None:
+    """Everything the program writes to the pseudo-terminal `terminal`, into `log`, until it closes."""
+    while True:
+        try:
+            data = os.read(terminal, 65536)
+        except OSError:  # EIO: the program's side of the terminal is closed
+            return
+        if not data:
+            return
+        log.write(data.decode(errors="replace"))
+
+
+def interrupt_mid_epoch(config, sig, epoch, terminal=False):
+    """Run until epoch `epoch` (from 0) is half done, send `sig` from outside, wait for the end: (returncode, output).
+    Output goes to a file, or with `terminal` to a pseudo-terminal as in an interactive shell."""
     paused = config.with_name(config.name + ".paused")
     paused.unlink(missing_ok=True)
     env = child_env(**ENV)
     with open(config.with_suffix(".log"), "w+") as log:
-        process = subprocess.Popen([sys.executable, "-c", FAULTY_RUN, str(config), "pause", str(epoch), "2"],
-                                   cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        reader, writer = pty.openpty() if terminal else (None, log)
+        process = subprocess.Popen([sys.executable, "-c", FAULTY_RUN, str(config), "pause", str(epoch), "2"], cwd=REPO,
+                                   env=env, stdout=writer, stderr=writer if terminal else subprocess.STDOUT, text=True)
+        if terminal:
+            os.close(writer)
+            copier = threading.Thread(target=copy_terminal, args=(reader, log))
+            copier.start()
         deadline = time.monotonic() + 300
         while not paused.exists() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert paused.exists(), f"the run never reached the middle of epoch {epoch + 1}"
         process.send_signal(sig)
         returncode = process.wait(timeout=120)
+        if terminal:
+            copier.join(timeout=60)
+            os.close(reader)
         log.seek(0)
         return returncode, log.read()
 
@@ -207,14 +232,15 @@ def test_kill_sigterm_and_sigint_then_resume_write_the_metrics_of_an_uninterrupt
     # Resumed, then SIGTERM (a preempted machine) half-way through epoch 2 again.
     code, output = interrupt_mid_epoch(config, signal.SIGTERM, epoch=1)
     assert code == 143, output[-3000:]
-    assert "1 epoch(s) done" in output and "SIGTERM in epoch 2" in output and "Traceback" not in output
+    assert "1 epoch(s) done" in output and "Traceback" not in output
+    assert re.search(r"^error: SIGTERM in epoch 2\. ", output, re.MULTILINE), output[-3000:]  # on a line of its own
     assert "resume point is epoch 1's state" in output
     assert resume_points(artifacts) == [("epoch_00001", 1)]  # never the half-trained epoch 2
 
     # Resumed, then Ctrl-C half-way through epoch 3.
     code, output = interrupt_mid_epoch(config, signal.SIGINT, epoch=2)
     assert code == 130, output[-3000:]
-    assert "interrupted in epoch 3" in output and "resume point is epoch 2's state" in output
+    assert re.search(r"^error: interrupted in epoch 3\. ", output, re.MULTILINE) and "resume point is epoch 2's state" in output
     assert resume_points(artifacts) == [("epoch_00002", 2)]
     assert [row["epoch"] for row in metrics(artifacts)] == ["1", "2"]
     assert not (artifacts / "image_caption_model_final.keras").exists()
@@ -225,6 +251,15 @@ def test_kill_sigterm_and_sigint_then_resume_write_the_metrics_of_an_uninterrupt
     assert metrics(artifacts) == metrics(reference[1])
     assert (artifacts / "image_caption_model_final.keras").is_file()
     assert not list((artifacts / "resume").glob("*.tmp"))
+
+
+def test_on_a_terminal_keras_draws_its_bar_and_the_interrupt_message_begins_a_line(demo_data, tmp_path):
+    config = write_config(tmp_path / "config.yaml", demo_data, tmp_path / "artifacts", epochs=1)
+    code, output = interrupt_mid_epoch(config, signal.SIGINT, epoch=0, terminal=True)
+    assert code == 130, output[-3000:]
+    assert "/step - loss: " in output  # Keras' progress bar, drawn on a terminal only
+    message = output.index("error: interrupted in epoch 1. ")
+    assert output[message - 1] == "\n", repr(output[message - 300:message + 40])  # not at the end of the bar's line
 
 
 # -- what a rerun may change, without training -------------------------------------------------

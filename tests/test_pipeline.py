@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import shutil
 
 import pytest
@@ -41,6 +42,16 @@ def test_run_leaves_every_seed_artifact_and_prints_scores(trained):
     for record in predictions["captions"]:
         assert not {"startseq", "endseq", "<pad>"} & set(record["prediction"].split())
     assert (artifacts / "logs" / "bleu_scores.csv").is_file()
+
+
+def test_a_run_writing_to_a_pipe_prints_one_line_per_epoch_and_no_progress_bar(trained):
+    _, output = trained  # stdout and stderr to one pipe, as `make demo > log 2>&1` has them
+    assert "\r" not in output and "\b" not in output and "━" not in output, output[:3000]
+    epochs = [line for line in output.splitlines() if re.search(r"\bepoch\b", line, re.IGNORECASE)]
+    assert len(epochs) == 3, epochs
+    for number, line in enumerate(epochs, start=1):  # the epoch, its losses and validation scores, its time
+        assert re.search(rf": epoch {number}/3 \| loss \d\.\d{{4}} .*\| val_loss \d\.\d{{4}} .*\| val_bleu4 \d\.\d{{4}} "
+                         r"\| val_cider \d+\.\d{4} \| lr [^|]+ \| \d+\.\ds \(val captions \d+\.\ds\) \|", line), line
 
 
 def test_rerun_of_a_finished_run_trains_no_further(trained, tmp_path):

@@ -168,3 +168,30 @@ def test_mlflow_file_store(run_dir: Path, tmp_path: Path, monkeypatch):
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
     assert {"report/report.html", "report/gallery.png", "report/metrics.csv"} <= logged
     assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/wordtoix.json"]
+
+
+def test_two_stages_get_their_own_loss_panels_and_a_score_that_does_not_apply_shows_n_a(run_dir: Path):
+    from training.evaluation.report import _read_metrics, loss_panels
+
+    build_report(run_dir)
+    with Image.open(run_dir / "loss_curve.png") as image:
+        one_stage = image.width
+    tracker = ExperimentTracker(run_dir, run_name="report-test", seed=7)  # continues metrics.csv: SCST's epochs
+    for epoch, (reward, policy_loss) in enumerate([(0.8, -0.6), (0.9, -0.4)], start=4):
+        tracker.log_metrics(epoch, train_loss=policy_loss, reward=reward, val_cider=0.5 + epoch / 10, learning_rate=1e-5,
+                            epoch_time_seconds=2.0, stage="scst")
+    summary = load_json(run_dir / "run_summary.json")
+    summary.update(scst={"final_model": "scst"}, scores_before_scst={**SCORES, "count_accuracy": None})
+    save_json(summary, run_dir / "run_summary.json")
+    predictions = load_json(run_dir / "predictions_test.json")
+    predictions["scores"]["count_accuracy"] = None  # no caption stated a number: nothing to count
+    save_json(predictions, run_dir / "predictions_test.json")
+
+    page = build_report(run_dir).read_text(encoding="utf-8")
+    assert "<td>count accuracy</td><td>n/a</td><td>n/a</td>" in page and "None" not in page
+    [(xe_title, xe_epochs, xe, _), (scst_title, scst_epochs, scst, _)] = loss_panels(_read_metrics(run_dir / "metrics.csv"))
+    assert (xe_title, xe_epochs, xe) == ("cross-entropy", [1, 2, 3], {"train_loss": [3.1, 2.4, 2.0], "val_loss": [3.0, 2.6, 2.5]})
+    assert (scst_title, scst_epochs) == ("SCST", [4, 5])  # the negative policy loss is drawn here only
+    assert scst == {"mean reward (CIDEr-D)": [0.8, 0.9], "policy loss": [-0.6, -0.4]}
+    with Image.open(run_dir / "loss_curve.png") as image:
+        assert image.width > 1.8 * one_stage  # two panels side by side

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import signal
 
 import keras
@@ -169,7 +170,7 @@ def test_monitor_val_cider_keeps_the_epoch_with_the_best_val_cider(scst_run):
     xe = [row for row in rows if row["stage"] == "xe"]
     assert [row["epoch"] for row in xe] == ["1", "2"] and all(row["val_cider"] for row in xe)
     best = max(xe, key=lambda row: float(row["val_cider"]))
-    assert "val_cider improved from" in output
+    assert re.search(rf": epoch {best['epoch']}/2 \|.* \| saved checkpoint\.keras$", output, re.MULTILINE)
     # The checkpoint holds that epoch's model: captioning the validation images again gives its val_cider.
     import training.models  # noqa: F401 - registers the model's classes for load_model
     from training.callbacks.caption_metrics import CaptionValidation
@@ -204,7 +205,12 @@ def test_scst_continues_the_epochs_and_the_summary_says_which_model_is_final(scs
     assert set(summary["bleu_scores"]) == {f"test_bleu{n}" for n in range(1, 5)}
     assert (artifacts / "image_caption_model_xe.keras").is_file() and (artifacts / "checkpoint_scst.keras").is_file()
     assert "Test scores of both stages (final model:" in output
-    assert "val captions: " in output and "% of the epoch" in output  # the cost of the caption metrics is printed
+    # Written to a pipe: no progress bar, one line per epoch in each stage (epoch, losses, validation scores, time).
+    assert "\r" not in output and "━" not in output
+    lines = re.findall(r": ((?:SCST )?epoch \d/2)( \(run epoch \d\))? \|.*\| val_cider \d+\.\d{4} .*\| \d+\.\ds", output)
+    assert lines == [("epoch 1/2", ""), ("epoch 2/2", ""), ("SCST epoch 1/2", " (run epoch 3)"), ("SCST epoch 2/2", " (run epoch 4)")]
+    assert len(re.findall(r"\bepoch\b", output, re.IGNORECASE)) == 4 + 2  # those lines only ("run epoch" twice)
+    assert re.search(r"\| \d+\.\ds \(val captions \d+\.\ds\) \|", output)  # the cost of the caption metrics
 
 
 def test_a_kill_in_the_scst_stage_resumes_in_that_stage(scst_run, demo_data, tmp_path):

@@ -171,7 +171,8 @@ class Captioner(keras.Model):
         for start in range(0, len(images), sizes[-1]):
             part = images[start:start + sizes[-1]]
             features = np.asarray(part) if is_features else self.features(part)
-            captions += self.caption_features(features, beam_size, sizes)
+            # After a full batch the last one is padded to the full size too: that search is traced already.
+            captions += self.caption_features(features, beam_size, sizes if start == 0 else sizes[-1:])
         if not attention:
             for c in captions:
                 c.attention = None

@@ -14,7 +14,7 @@ from typing import Callable
 
 from training.errors import UserInputError
 from training.utils.lifecycle import Terminated
-from training.utils.logging import import_tensorflow_quietly, setup_logging
+from training.utils.logging import end_progress_line, import_tensorflow_quietly, setup_logging
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MAX_BEAM = 20  # --beam of the commands that caption
@@ -62,9 +62,11 @@ def run(body: Callable[[], int | None], explain: Callable[[Exception], int | Non
         return 2
     except KeyboardInterrupt as interrupt:
         terminated = isinstance(interrupt, Terminated)
-        print("\nterminated" if terminated else "\ninterrupted", file=sys.stderr)
+        end_progress_line()
+        print("terminated" if terminated else "interrupted", file=sys.stderr)
         return 143 if terminated else 130
     except Exception as error:
+        end_progress_line()  # what `explain` prints begins a line, not the end of a progress bar's
         code = explain(error) if explain is not None else None
         if code is None:
             raise

@@ -22,7 +22,7 @@ from training.configs.training_config import BUILT_IN_EXTRACTORS, BUILT_IN_FAMIL
 from training.errors import unknown_extractor
 from training.utils import ExperimentTracker, ensure_dir, save_json, set_global_seed
 from training.utils.io import atomic_path, remove_stale_temporaries
-from training.utils.logging import import_tensorflow_quietly
+from training.utils.logging import draws_progress, import_tensorflow_quietly
 from training.utils.lifecycle import (check_rerun, check_resume_files, finished_and_unchanged, keep_aside, latest_state,
                                       raise_terminated)
 
@@ -181,7 +181,8 @@ class TrainingPipeline:
         features_dir = Path(self.config.data.features_dir or self.artifacts_dir)
         try:
             store = FeatureStore.build(
-                features_dir, extractor, image_ids, images_path, max_bad_fraction=self.config.data.max_bad_image_fraction
+                features_dir, extractor, image_ids, images_path, max_bad_fraction=self.config.data.max_bad_image_fraction,
+                verbose=int(draws_progress(sys.stderr)),  # the bars only on a terminal; the store logs a summary line
             )
             if features_dir.resolve() != self.artifacts_dir.resolve():  # a shared store: the run folder links to it
                 link_store(features_dir, self.artifacts_dir)

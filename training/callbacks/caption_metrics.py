@@ -6,6 +6,7 @@ document frequencies from the validation references being scored, as the reporte
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import warnings
@@ -28,14 +29,21 @@ class CaptionValidation:
         self.references = [[strip_wrappers(c) for c in captions[i]] for i in self.image_ids]
         self.features = builder.image_features(self.image_ids) if self.image_ids else None
         self._decoders: dict[int, object] = {}
+        self._scores: dict[str, dict[str, float]] = {}  # weights digest -> scores
 
     def __len__(self) -> int:
         return len(self.image_ids)
 
     def score(self, model) -> dict[str, float]:
-        """val_bleu4 and val_cider of `model`'s greedy captions."""
+        """val_bleu4 and val_cider of `model`'s greedy captions.
+
+        A model with the weights of one scored before (the best checkpoint, loaded again for the next
+        stage) gets that one's scores: decoding again would trace another search for the same captions."""
         from training.evaluation import BLEUScore, GreedyDecoder
 
+        digest = weights_digest(model)
+        if digest in self._scores:
+            return dict(self._scores[digest])
         decoder = self._decoders.get(id(model))
         if decoder is None:  # one decoder per model: its compiled search is traced once and reused every epoch
             decoder = self._decoders[id(model)] = GreedyDecoder(model, self.tokenizer, batch_size=self.batch_size)
@@ -44,7 +52,16 @@ class CaptionValidation:
             warnings.simplefilter("ignore", UserWarning)
             bleu = BLEUScore(smoothing=None).corpus_score(self.references, texts)["bleu4"]
         cider, _ = CiderD.corpus_score(texts, self.references)
-        return {"val_bleu4": float(bleu), "val_cider": float(cider)}
+        self._scores[digest] = {"val_bleu4": float(bleu), "val_cider": float(cider)}
+        return dict(self._scores[digest])
+
+
+def weights_digest(model) -> str:
+    """A hash of the model's weights: milliseconds, next to the seconds of a decode."""
+    digest = hashlib.blake2b(digest_size=16)
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(np.asarray(weight)).tobytes())
+    return digest.hexdigest()
 
 
 def agree_across_workers(values: dict[str, float], strategy) -> dict[str, float]:
@@ -71,6 +88,7 @@ class CaptionMetricsCallback(keras.callbacks.Callback):
         super().__init__()
         self.validation, self.every, self.strategy = validation, int(every), strategy
         self._epoch_started = 0.0
+        self.seconds: dict[int, float] = {}  # epoch (from 0) -> the time its captions took, for the progress line
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_started = time.perf_counter()
@@ -81,8 +99,8 @@ class CaptionMetricsCallback(keras.callbacks.Callback):
         started = time.perf_counter()
         values = agree_across_workers(self.validation.score(self.model), self.strategy)
         logs.update(values)
-        cost = time.perf_counter() - started
+        cost = self.seconds[epoch] = time.perf_counter() - started
         epoch_time = started - self._epoch_started
-        log.info("val captions: %d images, BLEU-4 %.4f, CIDEr-D %.4f in %.1f s (%.0f%% of the epoch's %.1f s)",
-                 len(self.validation), values["val_bleu4"], values["val_cider"], cost,
-                 100 * cost / max(epoch_time, 1e-9), epoch_time)
+        log.debug("val captions: %d images, BLEU-4 %.4f, CIDEr-D %.4f in %.1f s (%.0f%% of the epoch's %.1f s)",
+                  len(self.validation), values["val_bleu4"], values["val_cider"], cost,
+                  100 * cost / max(epoch_time, 1e-9), epoch_time)

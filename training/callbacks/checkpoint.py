@@ -33,6 +33,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         self.verbose = verbose
         self.mode = mode
         self.best = math.inf if mode == "min" else -math.inf
+        self.saved_epoch: int | None = None  # the last epoch (from 0) whose model was saved
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
@@ -43,6 +44,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         self.best = float(value)
         with atomic_path(self.filepath) as tmp:
             self.model.save(tmp)
+        self.saved_epoch = epoch
 
 
 class ResumeState(keras.callbacks.Callback):

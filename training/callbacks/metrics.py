@@ -11,7 +11,7 @@ log = logging.getLogger(__name__)
 
 
 def current_learning_rate(model) -> float:
-    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    return float(model.optimizer.learning_rate)  # not keras.ops.convert_to_numpy: NumPy 2 warns on a Keras variable there
 
 
 class MetricsCallback(keras.callbacks.Callback):
@@ -42,11 +42,17 @@ class MetricsCallback(keras.callbacks.Callback):
 
 
 class ProgressCallback(keras.callbacks.Callback):
-    """Logs one line per epoch (losses, learning rate, time, estimated time left): readable in log files."""
+    """Logs one line per epoch: losses, validation scores, learning rate, time, estimated time left, and
+    whether the checkpoint was saved. In a log file it is the whole progress (no bar is drawn there), so
+    the callbacks that report an epoch tell it here instead of on lines of their own: put it after them."""
 
-    def __init__(self, epochs: int):
+    SHOWN = ("loss", "masked_accuracy", "val_loss", "val_masked_accuracy", "val_bleu4", "val_cider")
+
+    def __init__(self, epochs: int, checkpoint=None, caption_metrics=None):
         super().__init__()
         self.epochs = epochs
+        self.checkpoint = checkpoint  # BestModelCheckpoint: "saved <file>" on the epochs it saves
+        self.caption_metrics = caption_metrics  # CaptionMetricsCallback: the time its captions took
         self._started = 0.0
         self._epoch_times: list[float] = []
 
@@ -58,7 +64,14 @@ class ProgressCallback(keras.callbacks.Callback):
         self._epoch_times.append(time.perf_counter() - self._started)
         mean = sum(self._epoch_times) / len(self._epoch_times)
         left = mean * (self.epochs - epoch - 1)
-        parts = [f"epoch {epoch + 1}/{self.epochs}"]
-        parts += [f"{k} {v:.4f}" for k, v in logs.items() if k in ("loss", "val_loss", "masked_accuracy", "val_masked_accuracy", "val_bleu4", "val_cider")]
-        parts += [f"lr {current_learning_rate(self.model):.2e}", f"{self._epoch_times[-1]:.1f}s", f"~{left:.0f}s left"]
+        parts = [f"epoch {epoch + 1}/{self.epochs}"] + [f"{k} {logs[k]:.4f}" for k in self.SHOWN if k in logs]
+        # ReduceLROnPlateau puts the rate the epoch used in the logs, then may lower it for the next one.
+        now = current_learning_rate(self.model)
+        used = logs.get("learning_rate", now)
+        parts.append(f"lr {used:.2e}" + (f" -> {now:.2e}" if now != used else ""))
+        captions = getattr(self.caption_metrics, "seconds", {}).get(epoch)
+        parts.append(f"{self._epoch_times[-1]:.1f}s" + (f" (val captions {captions:.1f}s)" if captions is not None else ""))
+        parts.append(f"~{left:.0f}s left")
+        if self.checkpoint is not None and self.checkpoint.saved_epoch == epoch:
+            parts.append(f"saved {self.checkpoint.filepath.name}")
         log.info(" | ".join(parts))

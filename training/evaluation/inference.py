@@ -32,11 +32,14 @@ Choices shared by both decoders:
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
+
+from training.utils.logging import draws_progress
 
 
 @dataclass
@@ -102,25 +105,34 @@ class BeamSearchDecoder:
     # ---- public API ------------------------------------------------------------------------------
 
     def decode(self, image_features: np.ndarray) -> list[Caption]:
-        """Caption every image of `image_features` (N, regions, channels), `batch_size` images per model call."""
+        """Caption every image of `image_features` (N, regions, channels), `batch_size` images per model call.
+
+        The last of several batches is padded to `batch_size`: the search of that size is traced already,
+        and tracing another costs more than decoding the padding (see `_search_batch`)."""
         features = self._check(image_features)
         starts = range(0, len(features), self.batch_size)
         captions: list[Caption] = []
-        for start in tqdm(starts, desc=type(self).__name__, unit="batch", disable=len(starts) < 2):
-            captions += self._decode_batch(features[start:start + self.batch_size])
+        for start in tqdm(starts, desc=type(self).__name__, unit="batch", leave=False,
+                          disable=len(starts) < 2 or not draws_progress(sys.stderr)):
+            batch = features[start:start + self.batch_size]
+            count = len(batch)
+            if len(starts) > 1 and count < self.batch_size:
+                batch = np.concatenate([batch, np.zeros((self.batch_size - count, *batch.shape[1:]), batch.dtype)])
+            captions += self._decode_batch(batch)[:count]
         return captions
 
     def decode_one_at_a_time(self, image_features: np.ndarray) -> list[Caption]:
         """Caption the images one by one (batch of 1): the slow baseline that `decode` is measured against."""
         features = self._check(image_features)
-        return [c for i in tqdm(range(len(features)), desc="one at a time", unit="image", disable=len(features) < 2)
+        return [c for i in tqdm(range(len(features)), desc="one at a time", unit="image", leave=False,
+                                disable=len(features) < 2 or not draws_progress(sys.stderr))
                 for c in self._decode_batch(features[i:i + 1])]
 
     # ---- the compiled search -----------------------------------------------------------------------
 
     def _search_batch(self, features):
         """Decode one batch in a single graph, its shards side by side; the best hypothesis per image."""
-        batch = features.shape[0]  # static: each batch size gets its own trace (at most two: full and last)
+        batch = features.shape[0]  # static: each batch size gets its own trace (one: `decode` pads the last batch)
         size = -(-batch // max(1, min(cpu_cores(), batch // MIN_SHARD_IMAGES)))
         # Shards of one size share one trace (the graph inlines each call): tracing a search took
         # ~0.4 s a shard on the demo model, as long as decoding 500 images.

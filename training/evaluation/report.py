@@ -46,12 +46,19 @@ STRIP_COLUMNS = 8  # panels per row of an attention strip
 PLACEHOLDER = np.full((THUMB, THUMB, 3), 200, np.uint8)  # stands in for a missing image, so layouts keep their shape
 
 
-def _read_metrics(path: Path) -> dict[str, list[float]]:
+def _read_metrics(path: Path) -> dict[str, list]:
     rows = read_metrics(path)
     # An empty cell is a metric that epoch did not log: NaN, which matplotlib draws as a gap.
-    # Text columns (the training `stage`) are not curves.
-    return {column: [float("nan") if row.get(column) is None else float(row[column]) for row in rows]
-            for column in (rows[0] if rows else {}) if column != "stage"}
+    # The training `stage` (xe, scst; none in runs older than SCST) is text: it splits the curves.
+    metrics = {column: [float("nan") if row.get(column) is None else float(row[column]) for row in rows]
+               for column in (rows[0] if rows else {}) if column != "stage"}
+    metrics["stage"] = [row.get("stage") or "xe" for row in rows]
+    return metrics
+
+
+def _show(value) -> str:
+    """A score as the report shows it: 4 decimals, or n/a where it does not apply (e.g. nothing to count)."""
+    return f"{value:.4f}" if isinstance(value, float) else "n/a" if value is None else str(value)
 
 
 def _save(figure: Figure, path: Path) -> Path:
@@ -62,15 +69,44 @@ def _save(figure: Figure, path: Path) -> Path:
     return path
 
 
-def _curve(path: Path, epochs: list[float], series: dict[str, list[float]], ylabel: str) -> Path:
-    figure = Figure(figsize=(6, 3.5))
-    axes = figure.add_subplot()
+def _plot(axes, epochs: list[float], series: dict[str, list[float]], ylabel: str, title: str | None = None) -> None:
     for label, values in series.items():
         axes.plot(epochs, values, marker="o", label=label)
-    axes.set(xlabel="epoch", ylabel=ylabel)
+    axes.set(xlabel="epoch", ylabel=ylabel, title=title)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.grid(alpha=0.3)
     axes.legend()
+
+
+def _curve(path: Path, epochs: list[float], series: dict[str, list[float]], ylabel: str, scst_from: float | None = None) -> Path:
+    figure = Figure(figsize=(6, 3.5))
+    axes = figure.add_subplot()
+    _plot(axes, epochs, series, ylabel)
+    if scst_from is not None:  # one curve over both stages: where the second begins
+        axes.axvline(scst_from - 0.5, color="grey", linestyle="--", linewidth=1)
+        axes.text(scst_from - 0.5, 1.0, "SCST", transform=axes.get_xaxis_transform(), va="bottom", color="grey")
+    return _save(figure, path)
+
+
+def loss_panels(metrics: dict[str, list]) -> list[tuple[str, list[float], dict[str, list[float]], str]]:
+    """(title, epochs, curves, y label) of each stage: the cross-entropy losses, then SCST's mean reward and
+    policy loss (-advantage x log-prob: negative whenever the samples beat their baseline, not a cross-entropy)."""
+    panels = []
+    for stage, title, names, ylabel in (("xe", "cross-entropy", {"train_loss": "train_loss", "val_loss": "val_loss"}, "loss"),
+                                        ("scst", "SCST", {"reward": "mean reward (CIDEr-D)", "train_loss": "policy loss"}, "value")):
+        rows = [i for i, s in enumerate(metrics["stage"]) if s == stage]
+        if rows:
+            curves = {label: [metrics[name][i] for i in rows] for name, label in names.items() if name in metrics}
+            panels.append((title, [metrics["epoch"][i] for i in rows], curves, ylabel))
+    return panels
+
+
+def _loss_curves(path: Path, metrics: dict[str, list]) -> Path:
+    """The stages side by side, each in a panel of its own."""
+    panels = loss_panels(metrics)
+    figure = Figure(figsize=(6 * len(panels), 3.5))
+    for axes, (title, epochs, curves, ylabel) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
+        _plot(axes, epochs, curves, ylabel, title if len(panels) > 1 else None)
     return _save(figure, path)
 
 
@@ -172,6 +208,7 @@ def _scores(predictions: dict | None, summary: dict | None) -> dict[str, float]:
 CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px} .meta,.ref{color:#555}
 table{border-collapse:collapse;margin:8px 0} td,th{border:1px solid #ccc;padding:3px 10px;text-align:left}
 .note{background:#fff4ce;border-left:4px solid #e0b000;padding:6px 10px} .curves img{max-width:48%;margin-right:1%}
+.curves img:first-child{max-width:97%}
 .gallery{display:flex;flex-wrap:wrap;gap:12px} .card{width:260px;border:1px solid #ddd;padding:6px;font-size:13px}
 .missing{height:160px;word-break:break-all;padding:6px;background:#eee;display:flex;align-items:center;color:#a00}
 .pred{font-weight:bold} .strip img{max-width:100%;margin-bottom:10px} th{background:#f2f2f2}"""
@@ -231,12 +268,11 @@ def _score_section(predictions: dict | None, summary: dict | None, config: dict)
     beam = (predictions or {}).get("beam_size") or config.get("training", {}).get("beam_size")
     what = f"test split, beam {beam}" if beam else "test split"
     ordered = [k for k in SCORE_NAMES if k in scores] + [k for k in scores if k not in SCORE_NAMES]
-    rows = [(SCORE_NAMES.get(k, k), f"{scores[k]:.4f}" if isinstance(scores[k], float) else scores[k]) for k in ordered]
+    rows = [(SCORE_NAMES.get(k, k), _show(scores[k])) for k in ordered]
     before = (summary or {}).get("scores_before_scst")
     if before and rows:  # two stages: the cross-entropy model's scores beside the final model's
         final = (summary.get("scst") or {}).get("final_model", "?")
-        show = lambda v: f"{v:.4f}" if isinstance(v, float) else ("" if v is None else v)  # noqa: E731
-        rows = [(name, show(before.get(k)), value) for (name, value), k in zip(rows, ordered)]
+        rows = [(name, _show(before.get(k)), value) for (name, value), k in zip(rows, ordered)]
         return [f"<h2>Scores ({what}; final model: {html.escape(final)})</h2>",
                 _table(rows, ("metric", "before SCST", "final"))]
     return [f"<h2>Scores ({what})</h2>", _table(rows, ("metric", "value")) if rows else _note("No scores yet.")]
@@ -254,14 +290,15 @@ def _curves_section(artifacts: Path) -> list[str]:
     metrics = _read_metrics(artifacts / METRICS_FILE)
     if not metrics.get("epoch"):
         return ["<h2>Training curves</h2>", _note("metrics.csv not found or empty: no epochs logged yet.")]
-    loss = {name: metrics[name] for name in ("train_loss", "val_loss") if name in metrics}
-    curves = [_curve(artifacts / LOSS_CURVE, metrics["epoch"], loss, "loss")]
+    scst = [epoch for epoch, stage in zip(metrics["epoch"], metrics["stage"]) if stage == "scst"]
+    scst_from = scst[0] if scst else None
+    curves = [_loss_curves(artifacts / LOSS_CURVE, metrics)]
     if "learning_rate" in metrics:
         lr = {"learning rate": metrics["learning_rate"]}
-        curves.append(_curve(artifacts / LR_CURVE, metrics["epoch"], lr, "learning rate"))
+        curves.append(_curve(artifacts / LR_CURVE, metrics["epoch"], lr, "learning rate", scst_from))
     captions = {name: metrics[name] for name in ("val_bleu4", "val_cider") if name in metrics}
     if captions:  # caption metrics of the validation images, both stages
-        curves.append(_curve(artifacts / CAPTION_METRICS_CURVE, metrics["epoch"], captions, "validation score"))
+        curves.append(_curve(artifacts / CAPTION_METRICS_CURVE, metrics["epoch"], captions, "validation score", scst_from))
     return ["<h2>Training curves</h2>", '<div class="curves">' + "".join(_img(p, p.stem) for p in curves) + "</div>"]
 
 

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,6 +32,7 @@ from training.evaluation.metrics import strip_wrappers
 from training.utils.io import atomic_path, save_json
 from training.artifacts import SCST_CHECKPOINT, SCST_RESUME_DIR, STATE_FILE, STATE_MODEL_FILE, XE_MODEL
 from training.utils.lifecycle import Terminated, latest_state
+from training.utils.logging import draws_progress
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +243,8 @@ class SelfCriticalTrainer:
                 batch_ids = [[image_ids[i] for i in batch] for batch in batches]
                 # The next batch's features are read from the store on a thread while this one trains.
                 upcoming = prefetch.submit(self.features, batch_ids[0])
-                for number, batch in enumerate(tqdm(batches, desc=f"SCST epoch {epoch + 1}", unit="batch", leave=False)):
+                bar = tqdm(batches, desc=f"SCST epoch {epoch + 1}", unit="batch", leave=False, disable=not draws_progress(sys.stderr))
+                for number, batch in enumerate(bar):
                     ids, features = batch_ids[number], upcoming.result()
                     if number + 1 < len(batches):
                         upcoming = prefetch.submit(self.features, batch_ids[number + 1])
@@ -254,9 +257,10 @@ class SelfCriticalTrainer:
                 logs = {"train_loss": float(np.mean(losses)), "reward": float(np.mean(rewards)), **values,
                         "learning_rate": float(t.scst_learning_rate),
                         "epoch_time_seconds": round(time.perf_counter() - started, 3)}
-                if values["val_cider"] > state["best_val_cider"]:
-                    log.info("SCST: val_cider improved from %.4f to %.4f: saving %s", state["best_val_cider"],
-                             values["val_cider"], self.artifacts_dir / SCST_CHECKPOINT)
+                saved = values["val_cider"] > state["best_val_cider"]
+                if saved:
+                    log.debug("SCST: val_cider improved from %.4f to %.4f: saving %s", state["best_val_cider"],
+                              values["val_cider"], self.artifacts_dir / SCST_CHECKPOINT)
                     with atomic_path(self.artifacts_dir / SCST_CHECKPOINT) as tmp:
                         model.save(tmp)
                     state.update(best_val_cider=values["val_cider"], best_epoch=epoch + 1)
@@ -264,9 +268,10 @@ class SelfCriticalTrainer:
                     self.tracker.log_metrics(epoch=epoch + 1, stage="scst", **logs)
                 state["epoch"] += 1
                 self.save_state(model, state)
-                log.info("SCST epoch %d/%d (run epoch %d) | reward %.4f | loss %.4f | val_bleu4 %.4f | val_cider %.4f | %.1fs",
+                log.info("SCST epoch %d/%d (run epoch %d) | reward %.4f | loss %.4f | val_bleu4 %.4f | val_cider %.4f | %.1fs%s",
                          state["epoch"], t.scst_epochs, epoch + 1, logs["reward"], logs["train_loss"],
-                         values["val_bleu4"], values["val_cider"], logs["epoch_time_seconds"])
+                         values["val_bleu4"], values["val_cider"], logs["epoch_time_seconds"],
+                         f" | saved {SCST_CHECKPOINT}" if saved else "")
                 if callbacks:
                     callbacks.on_epoch_end(epoch, logs)
         except KeyboardInterrupt as interrupt:

@@ -22,6 +22,7 @@ from training.models.optimization import compile_caption_model
 from training.utils.lifecycle import RunConflict, Terminated, differences, identity_fingerprint, run_identity, training_left
 from training.utils import keras_private
 from training.utils.io import save_json
+from training.utils.logging import draws_progress
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,10 @@ class CallbackFactory:
         return keras.callbacks.EarlyStopping(monitor=monitor, patience=patience, verbose=1, mode=mode)
 
     @staticmethod
-    def reduce_lr(factor: float = 0.5, patience: int = 2, min_lr: float = 1e-6, monitor: str = "val_loss", mode: str = "min"):
-        return keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=factor, patience=patience, min_lr=min_lr, verbose=1,
-                                                 mode=mode)
+    def reduce_lr(factor: float = 0.5, patience: int = 2, min_lr: float = 1e-6, monitor: str = "val_loss", mode: str = "min",
+                  verbose: int = 1):
+        return keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=factor, patience=patience, min_lr=min_lr,
+                                                 verbose=verbose, mode=mode)
 
     @staticmethod
     def tensorboard(log_dir) -> keras.callbacks.TensorBoard:
@@ -63,8 +65,8 @@ class CallbackFactory:
         return MetricsCallback(tracker, stage=stage)
 
     @staticmethod
-    def progress(epochs: int) -> ProgressCallback:
-        return ProgressCallback(epochs)
+    def progress(epochs: int, checkpoint=None, caption_metrics=None) -> ProgressCallback:
+        return ProgressCallback(epochs, checkpoint, caption_metrics)
 
 
 def config_fingerprint(config: Config) -> str:
@@ -137,19 +139,24 @@ class Trainer:
     def create_callbacks(self) -> tuple[list, ResumeState]:
         t = self.config.training
         monitored = dict(monitor=t.monitor, mode=t.mode)  # the checkpoint, early stopping and decay follow one value
-        checkpoint = CallbackFactory.model_checkpoint(self.checkpoint_path, **monitored)
+        # The epoch's progress line says when the checkpoint is saved and the learning rate lowered.
+        checkpoint = CallbackFactory.model_checkpoint(self.checkpoint_path, verbose=0, **monitored)
         early_stopping = CallbackFactory.early_stopping(t.early_stopping_patience, **monitored)
         tracked = {"checkpoint": checkpoint, "early_stopping": early_stopping}
-        callbacks = [EpochSeeds(self.config.data.seed), keras.callbacks.TerminateOnNaN()]
+        # Keras' bar (drawn only on a terminal, see `train`) ends its line before the callbacks after it log.
+        callbacks = [EpochSeeds(self.config.data.seed), keras.callbacks.TerminateOnNaN(), keras.callbacks.ProgbarLogger()]
+        caption_metrics = None
         if self.caption_validation is not None and len(self.caption_validation):  # before what reads its values
-            callbacks.append(CaptionMetricsCallback(self.caption_validation, t.eval_every, self.strategy))
+            caption_metrics = CaptionMetricsCallback(self.caption_validation, t.eval_every, self.strategy)
+            callbacks.append(caption_metrics)
         callbacks += [checkpoint, early_stopping]
         if t.lr_schedule == "plateau":  # under warmup_cosine the schedule alone sets the learning rate
-            tracked["reduce_lr"] = CallbackFactory.reduce_lr(t.reduce_lr_factor, t.reduce_lr_patience, t.min_learning_rate, **monitored)
+            tracked["reduce_lr"] = CallbackFactory.reduce_lr(t.reduce_lr_factor, t.reduce_lr_patience, t.min_learning_rate,
+                                                             verbose=0, **monitored)
             callbacks.append(tracked["reduce_lr"])
         if self.is_chief:
             callbacks.append(CallbackFactory.tensorboard(self.output_dir / LOGS_DIR))
-            callbacks.append(CallbackFactory.progress(t.epochs))
+            callbacks.append(CallbackFactory.progress(t.epochs, checkpoint, caption_metrics))
             if self.tracker is not None:
                 callbacks.append(CallbackFactory.metrics(self.tracker, stage="xe"))
         resume = self._resume_state(tracked)
@@ -162,8 +169,12 @@ class Trainer:
 
         `train_dataset` is either one epoch of batches, or an endless stream of epochs starting at
         `initial_epoch` (DatasetBuilder.build(..., first_epoch=...)) with `steps_per_epoch` batches
-        each. Ctrl-C or SIGTERM stops at once; the last completed epoch stays the resume point."""
+        each. Ctrl-C or SIGTERM stops at once; the last completed epoch stays the resume point.
+        verbose "auto": Keras' progress bar on a terminal; elsewhere only the epoch's line (ProgressCallback),
+        since Keras draws its bar on any POSIX system, into log files too."""
         epochs = self.config.training.epochs
+        if verbose == "auto":
+            verbose = 1 if draws_progress() else 0
         left, why = training_left(self._resume_from, self.config)
         if self._resume_from or not left:
             log.info("%s", why)

@@ -36,6 +36,21 @@ def setup_logging(level: str | int = "INFO", log_file: str | Path | None = None)
     return logger
 
 
+def draws_progress(stream=None) -> bool:
+    """Whether progress bars belong on `stream` (stdout by default): a terminal or a notebook redraws a bar
+    in place, while a file or a pipe keeps every redraw (hundreds of KB a run), so there an epoch is one line."""
+    stream = sys.stdout if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty()) or "ipykernel" in sys.modules
+
+
+def end_progress_line() -> None:
+    """Move stderr to a new line if a progress bar may have been left half drawn, so what follows begins a line."""
+    if draws_progress(sys.stdout) or draws_progress(sys.stderr):
+        sys.stdout.flush()
+        print(file=sys.stderr, flush=True)
+
+
 def import_tensorflow_quietly() -> None:
     """Import TensorFlow with its start-up lines (oneDNN, CPU features) hidden unless `training` logs at debug.
 
