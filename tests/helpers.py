@@ -1,12 +1,15 @@
 """Helpers shared by the end-to-end tests: a tiny demo-based config and running our commands for real."""
 
 import atexit
+import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import yaml
@@ -106,3 +109,31 @@ def run_python(code_or_args, cwd=REPO, check=True, timeout=600, env=None, java=F
     return done
 
 
+
+
+@contextlib.contextmanager
+def serving(artifacts, *args, timeout: float = 180):
+    """`python -m training.serve --artifacts artifacts *args` on a free 127.0.0.1 port, until ready (GET /health):
+    yields (url, process); kills the process at the end if it still runs."""
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "training.serve", "--artifacts", str(artifacts), "--port", str(port),
+                                *map(str, args)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(url + "/health").status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.25)
+    try:
+        assert process.poll() is None, process.stdout.read()
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -10,9 +10,7 @@ import json
 import re
 import shlex
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 import zipfile
@@ -21,7 +19,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from helpers import REPO, run_python
+from helpers import REPO, run_python, serving
 
 IMAGES = 20
 
@@ -146,32 +144,10 @@ def test_export_refuses_to_replace_an_export(run, exported):
 MAX_QUEUE, MAX_IMAGE_BYTES = 128, 100_000
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(run):
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "training.serve", "--artifacts", str(run), "--port", str(port),
-         "--max-queue", str(MAX_QUEUE), "--max-image-bytes", str(MAX_IMAGE_BYTES)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(url + "/health").status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.25)
-    assert process.poll() is None, process.stdout.read()
-    yield url, process
-    if process.poll() is None:
-        process.kill()
-        process.wait()
+    with serving(run, "--max-queue", MAX_QUEUE, "--max-image-bytes", MAX_IMAGE_BYTES) as (url, process):
+        yield url, process
 
 
 def post(url, path, beam=None, client=httpx):

@@ -1,0 +1,140 @@
+"""The page `training.serve` answers GET / with: the JSON it draws from, and the page itself in a real
+headless Chromium (the system's, driven by playwright), against the real service on 127.0.0.1."""
+
+import json
+import shutil
+
+import httpx
+import pytest
+
+from helpers import run_python, serving
+
+IMAGES = 4
+# No network here: nothing in the background may try to reach one (see scripts/render_report.py).
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def run(trained_run):
+    return trained_run[0]
+
+
+@pytest.fixture(scope="module")
+def images(demo_data):
+    return sorted(str(p) for p in (demo_data / "Images").glob("*.png"))[:IMAGES]
+
+
+@pytest.fixture(scope="module")
+def reference(run, images):
+    """What `python -m training.caption` says for each image (the run's beam): {path: (caption, score)}."""
+    done = run_python(["-m", "training.caption", *images, "--artifacts", str(run), "--json"])
+    return {r["image"]: (r["caption"], r["score"]) for r in json.loads(done.stdout)}
+
+
+@pytest.fixture(scope="module")
+def server(run):
+    with serving(run) as (url, _):
+        yield url
+
+
+def caption(url, path, **params):
+    response = httpx.post(url + "/caption", content=open(path, "rb").read(), params=params,
+                          headers={"Content-Type": "image/png"}, timeout=120)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_details_add_words_attention_grid_and_the_beams_alternatives(server, images, reference):
+    for path in images:
+        plain, detailed = caption(server, path), caption(server, path, details="true")
+        assert set(plain) == {"caption", "score"}  # the plain answer is unchanged
+        assert detailed["caption"] == plain["caption"] == reference[path][0]
+        assert detailed["score"] == pytest.approx(plain["score"], rel=1e-5)
+        assert detailed["words"] == detailed["caption"].split()
+        assert detailed["grid"] == [4, 4]  # tiny_config: 32 px images in 8 px patches
+        assert [len(row) for row in detailed["attention"]] == [16] * len(detailed["words"])
+        for row in detailed["attention"]:  # a distribution over the regions (rounded to 4 decimals)
+            assert min(row) >= 0 and sum(row) == pytest.approx(1, abs=2e-3)
+        assert len(detailed["alternatives"]) <= 1  # the run's beam is 2
+    wide = caption(server, images[0], details="true", beam=5)
+    hypotheses = [(wide["caption"], True)] + [(a["caption"], a["finished"]) for a in wide["alternatives"]]
+    assert 1 <= len(wide["alternatives"]) <= 4 and len(set(hypotheses)) == len(hypotheses)
+    scores = [wide["score"]] + [a["score"] for a in wide["alternatives"]]
+    assert scores == sorted(scores, reverse=True)  # best first (length_penalty 0: by the sum of log-probs)
+    assert caption(server, images[0], details="true", beam=1)["alternatives"] == []  # greedy has none
+
+
+def test_the_page_and_its_files_are_served(server):
+    page = httpx.get(server + "/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<script src="/web/page.js"' in page.text and 'href="/web/page.css"' in page.text
+    for name, kind in (("page.js", "javascript"), ("page.css", "text/css")):
+        response = httpx.get(f"{server}/web/{name}")
+        assert response.status_code == 200 and kind in response.headers["content-type"]
+    missing = httpx.get(server + "/web/nope.js")
+    assert missing.status_code == 404 and "no route GET /web/nope.js" in missing.json()["error"]
+
+
+# Per region of the chosen word's overlay: the alpha at the centre of its cell (the page draws 200 * weight / most).
+REGION_ALPHAS = """([rows, columns]) => {
+    const canvas = document.getElementById("overlay");
+    const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+    const alpha = (x, y) => pixels[4 * (Math.floor(y) * canvas.width + Math.floor(x)) + 3];
+    const cells = [];
+    for (let r = 0; r < rows; r++)
+        for (let c = 0; c < columns; c++)
+            cells.push(alpha((c + 0.5) * canvas.width / columns, (r + 0.5) * canvas.height / rows));
+    let drawn = 0;
+    for (let i = 3; i < pixels.length; i += 4) drawn += pixels[i] > 0;
+    return {cells, drawn};
+}"""
+
+
+def test_the_page_captions_an_uploaded_image_and_draws_each_words_attention(server, images, reference, tmp_path):
+    chromium = shutil.which("chromium")
+    if not chromium:
+        pytest.skip("chromium not installed (apt-get install chromium): page test skipped")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install -e '.[dev]')")
+    path = images[1]
+    expected = caption(server, path, details="true")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(open(path, "rb").read()[:60])
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch_persistent_context(
+            tmp_path / "profile", executable_path=chromium, headless=True, args=CHROMIUM_FLAGS,
+            viewport={"width": 1100, "height": 720})
+        try:
+            page = browser.new_page()
+            problems = []
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            page.on("console", lambda message: message.type == "error" and problems.append(message.text))
+            page.goto(server + "/")
+            assert page.title() == "Captioner" and page.is_visible("#drop")
+
+            page.set_input_files("#file", str(broken))  # the service's 400 is shown, not swallowed
+            page.wait_for_selector("#error:not([hidden])")
+            assert "400" in page.inner_text("#error") and "not a readable" in page.inner_text("#error")
+            problems.clear()  # Chromium logs the failed request itself as a console error
+
+            page.set_input_files("#file", path)
+            page.wait_for_function("document.getElementById('caption').textContent.length > 0", timeout=60_000)
+            assert page.inner_text("#caption") == reference[path][0] == expected["caption"]
+            assert not page.is_visible("#error")
+            assert page.locator("#words .chip").all_inner_texts() == expected["words"]
+            assert page.locator("#alternatives li span:first-child").all_inner_texts() == [
+                a["caption"] + ("" if a["finished"] else " …") for a in expected["alternatives"]]
+            assert page.evaluate("document.getElementById('image').naturalWidth") > 0
+
+            grid = expected["grid"]
+            assert page.evaluate(REGION_ALPHAS, grid)["drawn"] == 0  # no word chosen: a clear overlay
+            for index, weights in enumerate(expected["attention"][:3]):
+                page.locator("#words .chip").nth(index).click()
+                assert page.locator("#words .chip").nth(index).get_attribute("aria-pressed") == "true"
+                overlay = page.evaluate(REGION_ALPHAS, grid)
+                assert overlay["drawn"] > 0
+                most = max(weights)
+                assert overlay["cells"] == pytest.approx([200 * w / most for w in weights], abs=12)
+            assert problems == []
+        finally:
+            browser.close()
