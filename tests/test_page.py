@@ -7,7 +7,9 @@ import shutil
 import httpx
 import pytest
 
-from helpers import run_python, serving
+from PIL import Image
+
+from helpers import REPO, run_python, serving
 
 IMAGES = 4
 # No network here: nothing in the background may try to reach one (see scripts/render_report.py).
@@ -16,8 +18,9 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
 
 
 @pytest.fixture(scope="module")
-def run(trained_run):
-    return trained_run[0]
+def server(trained_run):
+    with serving(trained_run[0]) as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -26,16 +29,10 @@ def images(demo_data):
 
 
 @pytest.fixture(scope="module")
-def reference(run, images):
-    """What `python -m training.caption` says for each image (the run's beam): {path: (caption, score)}."""
-    done = run_python(["-m", "training.caption", *images, "--artifacts", str(run), "--json"])
-    return {r["image"]: (r["caption"], r["score"]) for r in json.loads(done.stdout)}
-
-
-@pytest.fixture(scope="module")
-def server(run):
-    with serving(run) as (url, _):
-        yield url
+def reference(trained_run, images):
+    """What `python -m training.caption` says for each image (the run's beam): {path: caption}."""
+    done = run_python(["-m", "training.caption", *images, "--artifacts", str(trained_run[0]), "--json"])
+    return {r["image"]: r["caption"] for r in json.loads(done.stdout)}
 
 
 def caption(url, path, **params):
@@ -49,7 +46,7 @@ def test_details_add_words_attention_grid_and_the_beams_alternatives(server, ima
     for path in images:
         plain, detailed = caption(server, path), caption(server, path, details="true")
         assert set(plain) == {"caption", "score"}  # the plain answer is unchanged
-        assert detailed["caption"] == plain["caption"] == reference[path][0]
+        assert detailed["caption"] == plain["caption"] == reference[path]
         assert detailed["score"] == pytest.approx(plain["score"], rel=1e-5)
         assert detailed["words"] == detailed["caption"].split()
         assert detailed["grid"] == [4, 4]  # tiny_config: 32 px images in 8 px patches
@@ -76,7 +73,7 @@ def test_the_page_and_its_files_are_served(server):
     assert missing.status_code == 404 and "no route GET /web/nope.js" in missing.json()["error"]
 
 
-# Per region of the chosen word's overlay: the alpha at the centre of its cell (the page draws 200 * weight / most).
+# Per region of the chosen word's overlay: the alpha at the centre of its cell (page.js draws 90 + 130 * weight / most).
 REGION_ALPHAS = """([rows, columns]) => {
     const canvas = document.getElementById("overlay");
     const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
@@ -119,7 +116,7 @@ def test_the_page_captions_an_uploaded_image_and_draws_each_words_attention(serv
 
             page.set_input_files("#file", path)
             page.wait_for_function("document.getElementById('caption').textContent.length > 0", timeout=60_000)
-            assert page.inner_text("#caption") == reference[path][0] == expected["caption"]
+            assert page.inner_text("#caption") == reference[path] == expected["caption"]
             assert not page.is_visible("#error")
             assert page.locator("#words .chip").all_inner_texts() == expected["words"]
             assert page.locator("#alternatives li span:first-child").all_inner_texts() == [
@@ -134,7 +131,15 @@ def test_the_page_captions_an_uploaded_image_and_draws_each_words_attention(serv
                 overlay = page.evaluate(REGION_ALPHAS, grid)
                 assert overlay["drawn"] > 0
                 most = max(weights)
-                assert overlay["cells"] == pytest.approx([200 * w / most for w in weights], abs=12)
+                assert overlay["cells"] == pytest.approx([90 + 130 * w / most for w in weights], abs=12)
             assert problems == []
         finally:
             browser.close()
+
+
+def test_the_readme_shows_the_page_and_the_details_option():
+    serving_section = (REPO / "README.md").read_text().split("## Ship a model")[1].split("\n## ")[0]
+    assert "](docs/page.png)" in serving_section and "?details=true" in serving_section
+    with Image.open(REPO / "docs" / "page.png") as shot:
+        assert shot.format == "PNG" and shot.width >= 800
+    assert (REPO / "docs" / "page.png").stat().st_size < 200_000

@@ -17,7 +17,7 @@ no request pays for tracing (requests with another beam than the run's, or with 
 on first use).
 Each image gets the caption it would get alone. With --max-queue requests waiting, the next gets 429
 at once. Errors are JSON {"error": "..."}: 400 empty or unreadable image, 413 image over
---max-image-bytes, 415 other content types, 422 bad beam, 404 unknown route.
+--max-image-bytes, 415 other content types, 422 bad beam or details, 404 unknown route.
 SIGTERM stops accepting connections, answers the requests in flight, then exits.
 """
 
@@ -235,7 +235,7 @@ def caption_details(result, captioner) -> dict:
     attention = result.attention.round(4)
     grid = tuple(captioner.extractor.grid_shape)
     return {"words": [vocabulary[t] for t in result.tokens], "attention": attention.tolist(),
-            # A run that attends over one pooled vector (use_regions: false) has no map to draw.
+            # Regions that are no grid over the image (one pooled vector: use_regions false) draw no map.
             "grid": list(grid) if grid[0] * grid[1] == attention.shape[-1] else None,
             "alternatives": [{"caption": c.text, "score": c.score, "finished": c.finished}
                              for c in result.alternatives or ()]}

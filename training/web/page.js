@@ -91,10 +91,11 @@ function select(index) {
   draw(index);
 }
 
-// A blue (little) to red (most) heat map, transparent where the word hardly looked.
+// A blue (little) to red (most) heat map, as the report draws it: a light blue veil where the word
+// hardly looked, so what it looked at stands out.
 function heat(value) {
   const channel = (centre) => Math.round(255 * Math.min(1, Math.max(0, 1.5 - Math.abs(4 * value - centre))));
-  return [channel(3), channel(2), channel(1), Math.round(200 * value)];
+  return [channel(3), channel(2), channel(1), Math.round(90 + 130 * value)];
 }
 
 // The attention of word `index` over the image: one pixel per region, scaled up bilinearly (the canvas
