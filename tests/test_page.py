@@ -1,12 +1,12 @@
 """The page `training.serve` answers GET / with: the JSON it draws from, and the page itself in a real
 headless Chromium (the system's, driven by playwright), against the real service on 127.0.0.1."""
 
+import base64
 import json
 import shutil
 
 import httpx
 import pytest
-
 from PIL import Image
 
 from helpers import REPO, run_python, serving
@@ -88,6 +88,15 @@ REGION_ALPHAS = """([rows, columns]) => {
 }"""
 
 
+# A DataTransfer holding one PNG file (base64), as a drop from the desktop brings.
+DROPPED_FILE = """(data) => {
+    const transfer = new DataTransfer();
+    const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+    transfer.items.add(new File([bytes], "dropped.png", {type: "image/png"}));
+    return transfer;
+}"""
+
+
 def test_the_page_captions_an_uploaded_image_and_draws_each_words_attention(server, images, reference, tmp_path):
     chromium = shutil.which("chromium")
     if not chromium:
@@ -132,6 +141,14 @@ def test_the_page_captions_an_uploaded_image_and_draws_each_words_attention(serv
                 assert overlay["drawn"] > 0
                 most = max(weights)
                 assert overlay["cells"] == pytest.approx([90 + 130 * w / most for w in weights], abs=12)
+
+            dropped = images[2]  # a file dropped on the zone is captioned as a chosen one
+            data = page.evaluate_handle(DROPPED_FILE, base64.b64encode(open(dropped, "rb").read()).decode())
+            shown = page.get_attribute("#image", "src")
+            page.dispatch_event("#drop", "drop", {"dataTransfer": data})
+            assert page.get_attribute("#image", "src") != shown  # captions may repeat: the image must not
+            page.wait_for_function("(text) => document.getElementById('caption').textContent === text", arg=reference[dropped])
+            assert page.evaluate(REGION_ALPHAS, grid)["drawn"] == 0  # a new image: no word chosen yet
             assert problems == []
         finally:
             browser.close()

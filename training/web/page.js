@@ -24,6 +24,7 @@ async function caption(file) {
   for (const id of ["error", "words-box", "alternatives-box"]) show($(id), false);
   $("caption").textContent = "";
   $("score").textContent = "";
+  if ($("image").src.startsWith("blob:")) URL.revokeObjectURL($("image").src);  // the last image's memory
   $("image").src = URL.createObjectURL(file);
   show($("drop-text"), false);
   show($("stage"), true);
