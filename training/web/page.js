@@ -10,9 +10,11 @@ let asked = 0;         // requests sent: an answer to an older one is dropped
 
 function show(element, visible) { element.hidden = !visible; }
 
-function fail(message) {
+function fail(message) {  // nothing was captioned: the zone asks for an image again
   $("error").textContent = message;
   show($("error"), true);
+  show($("stage"), false);
+  show($("drop-text"), true);
   $("status").textContent = "";
 }
 
