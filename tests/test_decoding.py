@@ -280,3 +280,38 @@ def test_caption_models_decode_batches_and_single_images_alike(tokenizer, featur
     assert [c.tokens for c in batched] == [c.tokens for c in alone]
     np.testing.assert_allclose([c.score for c in batched], [c.score for c in alone], rtol=1e-4)
     assert all(c.attention.shape == (len(c.tokens), features.shape[1]) for c in batched)
+
+
+def teacher_forced(model, image_features, tokens):
+    """The model's own log-probability of `tokens` after startseq, and each step's attention, one step at a time."""
+    memory, cache = model.encode(tf.constant(image_features[None])), model.init_cache(1)
+    total, attention, previous = 0.0, [], START
+    for step, token in enumerate(tokens):
+        logits, cache, weights = model.decode_step(tf.constant([previous]), tf.constant(step), memory, cache)
+        total += float(tf.nn.log_softmax(logits)[0, token])
+        attention.append(weights[0].numpy())
+        previous = token
+    return total, np.array(attention)
+
+
+def test_alternatives_are_the_beams_other_hypotheses_scored_as_the_model_scores_them(tokenizer):
+    many = np.random.default_rng(5).normal(size=(12, 4, 6)).astype(np.float32)
+    model = TinyRecurrentModel(tokenizer.vocab_size, channels=6, seed=4, end_per_step=0.5)
+    plain = BeamSearchDecoder(model, tokenizer, beam_size=4, length_penalty=0.6, batch_size=12).decode(many)
+    # A batch of 12: images leave the search as they finish, so rows of every step are read back.
+    found = BeamSearchDecoder(model, tokenizer, beam_size=4, length_penalty=0.6, batch_size=12,
+                              alternatives=True).decode(many)
+    assert [c.tokens for c in found] == [c.tokens for c in plain] and all(c.alternatives is None for c in plain)
+    np.testing.assert_allclose([c.score for c in found], [c.score for c in plain], rtol=1e-5)
+    assert {len(c.alternatives) for c in found} == {3}
+    assert {a.finished for c in found for a in c.alternatives} == {True, False}  # the search leaves some behind
+    for image, best in zip(many, found):
+        hypotheses = [best, *best.alternatives]
+        assert len({(tuple(h.tokens), h.finished) for h in hypotheses}) == 4
+        ranked = [h.normalized_score for h in hypotheses]
+        assert ranked == sorted(ranked, reverse=True)
+        for hypothesis in hypotheses:
+            log_prob, attention = teacher_forced(model, image, hypothesis.tokens + [END] * hypothesis.finished)
+            assert hypothesis.score == pytest.approx(log_prob, abs=1e-4)
+            np.testing.assert_allclose(hypothesis.attention, attention[:len(hypothesis.tokens)], atol=1e-4)
+            assert hypothesis.text == tokenizer.sequences_to_texts([hypothesis.tokens])[0]

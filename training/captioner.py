@@ -64,7 +64,7 @@ class Captioner(keras.Model):
         self.tokenizer: Tokenizer | None = None
         if vocabulary is not None:
             self.set_vocabulary(vocabulary)
-        self._decoders: dict[tuple[int, int], BeamSearchDecoder] = {}  # (beam size, batch size)
+        self._decoders: dict[tuple[int, int, bool], BeamSearchDecoder] = {}  # (beam size, batch size, alternatives)
         self._encoded_features = tf.function(self._features_from_encoded,
                                              input_signature=[tf.TensorSpec([None], tf.string)])
         self._pixel_features = tf.function(self.call, reduce_retracing=True)
@@ -144,19 +144,22 @@ class Captioner(keras.Model):
 
     # ---- features -> captions ----------------------------------------------------------------------
 
-    def decoder(self, beam_size: int | None, batch_size: int) -> BeamSearchDecoder:
-        """The decoder of one beam size and one padded batch size: one trace each."""
-        key = (int(beam_size or self.beam_size), int(batch_size))
+    def decoder(self, beam_size: int | None, batch_size: int, alternatives: bool = False) -> BeamSearchDecoder:
+        """The decoder of one beam size and one padded batch size (and whether it keeps the beam's
+        alternatives): one trace each."""
+        key = (int(beam_size or self.beam_size), int(batch_size), bool(alternatives))
         if key not in self._decoders:
             if self.tokenizer is None:
                 raise RuntimeError("the captioner has no vocabulary: build it with from_artifacts or load_model")
             self._decoders[key] = BeamSearchDecoder(self.caption_model, self.tokenizer, beam_size=key[0],
-                                                    length_penalty=self.length_penalty, batch_size=key[1])
+                                                    length_penalty=self.length_penalty, batch_size=key[1],
+                                                    alternatives=key[2])
         return self._decoders[key]
 
     def caption(self, images, beam_size: int | None = None, attention: bool = False,
-                max_batch: int = BATCH_SIZES[-1]) -> list[Caption]:
-        """Captions (text, score = sum of log-probs, tokens; attention on request), one per image.
+                max_batch: int = BATCH_SIZES[-1], alternatives: bool = False) -> list[Caption]:
+        """Captions (text, score = sum of log-probs, tokens; attention and the beam's alternatives on
+        request), one per image.
 
         `images`: file paths or encoded JPEG/PNG bytes (a list, or one), a uint8 (N, H, W, 3) batch, or
         precomputed float16/float32 region features (N, regions, channels) as the feature store holds them.
@@ -172,13 +175,16 @@ class Captioner(keras.Model):
             part = images[start:start + sizes[-1]]
             features = np.asarray(part) if is_features else self.features(part)
             # After a full batch the last one is padded to the full size too: that search is traced already.
-            captions += self.caption_features(features, beam_size, sizes if start == 0 else sizes[-1:])
+            captions += self.caption_features(features, beam_size, sizes if start == 0 else sizes[-1:], alternatives)
         if not attention:
             for c in captions:
                 c.attention = None
+                for other in c.alternatives or ():
+                    other.attention = None
         return captions
 
-    def caption_features(self, features: np.ndarray, beam_size: int | None = None, sizes=BATCH_SIZES) -> list[Caption]:
+    def caption_features(self, features: np.ndarray, beam_size: int | None = None, sizes=BATCH_SIZES,
+                         alternatives: bool = False) -> list[Caption]:
         """One batch of at most max(sizes) images, padded with zeros to the next of `sizes`."""
         if features.ndim != 3:
             raise ValueError(f"region features must be (images, regions, channels), got shape {features.shape}")
@@ -190,7 +196,7 @@ class Captioner(keras.Model):
         padded = next(size for size in sizes if size >= count)
         if padded > count:
             features = np.concatenate([features, np.zeros((padded - count, *features.shape[1:]), features.dtype)])
-        return self.decoder(beam_size, padded).decode(features)[:count]
+        return self.decoder(beam_size, padded, alternatives).decode(features)[:count]
 
     def warm_up(self, beam_size: int | None = None, max_batch: int = BATCH_SIZES[-1]) -> None:
         """Trace the feature graph and the search of every padded batch size, so no request pays for it."""

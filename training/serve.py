@@ -4,16 +4,21 @@
 
     POST /caption[?beam=5]   body: one JPEG or PNG (Content-Type image/jpeg or image/png)
                              -> {"caption": "...", "score": -4.2}  (score: sum of log-probabilities)
+    POST /caption?details=true  adds "words", "attention" (per word, a weight per image region),
+                             "grid" ([rows, columns] of the regions, or null) and "alternatives"
+                             (the beam's other hypotheses: [{"caption", "score", "finished"}])
     GET  /health             -> 200 {"status": "ready", "images_captioned": n, "batches": m}
                              (the server listens once the model is loaded and traced)
+    GET  /                   a page: drop an image, see its caption, alternatives and attention
 
 Requests that arrive within --max-wait-ms of the first waiting one are decoded together, up to
 --max-batch images; a batch is padded to a few fixed sizes, all traced before /health says ready, so
-no request pays for tracing (requests with another beam than the run's trace theirs on first use).
+no request pays for tracing (requests with another beam than the run's, or with details, trace theirs
+on first use).
 Each image gets the caption it would get alone. With --max-queue requests waiting, the next gets 429
 at once. Errors are JSON {"error": "..."}: 400 empty or unreadable image, 413 image over
 --max-image-bytes or over --max-pixels (read from its header, before decoding), 415 other content types,
-422 bad beam, 404 unknown route. A port in use is refused (exit 2) before the model loads.
+422 bad beam or details, 404 unknown route. A port in use is refused (exit 2) before the model loads.
 SIGTERM stops accepting connections, answers the requests in flight, then exits.
 """
 
@@ -88,13 +93,13 @@ class Batcher:
         self.task.cancel()
         self.worker.shutdown(wait=True)
 
-    async def caption(self, data: bytes, beam: int | None):
+    async def caption(self, data: bytes, beam: int | None, details: bool = False):
         if self.waiting >= self.max_queue:
             raise QueueFull(f"{self.waiting} requests are waiting (--max-queue {self.max_queue}); retry shortly")
         self.waiting += 1
         try:
             future = asyncio.get_running_loop().create_future()
-            self.queue.put_nowait((data, beam, future))
+            self.queue.put_nowait((data, (beam, details), future))
             return await future
         finally:
             self.waiting -= 1
@@ -112,9 +117,9 @@ class Batcher:
                     batch.append(await asyncio.wait_for(self.queue.get(), deadline - loop.time()))
                 except asyncio.TimeoutError:
                     break
-            for beam in dict.fromkeys(beam for _, beam, _ in batch):
-                items = [item for item in batch if item[1] == beam]
-                results = await loop.run_in_executor(self.worker, self.caption_batch, [data for data, _, _ in items], beam)
+            for key in dict.fromkeys(key for _, key, _ in batch):  # one search per (beam, details)
+                items = [item for item in batch if item[1] == key]
+                results = await loop.run_in_executor(self.worker, self.caption_batch, [data for data, _, _ in items], *key)
                 self.batches, self.captioned = self.batches + 1, self.captioned + len(items)
                 for (_, _, future), result in zip(items, results):
                     if future.done():  # the client went away
@@ -124,16 +129,17 @@ class Batcher:
                     else:
                         future.set_result(result)
 
-    def caption_batch(self, images: list[bytes], beam: int | None) -> list:
+    def caption_batch(self, images: list[bytes], beam: int | None, details: bool = False) -> list:
         import tensorflow as tf
 
         try:
-            return self.captioner.caption(images, beam_size=beam, max_batch=self.max_batch)
+            return self.captioner.caption(images, beam_size=beam, max_batch=self.max_batch,
+                                          attention=details, alternatives=details)
         except tf.errors.InvalidArgumentError:
             if len(images) == 1:
                 return [BadImage("TensorFlow cannot decode the image; re-save it as JPEG or PNG")]
             # One image TensorFlow could not decode (Pillow read it): caption the others, each alone.
-            return [self.caption_batch([image], beam)[0] for image in images]
+            return [self.caption_batch([image], beam, details)[0] for image in images]
         except Exception as error:  # answered as a 500 with its traceback in the server log
             log.exception("captioning a batch of %d failed", len(images))
             return [error] * len(images)
@@ -167,7 +173,7 @@ def create_app(captioner, max_batch: int = 32, max_wait_ms: float = 5.0, max_que
     async def http_error(request: Request, exc: HTTPException):
         if exc.status_code in (404, 405):
             return error(exc.status_code, f"no route {request.method} {request.url.path}; "
-                                          "the routes are POST /caption and GET /health")
+                                          "the routes are POST /caption, GET /health and GET /")
         return error(exc.status_code, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
@@ -179,8 +185,10 @@ def create_app(captioner, max_batch: int = 32, max_wait_ms: float = 5.0, max_que
     async def health():
         return {"status": "ready", "images_captioned": batcher.captioned, "batches": batcher.batches}
 
+    add_page(app)
+
     @app.post("/caption")
-    async def caption(request: Request, beam: int | None = Query(None, ge=1, le=MAX_BEAM)):
+    async def caption(request: Request, beam: int | None = Query(None, ge=1, le=MAX_BEAM), details: bool = False):
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in IMAGE_TYPES:
             return error(415, f"Content-Type must be image/jpeg or image/png, got {content_type or 'none'!r}")
@@ -202,14 +210,42 @@ def create_app(captioner, max_batch: int = 32, max_wait_ms: float = 5.0, max_que
                 await run_in_threadpool(check_image_bytes, bytes(body))
             else:
                 check_image_bytes(bytes(body))
-            result = await batcher.caption(bytes(body), beam)
+            result = await batcher.caption(bytes(body), beam, details)
         except BadImage as problem:
             return error(400, str(problem))
         except QueueFull as problem:
             return error(429, str(problem))
-        return {"caption": result.text, "score": result.score}
+        answer = {"caption": result.text, "score": result.score}
+        return answer | caption_details(result, captioner) if details else answer
 
     return app
+
+
+# ---- the page: GET / (training/web, static files; it calls POST /caption?details=true) --------------
+
+WEB = Path(__file__).parent / "web"
+
+
+def add_page(app) -> None:
+    """GET / answers the page; its script and style are under /web/."""
+    from fastapi.responses import FileResponse
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount("/web", StaticFiles(directory=WEB), name="web")
+    app.get("/", include_in_schema=False)(lambda: FileResponse(WEB / "index.html"))
+
+
+def caption_details(result, captioner) -> dict:
+    """What the page draws: each word with its attention over the regions, the grid they form, the beam's
+    alternatives. Attention is rounded to 4 decimals: 10 words over 64 regions answer in ~14 KB."""
+    vocabulary = captioner.tokenizer.vocabulary
+    attention = result.attention.round(4)
+    grid = tuple(captioner.extractor.grid_shape)
+    return {"words": [vocabulary[t] for t in result.tokens], "attention": attention.tolist(),
+            # Regions that are no grid over the image (one pooled vector: use_regions false) draw no map.
+            "grid": list(grid) if grid[0] * grid[1] == attention.shape[-1] else None,
+            "alternatives": [{"caption": c.text, "score": c.score, "finished": c.finished}
+                             for c in result.alternatives or ()]}
 
 
 def main(argv: list[str] | None = None) -> int:

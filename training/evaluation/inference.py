@@ -49,6 +49,8 @@ class Caption:
     score: float  # sum of log-probs of the tokens (and of endseq, when the caption ended)
     attention: np.ndarray | None = None  # (len(tokens), regions): the attention that produced each token
     normalized_score: float | None = None  # score / length penalty: what beam search ranks by
+    finished: bool = True  # False: the search stopped before endseq (max_length, or an alternative left behind)
+    alternatives: list[Caption] | None = None  # the beam's other hypotheses, best first (alternatives=True)
 
 
 def length_penalty(length, alpha: float):
@@ -82,10 +84,12 @@ class BeamSearchDecoder:
     Finished hypotheses stay in the beam and can only be extended by padding at no cost, so they
     compete with the live ones on their length-normalised score (as tf.contrib.seq2seq's
     BeamSearchDecoder did). With beam_size=1 this is exactly greedy decoding.
+    With alternatives=True each caption also carries the beam's other hypotheses as the search left
+    them: some may be unfinished (the search stops once none can beat the best finished one).
     """
 
     def __init__(self, model, tokenizer, beam_size: int = 3, length_penalty: float = 0.0,
-                 max_length: int | None = None, batch_size: int = 64):
+                 max_length: int | None = None, batch_size: int = 64, alternatives: bool = False):
         limit = int(model.max_length)
         self.max_length = limit if max_length is None else int(max_length)
         if not 1 <= self.max_length <= limit:
@@ -96,6 +100,7 @@ class BeamSearchDecoder:
             raise ValueError(f"length_penalty must be >= 0 (0 = raw log-prob, ~0.6-1 favours longer), got {length_penalty}")
         self.model, self.tokenizer = model, tokenizer
         self.beam_size, self.alpha, self.batch_size = int(beam_size), float(length_penalty), int(batch_size)
+        self.kept = self.beam_size if alternatives else 1  # hypotheses returned per image
         self._banned = sorted({i for i in (tokenizer.pad_id, tokenizer.start_id, tokenizer.unk_id) if i is not None})
         # The loops are written as tf.while_loop/tf.cond already: AutoGraph's conversion would only add
         # ~2.4 s of tracing per decoder (demo model, 2 cores), half the time of decoding a test split.
@@ -180,7 +185,8 @@ class BeamSearchDecoder:
         state, _, _ = tf.while_loop(not_done, body, (state, cache, memory), shape_invariants=(
             keep, cache_shape_invariants(cache, rows_change=compact), tf.nest.map_structure(invariant, memory)))
         picked = self._results(state) if compact else {k: state[k] for k in ("log_prob", "length", "finished")}
-        best = tf.range(batch) * beam  # top_k leaves each image's hypotheses sorted, best first
+        # top_k leaves each image's hypotheses sorted, best first: keep the first `kept` of each.
+        best = tf.reshape(tf.range(batch)[:, None] * beam + tf.range(self.kept)[None], [-1])
         picked = {k: tf.gather(v, best) for k, v in picked.items()}
         picked["sequence"], picked["attention"] = self._backtrack(state, best, regions)
         picked["normalized"] = picked["log_prob"] / length_penalty(picked["length"], self.alpha)
@@ -327,16 +333,21 @@ class BeamSearchDecoder:
     def _decode_batch(self, features: np.ndarray) -> list[Caption]:
         found = {k: v.numpy() for k, v in self._search(tf.constant(features, tf.float32)).items()}
         captions = []
-        for i in range(len(features)):
+        for i in range(len(found["length"])):  # `kept` rows per image
             # endseq is counted in `length` (it is scored) but is not part of the caption.
             n = int(found["length"][i]) - int(found["finished"][i])
             captions.append(Caption(tokens=[int(t) for t in found["sequence"][i, :n]], text="",
                                     score=float(found["log_prob"][i]), attention=found["attention"][i, :n],
-                                    normalized_score=float(found["normalized"][i])))
+                                    normalized_score=float(found["normalized"][i]), finished=bool(found["finished"][i])))
         texts = self.tokenizer.sequences_to_texts([c.tokens for c in captions], strip_special=True)
         for caption, text in zip(captions, texts):
             caption.text = text
-        return captions
+        if self.kept == 1:
+            return captions
+        best = captions[::self.kept]
+        for i, caption in enumerate(best):  # a hypothesis never reached stays at -inf: not an alternative
+            caption.alternatives = [c for c in captions[i * self.kept + 1:(i + 1) * self.kept] if np.isfinite(c.score)]
+        return best
 
 
 class GreedyDecoder(BeamSearchDecoder):
