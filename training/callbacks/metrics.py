@@ -11,7 +11,10 @@ log = logging.getLogger(__name__)
 
 
 def current_learning_rate(model) -> float:
-    return float(model.optimizer.learning_rate)  # not keras.ops.convert_to_numpy: NumPy 2 warns on a Keras variable there
+    # .numpy(): a Keras variable, a tf.distribute MirroredVariable and a schedule's tensor all have it, and float() takes
+    # no MirroredVariable; keras.ops.convert_to_numpy would make NumPy 2 warn on a Keras variable.
+    rate = model.optimizer.learning_rate
+    return float(rate.numpy() if hasattr(rate, "numpy") else rate)
 
 
 class MetricsCallback(keras.callbacks.Callback):
