@@ -270,9 +270,9 @@ class TrainingPipeline:
             if kept:
                 log.warning("--fresh: the previous run was moved to %s; the feature store stays for reuse", kept)
         ensure_dir(self.artifacts_dir)
-        for path in remove_stale_temporaries(self.artifacts_dir):
-            log.info("removed %s, left by an interrupted write", path)
-        if trainer.is_chief:
+        if trainer.is_chief:  # the other workers of a multi-worker run write nothing here: no file of theirs is stale
+            for path in remove_stale_temporaries(self.artifacts_dir):
+                log.info("removed %s, left by an interrupted write", path)
             self.tracker = ExperimentTracker(self.artifacts_dir, run_name=c.training.run_name, seed=c.data.seed)
             self.tracker.log_config(c.to_dict())
         trainer.tracker = self.tracker
@@ -287,7 +287,8 @@ class TrainingPipeline:
             split = DataSplit(*({k: v for k, v in part.items() if k in store.index} for part in (split.train, split.val, split.test)))
             if self.tracker:
                 self.tracker.log_bad_images(store.skipped)
-        save_json({name: list(getattr(split, name)) for name in ("train", "val", "test")}, self.artifacts_dir / SPLITS_FILE)
+        if _is_chief_task(self.config):  # another worker's write could meet the chief's clean-up of temporaries
+            save_json({name: list(getattr(split, name)) for name in ("train", "val", "test")}, self.artifacts_dir / SPLITS_FILE)
         return split, store
 
     def vocabulary_and_batches(self, tokenizer, split, store, trainer):
@@ -296,7 +297,8 @@ class TrainingPipeline:
         from training.data.dataset import DatasetBuilder
 
         c = self.config
-        tokenizer.save(self.artifacts_dir)
+        if trainer.is_chief:
+            tokenizer.save(self.artifacts_dir)
         max_length = c.data.max_caption_length or get_max_caption_length(split.train)
         log.info("vocabulary: %d words; captions up to %d tokens", tokenizer.vocab_size, max_length)
         builder = DatasetBuilder(
