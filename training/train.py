@@ -172,12 +172,8 @@ class TrainingPipeline:
         from training.features import FeatureStore
         from training.features.store import FeatureStoreConflict, link_store
 
-        m = self.config.model
         images_path = require_path(self.config.data.images_path, "images_path", kind="folder")
-        extractor = self.feature_extractor()
-        feature_dim = extractor.FEATURE_DIM or extractor.feature_dim
-        if feature_dim != m.feature_dim:
-            raise ConfigError(f"'feature_dim' is {m.feature_dim} but {m.feature_extractor} gives {feature_dim}: set feature_dim: {feature_dim}")
+        extractor = self.feature_extractor()  # its feature_dim checked by check_extractor, before anything was written
         features_dir = Path(self.config.data.features_dir or self.artifacts_dir)
         try:
             store = FeatureStore.build(
