@@ -57,11 +57,6 @@ def sequence_log_probs(model, features, sequences, start_id: int, banned_mask):
     return tf.reduce_sum(tf.where(real > 0, picked, 0.0), axis=1)
 
 
-def scst_loss(log_probs, advantages):
-    """-(reward - baseline) * log p(sample), averaged over the samples."""
-    return -tf.reduce_mean(tf.cast(advantages, tf.float32) * log_probs)
-
-
 def pack_samples(sequences, advantages, samples: int, start_id: int):
     """Each image's `samples` sampled captions packed end to end in one row, as DatasetBuilder packs
     an image's captions for cross-entropy: (inputs, targets, positions, weights), each (images, T).
@@ -69,7 +64,8 @@ def pack_samples(sequences, advantages, samples: int, start_id: int):
     `sequences` (images * samples, max_length): row i * samples + j is image i's j-th sample, words
     then endseq (when it ended) then padding. A sample's inputs are startseq and its tokens but the
     last, its targets its tokens, its positions 0, 1, ...; every target carries its sample's
-    advantage / (images * samples) as weight, so that -sum(weights * log p(target)) is `scst_loss`.
+    advantage / (images * samples) as weight, so that -sum(weights * log p(target)) is the SCST loss,
+    -mean over samples of (reward - baseline) * log p(sample).
     Row length is the sum of the image's sample lengths, not samples x max_length."""
     sequences = tf.cast(sequences, tf.int32)
     lengths = tf.reduce_sum(tf.cast(sequences != 0, tf.int32), axis=1)
@@ -88,7 +84,7 @@ def pack_samples(sequences, advantages, samples: int, start_id: int):
 def scst_train_step(model, sampler):
     """A compiled step: (image features, their sampled captions, advantages) -> one optimizer update; returns the loss.
 
-    The loss is `scst_loss` of `sequence_log_probs`, computed on packed rows (`pack_samples`): each
+    The loss is -mean(advantage * `sequence_log_probs`), computed on packed rows (`pack_samples`): each
     image's regions are projected once for its samples, and no sample is padded to max_length."""
     banned = sampler.banned_mask(model.vocab_size)
     samples, start_id = sampler.samples, sampler.tokenizer.start_id
