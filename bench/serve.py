@@ -39,7 +39,6 @@ sys.path.insert(0, str(REPO))
 import aiohttp  # noqa: E402
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
-
 from decode import choose_model  # noqa: E402  (bench/decode.py)
 
 CONCURRENCY = (1, 32)

@@ -34,7 +34,6 @@ sys.path.insert(0, str(REPO))
 
 import aiohttp  # noqa: E402
 import numpy as np  # noqa: E402
-
 from decode import choose_model  # noqa: E402  (bench/decode.py)
 from serve import demo_image_paths, start_service  # noqa: E402  (bench/serve.py)
 

@@ -85,11 +85,11 @@ def main() -> None:
         reuse, grow = [], []
         for round_ in range(args.rounds):
             subset = random.Random(round_).sample(names[: args.images], int(0.9 * args.images))
-            seconds, store = timed(lambda: FeatureStore.build(work / "store", extractor, subset, work / "images", verbose=0))
+            seconds, store = timed(lambda: FeatureStore.build(work / "store", extractor, subset, work / "images", verbose=0))  # noqa: B023 - called at once
             assert store.extracted == 0, store.extracted
             reuse.append(seconds)
             wanted = names[: args.images + 10 * (round_ + 1)]
-            seconds, store = timed(lambda: FeatureStore.build(work / "store", extractor, wanted, work / "images", verbose=0))
+            seconds, store = timed(lambda: FeatureStore.build(work / "store", extractor, wanted, work / "images", verbose=0))  # noqa: B023 - called at once
             assert store.extracted == 10, store.extracted
             grow.append(seconds)
             print(f"round {round_ + 1}: reuse {reuse[-1]:.3f} s, grow by 10 {grow[-1]:.1f} s", file=sys.stderr, flush=True)
@@ -101,7 +101,7 @@ def main() -> None:
         FeatureStore.build(work / "b3_warmup", b3, b3_names[:16], work / "b3_images", verbose=0)  # builds and traces
         per_image = []
         for round_ in range(args.rounds):
-            seconds, _ = timed(lambda: FeatureStore.build(work / f"b3_{round_}", b3, b3_names, work / "b3_images", verbose=0))
+            seconds, _ = timed(lambda: FeatureStore.build(work / f"b3_{round_}", b3, b3_names, work / "b3_images", verbose=0))  # noqa: B023 - called at once
             per_image.append(seconds / len(b3_names))
             print(f"round {round_ + 1}: EfficientNetB3 {per_image[-1]:.3f} s/image", file=sys.stderr, flush=True)
     finally:

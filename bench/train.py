@@ -461,7 +461,6 @@ def run_row(args) -> dict:
     """One row of figures; runs in its own process."""
     sampler = MemorySampler()
     import keras
-    import tensorflow as tf
 
     from training.data.dataset import DatasetBuilder
     from training.evaluation.inference import BeamSearchDecoder, GreedyDecoder
@@ -493,7 +492,7 @@ def run_row(args) -> dict:
     times = StepTimes()
     train = tap_batches(builder.build(split.train), record)
     steps = args.steps if args.worker == "memory" else None
-    log(f"{args.worker}: training {'%d steps' % steps if steps else '%d epoch(s)' % args.epochs} "
+    log(f"{args.worker}: training {f'{steps} steps' if steps else f'{args.epochs} epoch(s)'} "
         f"({sum(map(len, split.train.values()))} captions per epoch, policy {policy})")
     start = time.perf_counter()
     history = model.fit(train.repeat() if steps else train, epochs=1 if steps else args.epochs,

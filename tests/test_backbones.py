@@ -14,9 +14,8 @@ import shutil
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
-
 from helpers import BLOCK_TRAINING, REPO, run_python, save_keras_application, serving, write_config
+from PIL import Image
 
 keras_hub = pytest.importorskip("keras_hub", reason="keras-hub is installed by `make install` (pyproject.toml)")
 

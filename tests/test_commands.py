@@ -3,13 +3,11 @@ exit codes, --log-level, and loading a saved model in a fresh process. One tiny 
 
 import csv
 import json
-import shutil
 import subprocess
 import sys
 
 import pytest
 import yaml
-
 from helpers import REPO, run_python, tiny_config
 
 NOISE = ("oneDNN", "I0000", "E0000", "absl::InitializeLog")  # TensorFlow's start-up lines

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import TRAIN_WITH_CALLBACK, child_env, write_config
 
 SCRIPT = Path(__file__).with_name("distributed_run.py")

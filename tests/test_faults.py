@@ -5,7 +5,6 @@ import subprocess
 
 import pytest
 import yaml
-
 from helpers import run_python, train_with_callback, write_config
 from test_serving import run, server  # noqa: F401 - the service of the shared trained run
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import save_keras_application
 from PIL import Image
 
-from helpers import save_keras_application
 from training.errors import UserInputError
 from training.features import (
     BaseFeatureExtractor,

@@ -12,7 +12,6 @@ import textwrap
 import numpy as np
 import pytest
 import yaml
-
 from helpers import run_python, tiny_config
 
 # Prints one JSON line per event: the optimizer and its loss-scale state at the start of training
@@ -111,8 +110,8 @@ def test_float16_resume_restores_the_loss_scale_state(float16_run):
 def test_float16_model_decodes_batches_as_single_images(float16_run, beam_size):
     import keras
 
-    from training.evaluation.loading import load_trained
     from training.evaluation import BeamSearchDecoder
+    from training.evaluation.loading import load_trained
     from training.features import FeatureStore
 
     artifacts = float16_run[0]

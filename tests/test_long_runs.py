@@ -17,8 +17,8 @@ import time
 
 import pytest
 import yaml
-
 from helpers import REPO, child_env, run_python, tiny_config
+
 from training.utils.lifecycle import KEPT_BY_FRESH
 
 # Determinism on CPU: deterministic kernels, and no oneDNN (its kernels may sum in a thread-dependent

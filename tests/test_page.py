@@ -7,9 +7,8 @@ import shutil
 
 import httpx
 import pytest
-from PIL import Image
-
 from helpers import REPO, run_python, serving
+from PIL import Image
 
 IMAGES = 4
 # No network here: nothing in the background may try to reach one (see scripts/render_report.py).

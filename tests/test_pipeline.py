@@ -7,7 +7,6 @@ import shutil
 
 import pytest
 import yaml
-
 from helpers import SEED_ARTIFACTS, TRAINED_RUN, run_python, write_config
 
 

@@ -6,7 +6,6 @@ still shows them verbatim.
 """
 
 import re
-from pathlib import Path
 
 from helpers import REPO, run_python
 

@@ -1,7 +1,6 @@
 """Tests for the run report, its Chromium screenshot and the optional MLflow logging, on a real artifacts_dir."""
 
 import html
-import os
 import shutil
 import subprocess
 import sys

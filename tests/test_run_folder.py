@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 import yaml
-
 from helpers import REPO, SEED_ARTIFACTS, child_env, run_python, tiny_config
+
 from training.features import FeatureStore
 
 QUICK = {"epochs": 1, "eval_max_images": 2, "beam_size": 1, "max_bad_image_fraction": 0.05}

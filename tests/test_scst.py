@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import re
 import signal
 
+import helpers
 import keras
 import numpy as np
 import pytest
-
-import helpers
 from helpers import run_python, train_with_callback
+
 from training.configs import ConfigError, config_from_dict
 
 ENV = {"TF_DETERMINISTIC_OPS": "1", "TF_ENABLE_ONEDNN_OPTS": "0"}

@@ -17,9 +17,8 @@ import zipfile
 
 import httpx
 import pytest
-from PIL import Image
-
 from helpers import BLOCK_TRAINING, REPO, run_python, serving
+from PIL import Image
 
 IMAGES = 20
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import assert_readme_shows
+
 from training.configs import Config
 from training.utils import ExperimentTracker, configure_precision, set_global_seed, setup_logging
 from training.utils.experiment_tracking import git_info

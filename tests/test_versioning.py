@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import assert_readme_shows
+
 from training.utils.model_versioning import ModelIntegrityError, ModelVersionManager, semver_key
 
 REPO = Path(__file__).resolve().parents[1]

@@ -73,7 +73,7 @@ class Captioner(keras.Model):
     # ---- building ---------------------------------------------------------------------------------
 
     @classmethod
-    def from_artifacts(cls, artifacts_dir, beam_size: int | None = None) -> "Captioner":
+    def from_artifacts(cls, artifacts_dir, beam_size: int | None = None) -> Captioner:
         """The captioner of a finished run: its final model, vocabulary, extractor and beam_size."""
         from training.evaluation.loading import load_trained
 
@@ -82,7 +82,7 @@ class Captioner(keras.Model):
 
     @classmethod
     def from_run(cls, model: CaptionModel, tokenizer: Tokenizer, config, beam_size: int | None = None,
-                 extractor_weights="run") -> "Captioner":
+                 extractor_weights="run") -> Captioner:
         """From a run's parts; extractor_weights=None skips loading the CNN's weights (features are precomputed)."""
         m = config.model
         return cls(model, tokenizer.vocabulary, extractor=m.feature_extractor, image_size=m.image_size,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from training.errors import UserInputError
 from training.utils.lifecycle import Terminated

@@ -22,9 +22,15 @@ from training.configs.training_config import BUILT_IN_EXTRACTORS, BUILT_IN_FAMIL
 from training.errors import unknown_extractor
 from training.utils import ExperimentTracker, ensure_dir, save_json, set_global_seed
 from training.utils.io import atomic_path, remove_stale_temporaries
+from training.utils.lifecycle import (
+    check_rerun,
+    check_resume_files,
+    finished_and_unchanged,
+    keep_aside,
+    latest_state,
+    raise_terminated,
+)
 from training.utils.logging import draws_progress, import_tensorflow_quietly
-from training.utils.lifecycle import (check_rerun, check_resume_files, finished_and_unchanged, keep_aside, latest_state,
-                                      raise_terminated)
 
 log = logging.getLogger(__name__)
 
@@ -311,8 +317,8 @@ class TrainingPipeline:
         """The final model (best checkpoint, or SCST's when it beats it), its test scores, the summary and report."""
         import keras
 
-        from training.evaluation.split import evaluate_split
         from training.evaluation.report import build_report
+        from training.evaluation.split import evaluate_split
         from training.utils.mlflow_logging import log_run_to_mlflow
 
         c = self.config

@@ -11,8 +11,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from training.utils.io import atomic_path, save_json
 from training.artifacts import STATE_FILE, STATE_MODEL_FILE
+from training.utils.io import atomic_path, save_json
 from training.utils.lifecycle import latest_state
 
 log = logging.getLogger(__name__)

@@ -113,11 +113,11 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any] | None, source: str = "config") -> "Config":
+    def from_dict(cls, raw: dict[str, Any] | None, source: str = "config") -> Config:
         """A validated Config from flat keys or data/model/training sections: Config.from_dict(c.to_dict()) == c."""
         return config_from_dict(raw, source)
 
-    def with_absolute_paths(self, base: str | Path | None = None) -> "Config":
+    def with_absolute_paths(self, base: str | Path | None = None) -> Config:
         """The same config with every PATH_KEYS value, a weights file and a local preset folder made absolute
         against `base` (the working directory)."""
         base = Path(base) if base is not None else Path.cwd()

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -52,7 +52,7 @@ class Tokenizer:
 
     # ------------------------------------------------------------ fitting
 
-    def fit(self, texts: Iterable[str]) -> "Tokenizer":
+    def fit(self, texts: Iterable[str]) -> Tokenizer:
         _check_texts(texts, "Tokenizer.fit")
         counts = Counter(word for text in texts for word in text.split())
         for special in (PAD_TOKEN, UNK_TOKEN):
@@ -144,7 +144,7 @@ class Tokenizer:
         save_json({str(index): word for index, word in index_word.items()}, directory / IXTOWORD_FILE)
 
     @classmethod
-    def from_vocabulary(cls, words: Sequence[str], start_token: str = "startseq", end_token: str = "endseq") -> "Tokenizer":
+    def from_vocabulary(cls, words: Sequence[str], start_token: str = "startseq", end_token: str = "endseq") -> Tokenizer:
         """A fitted tokenizer whose word i has id i (the order of `ixtoword.json`)."""
         words = list(words)
         if words[:2] != [PAD_TOKEN, UNK_TOKEN] or start_token not in words or end_token not in words:
@@ -161,7 +161,7 @@ class Tokenizer:
         return [index_word[i] for i in range(len(index_word))]
 
     @classmethod
-    def load(cls, directory: str | Path, start_token: str = "startseq", end_token: str = "endseq") -> "Tokenizer":
+    def load(cls, directory: str | Path, start_token: str = "startseq", end_token: str = "endseq") -> Tokenizer:
         directory = Path(directory)
         word_path, index_path = directory / WORDTOIX_FILE, directory / IXTOWORD_FILE
         for path in (word_path, index_path):

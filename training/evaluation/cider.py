@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +55,7 @@ class CiderD:
         self._reference_cache: dict = {}
 
     @classmethod
-    def from_references(cls, references: Mapping[str, Sequence] | Sequence[Sequence]) -> "CiderD":
+    def from_references(cls, references: Mapping[str, Sequence] | Sequence[Sequence]) -> CiderD:
         """Document frequencies of these reference sets (e.g. the training split's captions per image)."""
         sets = list(references.values()) if isinstance(references, Mapping) else list(references)
         return cls(document_frequencies(sets), len(sets))

@@ -18,8 +18,8 @@ from __future__ import annotations
 import csv
 import logging
 import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu, sentence_bleu
 

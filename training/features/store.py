@@ -112,7 +112,7 @@ class FeatureStore:
         }
 
     @classmethod
-    def open(cls, directory: str | Path) -> "FeatureStore":
+    def open(cls, directory: str | Path) -> FeatureStore:
         """Open a finished store read-only; the feature array is memory-mapped, never read whole."""
         directory = Path(directory)
         index_path, features_path = directory / INDEX_FILE, directory / FEATURES_FILE
@@ -146,7 +146,7 @@ class FeatureStore:
         chunk_size: int = 256,
         max_bad_fraction: float = 0.01,
         verbose: int = 1,
-    ) -> "FeatureStore":
+    ) -> FeatureStore:
         """The store in `directory` with the features of `image_ids`: images already in it are reused, the
         others extracted and added (an interrupted extraction resumes first). Images the store holds beyond
         `image_ids` stay in it. A store of another extractor, weights or image size is never replaced:
@@ -267,7 +267,7 @@ def _start(directory: Path, wanted: dict, extractor, old: FeatureStore | None, n
     try:
         _reserve(directory / PARTIAL_FEATURES_FILE)
     except OSError:
-        del features
+        features = None  # unmapped before the file goes
         (directory / PARTIAL_FEATURES_FILE).unlink(missing_ok=True)  # no state file names it yet: nothing is lost
         raise
     for begin in range(0, len(old_ids), 1024):

@@ -8,8 +8,8 @@ keys/values (transformer) or the LSTM state instead of re-running the prefix.
 
 from __future__ import annotations
 
-import numpy as np
 import keras
+import numpy as np
 from keras import ops
 
 from training.configs.training_config import ARCHITECTURES, ModelConfig

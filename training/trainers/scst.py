@@ -27,10 +27,10 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
+from training.artifacts import SCST_CHECKPOINT, SCST_RESUME_DIR, STATE_FILE, STATE_MODEL_FILE, XE_MODEL
 from training.evaluation.cider import BatchCiderD, CiderD
 from training.evaluation.metrics import strip_wrappers
 from training.utils.io import atomic_path, save_json
-from training.artifacts import SCST_CHECKPOINT, SCST_RESUME_DIR, STATE_FILE, STATE_MODEL_FILE, XE_MODEL
 from training.utils.lifecycle import Terminated, latest_state
 from training.utils.logging import draws_progress
 
@@ -240,7 +240,7 @@ class SelfCriticalTrainer:
                 # The next batch's features are read from the store on a thread while this one trains.
                 upcoming = prefetch.submit(self.features, batch_ids[0])
                 bar = tqdm(batches, desc=f"SCST epoch {epoch + 1}", unit="batch", leave=False, disable=not draws_progress(sys.stderr))
-                for number, batch in enumerate(bar):
+                for number, _ in enumerate(bar):
                     ids, features = batch_ids[number], upcoming.result()
                     if number + 1 < len(batches):
                         upcoming = prefetch.submit(self.features, batch_ids[number + 1])

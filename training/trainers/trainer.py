@@ -19,9 +19,8 @@ from training.callbacks.metrics import MetricsCallback, ProgressCallback
 from training.configs import Config, ConfigError
 from training.models import build_caption_model
 from training.models.optimization import compile_caption_model
-from training.utils.lifecycle import RunConflict, Terminated, differences, identity_fingerprint, run_identity, training_left
 from training.utils import keras_private
-from training.utils.io import save_json
+from training.utils.lifecycle import RunConflict, Terminated, differences, identity_fingerprint, run_identity, training_left
 from training.utils.logging import draws_progress
 
 log = logging.getLogger(__name__)

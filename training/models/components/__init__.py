@@ -3,7 +3,6 @@
 from training.models.components.attention import BahdanauAttention, CachedMultiHeadAttention, MultiHeadCrossAttention
 from training.models.components.dense import Dense
 from training.models.components.dropout import Dropout
-from training.models.components.normalization import LayerNormalization
 from training.models.components.encoders import (
     ImageProjection,
     LSTMAttentionDecoder,
@@ -11,6 +10,7 @@ from training.models.components.encoders import (
     TextEmbedding,
     TransformerDecoderBlock,
 )
+from training.models.components.normalization import LayerNormalization
 
 __all__ = [
     "BahdanauAttention",

@@ -10,7 +10,6 @@ from keras import ops
 from training.models.components.dense import Dense
 from training.models.components.dropout import Dropout
 
-
 # Masked scores are set to this finite value (in float32) rather than -inf, so a row with
 # no visible key gives a uniform distribution instead of NaN.
 _MASKED_SCORE = -1e9
