@@ -63,16 +63,32 @@ def make_bench_model() -> tuple[Path, str]:
     from filelock import FileLock
 
     data, artifacts = BENCH_DIR / "demo_data", BENCH_DIR / "artifacts"
-    overrides = [f"images_path={data / 'Images'}", f"captions_file={data / 'captions.txt'}",
-                 f"glove_path={data / 'glove.demo.50d.txt'}", f"scenes_file={data / 'scenes.json'}",
-                 f"artifacts_dir={artifacts}", f"epochs={BENCH_EPOCHS}", "scst_epochs=0", "eval_max_images=20"]
+    overrides = [
+        f"images_path={data / 'Images'}",
+        f"captions_file={data / 'captions.txt'}",
+        f"glove_path={data / 'glove.demo.50d.txt'}",
+        f"scenes_file={data / 'scenes.json'}",
+        f"artifacts_dir={artifacts}",
+        f"epochs={BENCH_EPOCHS}",
+        "scst_epochs=0",
+        "eval_max_images=20",
+    ]
     commands = [
         ["-m", "training.data.demo", str(data), "--images", str(BENCH_IMAGES), "--seed", "0"],
-        ["-m", "training.train", "--config", "training/config.demo.yaml", "--fresh",
-         *(arg for override in overrides for arg in ("--set", override))],
+        [
+            "-m",
+            "training.train",
+            "--config",
+            "training/config.demo.yaml",
+            "--fresh",
+            *(arg for override in overrides for arg in ("--set", override)),
+        ],
     ]
-    made = ("made by this bench: " + "; ".join("python " + " ".join(c) for c in commands)
-            + f" (a {BENCH_EPOCHS}-epoch training: decoding speed per step does not depend on how well the model is trained)")
+    made = (
+        "made by this bench: "
+        + "; ".join("python " + " ".join(c) for c in commands)
+        + f" (a {BENCH_EPOCHS}-epoch training: decoding speed per step does not depend on how well the model is trained)"
+    )
     (REPO / BENCH_DIR).mkdir(parents=True, exist_ok=True)
     recipe_file = REPO / BENCH_DIR / "recipe.json"
     with FileLock(REPO / BENCH_DIR / ".lock"):  # a second bench started meanwhile waits, then reuses the model
@@ -98,7 +114,7 @@ def warm_up(function, features: np.ndarray, batch_size: int) -> tuple[float, int
     """Call once per batch shape the timed runs will see; returns (seconds, images decoded)."""
     shapes = [features[:batch_size]]
     if len(features) % batch_size and len(features) > batch_size:
-        shapes.append(features[-(len(features) % batch_size):])
+        shapes.append(features[-(len(features) % batch_size) :])
     return sum(time_call(function, part) for part in shapes), sum(len(part) for part in shapes)
 
 
@@ -118,9 +134,13 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=250, help="images per decode call (default 250: 4 equal batches)")
     parser.add_argument("--runs", type=int, default=3, help="timed rounds (default 3)")
-    parser.add_argument("--model", choices=("auto", "demo", "bench"), default="auto",
-                        help="demo: artifacts/demo; bench: the bench's own (made once in bench_data/); "
-                             "auto (default): demo if that run has finished, else bench")
+    parser.add_argument(
+        "--model",
+        choices=("auto", "demo", "bench"),
+        default="auto",
+        help="demo: artifacts/demo; bench: the bench's own (made once in bench_data/); "
+        "auto (default): demo if that run has finished, else bench",
+    )
     parser.add_argument("--artifacts", type=Path, default=None, help="decode with this finished run instead")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -163,9 +183,12 @@ def main() -> None:
         start = time.perf_counter()
         one_at_a_time += beam.decode_one_at_a_time(features[share])
         seconds["beam3_one_at_a_time"].append(time.perf_counter() - start)
-        print(f"run {run + 1}/{args.runs}: greedy {count / seconds['greedy'][-1]:.0f} img/s, beam-3 "
-              f"{count / seconds['beam3'][-1]:.0f} img/s, beam-3 one at a time {(share.stop - share.start) / seconds['beam3_one_at_a_time'][-1]:.1f} img/s",
-              file=sys.stderr, flush=True)
+        print(
+            f"run {run + 1}/{args.runs}: greedy {count / seconds['greedy'][-1]:.0f} img/s, beam-3 "
+            f"{count / seconds['beam3'][-1]:.0f} img/s, beam-3 one at a time {(share.stop - share.start) / seconds['beam3_one_at_a_time'][-1]:.1f} img/s",
+            file=sys.stderr,
+            flush=True,
+        )
 
     rates = {name: count / statistics.median(seconds[name]) for name in ("greedy", "beam3")}
     rates["beam3_one_at_a_time"] = count / sum(seconds["beam3_one_at_a_time"])
@@ -178,44 +201,53 @@ def main() -> None:
 
     print(f"\n{'decoder':<24}{'images/s':>10}{'compile s':>11}   timed")
     for name, label in (("greedy", "greedy"), ("beam3", "beam-3"), ("beam3_one_at_a_time", "beam-3 one at a time")):
-        timed = (f"median of {args.runs} x {count} images, batch {args.batch_size} ({shards} shards)" if name != "beam3_one_at_a_time"
-                 else f"{count} images once, batch 1")
+        timed = (
+            f"median of {args.runs} x {count} images, batch {args.batch_size} ({shards} shards)"
+            if name != "beam3_one_at_a_time"
+            else f"{count} images once, batch 1"
+        )
         print(f"{label:<24}{rates[name]:>10.1f}{compile_s[name]:>11.2f}   {timed}")
     print(f"ratio beam-3 batched / one at a time: {ratio:.1f}x (target >= 20x: {'met' if ratio >= 20 else 'NOT met'})")
     print(f"model: {artifacts} ({made})")
-    print(f"{os.cpu_count()} CPUs, load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}; "
-          f"{time.perf_counter() - started:.0f} s in all\n")
+    print(
+        f"{os.cpu_count()} CPUs, load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}; "
+        f"{time.perf_counter() - started:.0f} s in all\n"
+    )
 
-    print(json.dumps({
-        "greedy_images_per_s": round(rates["greedy"], 1),
-        "beam3_images_per_s": round(rates["beam3"], 1),
-        "beam3_one_at_a_time_images_per_s": round(rates["beam3_one_at_a_time"], 2),
-        "ratio": round(ratio, 2),
-        "ratio_target": 20,
-        "ratio_target_met": ratio >= 20,
-        "greedy_compile_s": round(compile_s["greedy"], 2),
-        "beam3_compile_s": round(compile_s["beam3"], 2),
-        "beam3_one_at_a_time_compile_s": round(compile_s["beam3_one_at_a_time"], 2),
-        "images": count,
-        "one_at_a_time_images": count,
-        "batch_size": args.batch_size,
-        "shards_per_batch": shards,
-        "beam_size": 3,
-        "runs": args.runs,
-        "seconds": {name: [round(s, 3) for s in values] for name, values in seconds.items()},
-        "one_at_a_time_timing": f"all {count} images once, split into {args.runs} shares interleaved with the batched runs",
-        "beam3_batched_equals_one_at_a_time": round(same / count, 4),
-        "mean_caption_steps": round(float(np.mean(steps_needed)), 2),
-        "max_decode_steps": int(model.max_length),
-        "model": {"path": str(artifacts), "made": made, "vocab_size": tokenizer.vocab_size},
-        "features": f"first {count} rows of {artifacts / 'features.npy'} ({store.extractor_name}, "
-                    f"{features.shape[1]} regions x {features.shape[2]}), read into memory before timing",
-        "cpus": os.cpu_count(),
-        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-        "setup_s": round(setup_s, 1),
-        "total_s": round(time.perf_counter() - started, 1),
-        "machine": machine.finish(facts),
-    }))
+    print(
+        json.dumps(
+            {
+                "greedy_images_per_s": round(rates["greedy"], 1),
+                "beam3_images_per_s": round(rates["beam3"], 1),
+                "beam3_one_at_a_time_images_per_s": round(rates["beam3_one_at_a_time"], 2),
+                "ratio": round(ratio, 2),
+                "ratio_target": 20,
+                "ratio_target_met": ratio >= 20,
+                "greedy_compile_s": round(compile_s["greedy"], 2),
+                "beam3_compile_s": round(compile_s["beam3"], 2),
+                "beam3_one_at_a_time_compile_s": round(compile_s["beam3_one_at_a_time"], 2),
+                "images": count,
+                "one_at_a_time_images": count,
+                "batch_size": args.batch_size,
+                "shards_per_batch": shards,
+                "beam_size": 3,
+                "runs": args.runs,
+                "seconds": {name: [round(s, 3) for s in values] for name, values in seconds.items()},
+                "one_at_a_time_timing": f"all {count} images once, split into {args.runs} shares interleaved with the batched runs",
+                "beam3_batched_equals_one_at_a_time": round(same / count, 4),
+                "mean_caption_steps": round(float(np.mean(steps_needed)), 2),
+                "max_decode_steps": int(model.max_length),
+                "model": {"path": str(artifacts), "made": made, "vocab_size": tokenizer.vocab_size},
+                "features": f"first {count} rows of {artifacts / 'features.npy'} ({store.extractor_name}, "
+                f"{features.shape[1]} regions x {features.shape[2]}), read into memory before timing",
+                "cpus": os.cpu_count(),
+                "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+                "setup_s": round(setup_s, 1),
+                "total_s": round(time.perf_counter() - started, 1),
+                "machine": machine.finish(facts),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -103,23 +103,27 @@ def main() -> None:
             )
 
         pipeline, memory, compiled = max(pipeline_rates), max(memory_rates), max(compiled_rates)
-        print(json.dumps({
-            "extractor": "EfficientNetB0",
-            "images": len(names),
-            "image_size": [224, 224],
-            "source_size": [500, 375],
-            "cpus": os.cpu_count(),
-            "pipeline_images_per_s": round(pipeline, 2),
-            "in_memory_images_per_s": round(memory, 2),
-            "ratio": round(pipeline / memory, 3),
-            "in_memory_compiled_images_per_s": round(compiled, 2),
-            "ratio_vs_compiled": round(pipeline / compiled, 3),
-            "median_ratio": round(statistics.median(pipeline_rates) / statistics.median(memory_rates), 3),
-            "pipeline_cpu_ms_per_image": round(statistics.median(pipeline_cpu), 2),
-            "in_memory_cpu_ms_per_image": round(statistics.median(memory_cpu), 2),
-            "cpu_ratio": round(statistics.median(memory_cpu) / statistics.median(pipeline_cpu), 3),
-            "machine": machine.finish(facts),
-        }))
+        print(
+            json.dumps(
+                {
+                    "extractor": "EfficientNetB0",
+                    "images": len(names),
+                    "image_size": [224, 224],
+                    "source_size": [500, 375],
+                    "cpus": os.cpu_count(),
+                    "pipeline_images_per_s": round(pipeline, 2),
+                    "in_memory_images_per_s": round(memory, 2),
+                    "ratio": round(pipeline / memory, 3),
+                    "in_memory_compiled_images_per_s": round(compiled, 2),
+                    "ratio_vs_compiled": round(pipeline / compiled, 3),
+                    "median_ratio": round(statistics.median(pipeline_rates) / statistics.median(memory_rates), 3),
+                    "pipeline_cpu_ms_per_image": round(statistics.median(pipeline_cpu), 2),
+                    "in_memory_cpu_ms_per_image": round(statistics.median(memory_cpu), 2),
+                    "cpu_ratio": round(statistics.median(memory_cpu) / statistics.median(pipeline_cpu), 3),
+                    "machine": machine.finish(facts),
+                }
+            )
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

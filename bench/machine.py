@@ -43,9 +43,16 @@ def load_average() -> list[float] | None:
 def describe(matmul: bool = True) -> dict:
     """The machine now; `matmul` measures its float32 and bfloat16 matmul rates (~5-20 s)."""
     flags = cpu_flags()
-    facts = {"cpu": cpu_model(), "cpus": os.cpu_count(), "amx": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags,
-             "python": platform.python_version(), "tensorflow": installed("tensorflow-cpu", "tensorflow"),
-             "keras": installed("keras"), "load_average_at_start": load_average()}
+    facts = {
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "amx": "amx_bf16" in flags,
+        "avx512_bf16": "avx512_bf16" in flags,
+        "python": platform.python_version(),
+        "tensorflow": installed("tensorflow-cpu", "tensorflow"),
+        "keras": installed("keras"),
+        "load_average_at_start": load_average(),
+    }
     if matmul:
         facts["matmul_gflop_per_s_at_start"] = probe_matmul_rates()
     return facts

@@ -58,11 +58,11 @@ def stage_data(args):
     config = w1.w1_config()
     split = w1.load_split(Path(args.captions), 1, config)
     tokenizer = Tokenizer(min_word_count=config.data.word_count_threshold).fit(
-        caption for captions in split.train.values() for caption in captions)
+        caption for captions in split.train.values() for caption in captions
+    )
     max_length = get_max_caption_length(split.train)
     store = FeatureStore.open(w1.store_dir(1))
-    builder = DatasetBuilder(store.features, store.index, tokenizer, max_length - 1, config.training.batch_size,
-                             config.data.seed)
+    builder = DatasetBuilder(store.features, store.index, tokenizer, max_length - 1, config.training.batch_size, config.data.seed)
     train = dict(list(split.train.items())[: args.images])
     val = dict(list(split.val.items())[: args.val_images])
     return config, train, val, tokenizer, builder, max_length
@@ -74,11 +74,14 @@ def timing(times, captions_per_batch: list[int]) -> dict:
     warmup = min(WARMUP, batches - 1)
     steady_seconds = times.ends[-1] - times.ends[warmup - 1] if warmup else times.ends[-1] - times.begin
     steady_captions = sum(captions_per_batch[warmup:batches])
-    return {"batches": batches, "captions_trained": sum(captions_per_batch[:batches]),
-            "epoch_seconds": round(times.ends[-1] - times.begin, 1),
-            "first_batch_seconds": round(times.ends[0] - times.begin, 2),
-            "steady_captions_per_s": round(steady_captions / steady_seconds, 1),
-            "steady_step_ms": round(1000 * steady_seconds / (batches - warmup), 1)}
+    return {
+        "batches": batches,
+        "captions_trained": sum(captions_per_batch[:batches]),
+        "epoch_seconds": round(times.ends[-1] - times.begin, 1),
+        "first_batch_seconds": round(times.ends[0] - times.begin, 2),
+        "steady_captions_per_s": round(steady_captions / steady_seconds, 1),
+        "steady_step_ms": round(1000 * steady_seconds / (batches - warmup), 1),
+    }
 
 
 def run_xe(args) -> dict:
@@ -99,9 +102,13 @@ def run_xe(args) -> dict:
     times = w1.StepTimes()
     w1.log(f"xe: one epoch on {len(train)} images ({sum(map(len, train.values()))} captions, policy {policy})")
     model.fit(w1.tap_batches(builder.build(train), record), epochs=1, callbacks=[times.callback], verbose=0)
-    result = {"policy": policy, **timing(times, [captions for _, _, captions, _ in record]),
-              "tokens_per_caption": round(sum(t for *_, t in record) / sum(c for _, _, c, _ in record), 2),
-              "loss_epoch_mean": round(times.losses[-1], 3), "training_memory": sampler.snapshot()}
+    result = {
+        "policy": policy,
+        **timing(times, [captions for _, _, captions, _ in record]),
+        "tokens_per_caption": round(sum(t for *_, t in record) / sum(c for _, _, c, _ in record), 2),
+        "loss_epoch_mean": round(times.losses[-1], 3),
+        "training_memory": sampler.snapshot(),
+    }
     keras.saving.save_model(model, args.model)
     return result
 
@@ -116,9 +123,19 @@ def run_scst(args) -> dict:
     from training.utils import configure_precision, set_global_seed
 
     _, train, val, tokenizer, builder, _ = stage_data(args)
-    config = load_config(w1.REPO / "training" / "config.yaml", [
-        "train_split=0.6", "val_split=0.2", "test_split=0.2", "glove_path=null", "scst_epochs=1", "monitor=val_cider",
-        "mode=max", f"val_caption_images={args.val_images}"])
+    config = load_config(
+        w1.REPO / "training" / "config.yaml",
+        [
+            "train_split=0.6",
+            "val_split=0.2",
+            "test_split=0.2",
+            "glove_path=null",
+            "scst_epochs=1",
+            "monitor=val_cider",
+            "mode=max",
+            f"val_caption_images={args.val_images}",
+        ],
+    )
     set_global_seed(config.data.seed)
     policy = configure_precision(config.training.use_mixed_precision)
     model = keras.saving.load_model(args.model)
@@ -136,33 +153,69 @@ def run_scst(args) -> dict:
                 warm.update(trainer.step_seconds)
 
     with tempfile.TemporaryDirectory(prefix="bench-scst-") as artifacts:
-        trainer = SelfCriticalTrainer(config, artifacts, tokenizer, builder, train,
-                                      CaptionValidation(tokenizer, builder, val, args.val_images),
-                                      callbacks=[Rewards(), times.callback])
-        state = {"epoch": 0, "xe_epochs": 1, "xe_val_cider": 0.0, "xe_val_bleu4": 0.0, "best_val_cider": -math.inf,
-                 "best_epoch": None}
+        trainer = SelfCriticalTrainer(
+            config,
+            artifacts,
+            tokenizer,
+            builder,
+            train,
+            CaptionValidation(tokenizer, builder, val, args.val_images),
+            callbacks=[Rewards(), times.callback],
+        )
+        state = {
+            "epoch": 0,
+            "xe_epochs": 1,
+            "xe_val_cider": 0.0,
+            "xe_val_bleu4": 0.0,
+            "best_val_cider": -math.inf,
+            "best_epoch": None,
+        }
         w1.log(f"scst: one epoch on {len(train)} images ({trainer.samples} samples each, policy {policy})")
         started = time.perf_counter()
         trainer.train(model, state, CaptionSampler(model, tokenizer, trainer.samples))
         stage_seconds = time.perf_counter() - started
     seconds = {k: v - warm.get(k, 0.0) for k, v in trainer.step_seconds.items()}
     step_total = sum(seconds[k] for k in ("sampling", "reward", "update"))
-    per_batch = [trainer.samples * len(ids) for ids in
-                 (list(train)[i:i + trainer.images_per_batch] for i in range(0, len(train), trainer.images_per_batch))]
-    return {"policy": policy, **timing(times, per_batch),
-            "images_per_batch": trainer.images_per_batch, "samples_per_image": trainer.samples,
-            "steady_step_share": {k: round(seconds[k] / step_total, 3) for k in ("sampling", "reward", "update")},
-            "steady_step_seconds": {k: round(v, 2) for k, v in seconds.items()},
-            "features_note": "read on a thread while the previous step trains (not part of the step share)",
-            "mean_reward_first_and_last_20_steps": [round(statistics.mean(rewards[:20]), 4), round(statistics.mean(rewards[-20:]), 4)],
-            "tokens_per_caption": round(trainer.tokens_trained / sum(per_batch), 2),
-            "epoch_with_validation_seconds": round(stage_seconds, 1), "training_memory": training_memory,
-            "memory": sampler_memory.snapshot()}
+    per_batch = [
+        trainer.samples * len(ids)
+        for ids in (list(train)[i : i + trainer.images_per_batch] for i in range(0, len(train), trainer.images_per_batch))
+    ]
+    return {
+        "policy": policy,
+        **timing(times, per_batch),
+        "images_per_batch": trainer.images_per_batch,
+        "samples_per_image": trainer.samples,
+        "steady_step_share": {k: round(seconds[k] / step_total, 3) for k in ("sampling", "reward", "update")},
+        "steady_step_seconds": {k: round(v, 2) for k, v in seconds.items()},
+        "features_note": "read on a thread while the previous step trains (not part of the step share)",
+        "mean_reward_first_and_last_20_steps": [
+            round(statistics.mean(rewards[:20]), 4),
+            round(statistics.mean(rewards[-20:]), 4),
+        ],
+        "tokens_per_caption": round(trainer.tokens_trained / sum(per_batch), 2),
+        "epoch_with_validation_seconds": round(stage_seconds, 1),
+        "training_memory": training_memory,
+        "memory": sampler_memory.snapshot(),
+    }
 
 
 def run_worker(args, stage: str) -> dict:
-    command = [sys.executable, __file__, "--worker", stage, "--images", str(args.images), "--captions", str(args.captions),
-               "--data-dir", str(args.data_dir), "--val-images", str(args.val_images), "--model", str(args.model)]
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        stage,
+        "--images",
+        str(args.images),
+        "--captions",
+        str(args.captions),
+        "--data-dir",
+        str(args.data_dir),
+        "--val-images",
+        str(args.val_images),
+        "--model",
+        str(args.model),
+    ]
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
     if done.returncode:
         raise SystemExit(f"bench/scst.py: the {stage} stage failed (exit {done.returncode})")
@@ -174,8 +227,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2000, help="training images of W1 used by both stages")
     parser.add_argument("--val-images", type=int, default=100, help="validation images SCST captions after its epoch")
     parser.add_argument("--captions", default=str(w1.DEFAULT_CAPTIONS))
-    parser.add_argument("--data-dir", type=Path, default=w1.DATA_DIR,
-                        help=f"where the W1 feature store is written and reused (default {w1.DATA_DIR})")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=w1.DATA_DIR,
+        help=f"where the W1 feature store is written and reused (default {w1.DATA_DIR})",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -187,7 +244,10 @@ def main() -> None:
         raise SystemExit(f"bench/scst.py: captions file not found: {args.captions} (pass --captions PATH)")
     started = time.perf_counter()
     facts = machine.describe()
-    report = {"workload": f"W1, first {args.images} training images", "store_write_seconds": round(w1.prepare_store(Path(args.captions), 1), 1)}
+    report = {
+        "workload": f"W1, first {args.images} training images",
+        "store_write_seconds": round(w1.prepare_store(Path(args.captions), 1), 1),
+    }
     with tempfile.TemporaryDirectory(prefix="bench-scst-model-") as folder:
         args.model = Path(folder) / "xe.keras"
         report["xe"] = run_worker(args, "xe")
@@ -195,13 +255,21 @@ def main() -> None:
         report["scst"] = run_worker(args, "scst")
         w1.log(f"scst: {json.dumps(report['scst'])}")
     xe, scst = report["xe"], report["scst"]
-    ratios = {"scst_epoch_over_xe": round(scst["epoch_seconds"] / xe["epoch_seconds"], 2),
-              "scst_rss_anon_over_xe": round(scst["training_memory"]["peak_rss_anon_gb"] / xe["training_memory"]["peak_rss_anon_gb"], 2),
-              "scst_with_validation_rss_anon_over_xe": round(scst["memory"]["peak_rss_anon_gb"] / xe["training_memory"]["peak_rss_anon_gb"], 2),
-              "scst_captions_per_s_over_xe": round(scst["steady_captions_per_s"] / xe["steady_captions_per_s"], 2),
-              # SCST trains on sampled captions, which a weak model makes longer than the references
-              "scst_tokens_per_s_over_xe": round(scst["steady_captions_per_s"] * scst["tokens_per_caption"]
-                                                 / (xe["steady_captions_per_s"] * xe["tokens_per_caption"]), 2)}
+    ratios = {
+        "scst_epoch_over_xe": round(scst["epoch_seconds"] / xe["epoch_seconds"], 2),
+        "scst_rss_anon_over_xe": round(
+            scst["training_memory"]["peak_rss_anon_gb"] / xe["training_memory"]["peak_rss_anon_gb"], 2
+        ),
+        "scst_with_validation_rss_anon_over_xe": round(
+            scst["memory"]["peak_rss_anon_gb"] / xe["training_memory"]["peak_rss_anon_gb"], 2
+        ),
+        "scst_captions_per_s_over_xe": round(scst["steady_captions_per_s"] / xe["steady_captions_per_s"], 2),
+        # SCST trains on sampled captions, which a weak model makes longer than the references
+        "scst_tokens_per_s_over_xe": round(
+            scst["steady_captions_per_s"] * scst["tokens_per_caption"] / (xe["steady_captions_per_s"] * xe["tokens_per_caption"]),
+            2,
+        ),
+    }
     report.update(ratios)
     report["targets"] = {k: [ratios[k], limit, ratios[k] <= limit] for k, limit in TARGETS.items()}
     report["bench_seconds"] = round(time.perf_counter() - started, 1)

@@ -70,8 +70,13 @@ def start_service(artifacts: Path, *options: str) -> tuple[subprocess.Popen, str
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    server = subprocess.Popen([sys.executable, "-m", "training.serve", "--artifacts", str(artifacts), "--port", str(port), *options],
-                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=sys.stderr)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "training.serve", "--artifacts", str(artifacts), "--port", str(port), *options],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=sys.stderr,
+    )
     launched = time.perf_counter()
     while True:
         if server.poll() is not None:
@@ -89,6 +94,7 @@ async def send_all(url: str, images: list[bytes], concurrency: int) -> tuple[flo
     next_image = iter(range(len(images)))
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as client:
+
         async def client_loop():
             for i in next_image:
                 start = time.perf_counter()
@@ -106,8 +112,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=320, help="images per timed pass (default 320)")
     parser.add_argument("--runs", type=int, default=3, help="timed rounds (default 3)")
-    parser.add_argument("--model", choices=("auto", "demo", "bench"), default="auto",
-                        help="as in bench/decode.py: demo = artifacts/demo, bench = the bench's own model")
+    parser.add_argument(
+        "--model",
+        choices=("auto", "demo", "bench"),
+        default="auto",
+        help="as in bench/decode.py: demo = artifacts/demo, bench = the bench's own model",
+    )
     parser.add_argument("--artifacts", type=Path, default=None, help="serve this finished run instead")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -135,8 +145,12 @@ def main() -> None:
                 batches[concurrency][1] += after["batches"] - before["batches"]
                 seconds[concurrency].append(took)
                 latencies[concurrency] += waited
-            print(f"run {run + 1}/{args.runs}: " + ", ".join(
-                f"concurrency {c}: {len(images) / seconds[c][-1]:.1f} images/s" for c in CONCURRENCY), file=sys.stderr, flush=True)
+            print(
+                f"run {run + 1}/{args.runs}: "
+                + ", ".join(f"concurrency {c}: {len(images) / seconds[c][-1]:.1f} images/s" for c in CONCURRENCY),
+                file=sys.stderr,
+                flush=True,
+            )
     finally:
         server.terminate()
         server.wait(60)
@@ -150,36 +164,46 @@ def main() -> None:
     print(f"\n{'concurrency':<13}{'images/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
     for c in CONCURRENCY:
         print(f"{c:<13}{rates[c]:>10.1f}{p50[c]:>9.1f}{p99[c]:>9.1f}")
-    print(f"ratio 32 / 1: {ratio:.1f}x (target >= 8x: {'met' if ratio >= 8 else 'NOT met'}); "
-          f"p99 at 32: {p99[32]:.0f} ms (target < 1000 ms: {'met' if p99[32] < 1000 else 'NOT met'})")
+    print(
+        f"ratio 32 / 1: {ratio:.1f}x (target >= 8x: {'met' if ratio >= 8 else 'NOT met'}); "
+        f"p99 at 32: {p99[32]:.0f} ms (target < 1000 ms: {'met' if p99[32] < 1000 else 'NOT met'})"
+    )
     per_batch = {c: images_ / max(1, count) for c, (images_, count) in batches.items()}
-    print(f"model: {artifacts} ({made}); service start-up {startup_s:.1f} s; "
-          f"mean images per batch: {per_batch[1]:.1f} at concurrency 1, {per_batch[32]:.1f} at 32")
-    print(f"{os.cpu_count()} CPUs, load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}; "
-          f"{time.perf_counter() - started:.0f} s in all\n")
-    print(json.dumps({
-        "conc1_images_per_s": round(rates[1], 1),
-        "conc32_images_per_s": round(rates[32], 1),
-        "ratio": round(ratio, 2),
-        "ratio_target": 8,
-        "ratio_target_met": ratio >= 8,
-        "p50_ms": {str(c): round(p50[c], 1) for c in CONCURRENCY},
-        "p99_ms": {str(c): round(p99[c], 1) for c in CONCURRENCY},
-        "p99_target_ms": 1000,
-        "p99_target_met": p99[32] < 1000,
-        "conc32_same_captions": round(same, 4),
-        "images": len(images),
-        "runs": args.runs,
-        "seconds": {str(c): [round(s, 3) for s in seconds[c]] for c in CONCURRENCY},
-        "service": "python -m training.serve, defaults (--max-batch 32, --max-wait-ms 5)",
-        "startup_s": round(startup_s, 1),
-        "mean_images_per_batch": {str(c): round(per_batch[c], 2) for c in CONCURRENCY},
-        "model": {"path": str(artifacts), "made": made},
-        "cpus": os.cpu_count(),
-        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-        "total_s": round(time.perf_counter() - started, 1),
-        "machine": machine.finish(facts),
-    }))
+    print(
+        f"model: {artifacts} ({made}); service start-up {startup_s:.1f} s; "
+        f"mean images per batch: {per_batch[1]:.1f} at concurrency 1, {per_batch[32]:.1f} at 32"
+    )
+    print(
+        f"{os.cpu_count()} CPUs, load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}; "
+        f"{time.perf_counter() - started:.0f} s in all\n"
+    )
+    print(
+        json.dumps(
+            {
+                "conc1_images_per_s": round(rates[1], 1),
+                "conc32_images_per_s": round(rates[32], 1),
+                "ratio": round(ratio, 2),
+                "ratio_target": 8,
+                "ratio_target_met": ratio >= 8,
+                "p50_ms": {str(c): round(p50[c], 1) for c in CONCURRENCY},
+                "p99_ms": {str(c): round(p99[c], 1) for c in CONCURRENCY},
+                "p99_target_ms": 1000,
+                "p99_target_met": p99[32] < 1000,
+                "conc32_same_captions": round(same, 4),
+                "images": len(images),
+                "runs": args.runs,
+                "seconds": {str(c): [round(s, 3) for s in seconds[c]] for c in CONCURRENCY},
+                "service": "python -m training.serve, defaults (--max-batch 32, --max-wait-ms 5)",
+                "startup_s": round(startup_s, 1),
+                "mean_images_per_batch": {str(c): round(per_batch[c], 2) for c in CONCURRENCY},
+                "model": {"path": str(artifacts), "made": made},
+                "cpus": os.cpu_count(),
+                "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+                "total_s": round(time.perf_counter() - started, 1),
+                "machine": machine.finish(facts),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

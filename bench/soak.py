@@ -42,8 +42,13 @@ RSS_TARGET, P99_TARGET = 1.10, 1.5
 
 def lone_captions(artifacts: Path, paths: list[Path]) -> dict[Path, str]:
     """Each image's caption from `python -m training.caption`, which captions it through the Captioner."""
-    done = subprocess.run([sys.executable, "-m", "training.caption", *map(str, paths), "--artifacts", str(artifacts), "--json"],
-                          cwd=REPO, capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "training.caption", *map(str, paths), "--artifacts", str(artifacts), "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return {Path(record["image"]): record["caption"] for record in json.loads(done.stdout)}
 
 
@@ -55,7 +60,9 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
-async def soak(url: str, images: list[tuple[bytes, str]], concurrency: int, seconds: float, interval: float, pid: int) -> list[dict]:
+async def soak(
+    url: str, images: list[tuple[bytes, str]], concurrency: int, seconds: float, interval: float, pid: int
+) -> list[dict]:
     """`concurrency` clients posting without pause for `seconds`; one row per `interval` (requests, errors, latency, RSS)."""
     intervals = max(1, math.ceil(seconds / interval))
     start = time.perf_counter()
@@ -65,6 +72,7 @@ async def soak(url: str, images: list[tuple[bytes, str]], concurrency: int, seco
     order = itertools.cycle(range(len(images)))
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as client:
+
         async def client_loop():
             while time.perf_counter() < end:
                 data, caption = images[next(order)]
@@ -72,8 +80,13 @@ async def soak(url: str, images: list[tuple[bytes, str]], concurrency: int, seco
                 try:
                     async with client.post(url + "/caption", data=data, headers={"Content-Type": "image/png"}) as response:
                         answer = await response.json()
-                    problem = (f"HTTP {response.status}: {answer}" if response.status != 200
-                               else None if answer["caption"] == caption else f"caption {answer['caption']!r} != {caption!r}")
+                    problem = (
+                        f"HTTP {response.status}: {answer}"
+                        if response.status != 200
+                        else None
+                        if answer["caption"] == caption
+                        else f"caption {answer['caption']!r} != {caption!r}"
+                    )
                 except (aiohttp.ClientError, asyncio.TimeoutError) as error:
                     problem = f"{type(error).__name__}: {error}"
                 finished = time.perf_counter()
@@ -95,9 +108,15 @@ async def soak(url: str, images: list[tuple[bytes, str]], concurrency: int, seco
 def row(number: int, done: list[tuple[float, float, str | None]], rss: float) -> dict:
     latencies = [latency for _, latency, _ in done] or [float("nan")]
     errors = [problem for _, _, problem in done if problem]
-    return {"interval": number, "requests": len(done), "errors": len(errors), "first_error": errors[0] if errors else None,
-            "p50_ms": round(1000 * float(np.percentile(latencies, 50)), 1),
-            "p99_ms": round(1000 * float(np.percentile(latencies, 99)), 1), "rss_mb": round(rss, 1)}
+    return {
+        "interval": number,
+        "requests": len(done),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "p50_ms": round(1000 * float(np.percentile(latencies, 50)), 1),
+        "p99_ms": round(1000 * float(np.percentile(latencies, 99)), 1),
+        "rss_mb": round(rss, 1),
+    }
 
 
 def format_row(r: dict) -> str:
@@ -127,8 +146,12 @@ def main() -> None:
         print("warm-up (connections, first requests):", file=sys.stderr)
         asyncio.run(soak(url, images, args.concurrency, 5, 5, server.pid))
         load_before = os.getloadavg()
-        print(f"{'interval':>8}{'requests':>10}{'errors':>8}{'p50 ms':>10}{'p99 ms':>10}{'RSS MB':>10}"
-              f"   ({args.interval:g} s each, concurrency {args.concurrency})", file=sys.stderr, flush=True)
+        print(
+            f"{'interval':>8}{'requests':>10}{'errors':>8}{'p50 ms':>10}{'p99 ms':>10}{'RSS MB':>10}"
+            f"   ({args.interval:g} s each, concurrency {args.concurrency})",
+            file=sys.stderr,
+            flush=True,
+        )
         rows = asyncio.run(soak(url, images, args.concurrency, 60 * args.minutes, args.interval, server.pid))
         load_after = os.getloadavg()
     finally:
@@ -142,23 +165,39 @@ def main() -> None:
     print(f"\n{'interval':>8}{'requests':>10}{'errors':>8}{'p50 ms':>10}{'p99 ms':>10}{'RSS MB':>10}")
     for r in rows:
         print(format_row(r))
-    print(f"errors {errors} (target 0: {'met' if met['errors'] else 'NOT met'}); RSS last/first {rss_ratio:.3f} "
-          f"(target <= {RSS_TARGET}: {'met' if met['rss'] else 'NOT met'}); p99 last/first {p99_ratio:.2f} "
-          f"(target <= {P99_TARGET}: {'met' if met['p99'] else 'NOT met'})")
-    print(f"model: {artifacts} ({made}); service start-up {startup_s:.1f} s; {os.cpu_count()} CPUs, "
-          f"load average (1, 5, 15 min) {tuple(round(x, 1) for x in load_before)} -> {tuple(round(x, 1) for x in load_after)}\n")
-    print(json.dumps({
-        "minutes": args.minutes, "interval_s": args.interval, "concurrency": args.concurrency, "images": len(images),
-        "rows": rows,
-        "requests": sum(r["requests"] for r in rows), "errors": errors,
-        "rss_end_vs_first": round(rss_ratio, 4), "p99_last_vs_first": round(p99_ratio, 3),
-        "targets": {"errors": 0, "rss_end_vs_first": RSS_TARGET, "p99_last_vs_first": P99_TARGET},
-        "targets_met": met,
-        "service": "python -m training.serve, defaults (--max-batch 32, --max-wait-ms 5, --max-queue 256)",
-        "startup_s": round(startup_s, 1), "model": {"path": str(artifacts), "made": made}, "cpus": os.cpu_count(),
-        "load_average": [[round(x, 2) for x in load_before], [round(x, 2) for x in load_after]],
-        "total_s": round(time.perf_counter() - started, 1), "machine": machine.finish(facts),
-    }))
+    print(
+        f"errors {errors} (target 0: {'met' if met['errors'] else 'NOT met'}); RSS last/first {rss_ratio:.3f} "
+        f"(target <= {RSS_TARGET}: {'met' if met['rss'] else 'NOT met'}); p99 last/first {p99_ratio:.2f} "
+        f"(target <= {P99_TARGET}: {'met' if met['p99'] else 'NOT met'})"
+    )
+    print(
+        f"model: {artifacts} ({made}); service start-up {startup_s:.1f} s; {os.cpu_count()} CPUs, "
+        f"load average (1, 5, 15 min) {tuple(round(x, 1) for x in load_before)} -> {tuple(round(x, 1) for x in load_after)}\n"
+    )
+    print(
+        json.dumps(
+            {
+                "minutes": args.minutes,
+                "interval_s": args.interval,
+                "concurrency": args.concurrency,
+                "images": len(images),
+                "rows": rows,
+                "requests": sum(r["requests"] for r in rows),
+                "errors": errors,
+                "rss_end_vs_first": round(rss_ratio, 4),
+                "p99_last_vs_first": round(p99_ratio, 3),
+                "targets": {"errors": 0, "rss_end_vs_first": RSS_TARGET, "p99_last_vs_first": P99_TARGET},
+                "targets_met": met,
+                "service": "python -m training.serve, defaults (--max-batch 32, --max-wait-ms 5, --max-queue 256)",
+                "startup_s": round(startup_s, 1),
+                "model": {"path": str(artifacts), "made": made},
+                "cpus": os.cpu_count(),
+                "load_average": [[round(x, 2) for x in load_before], [round(x, 2) for x in load_after]],
+                "total_s": round(time.perf_counter() - started, 1),
+                "machine": machine.finish(facts),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

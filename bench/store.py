@@ -46,7 +46,9 @@ class WideGrid(BaseFeatureExtractor):
 
     def build_model(self):
         inputs = keras.Input((*self.image_size, 3))
-        return keras.Model(inputs, keras.layers.Conv2D(self.FEATURE_DIM, 1, kernel_initializer=keras.initializers.GlorotUniform(seed=0))(inputs))
+        return keras.Model(
+            inputs, keras.layers.Conv2D(self.FEATURE_DIM, 1, kernel_initializer=keras.initializers.GlorotUniform(seed=0))(inputs)
+        )
 
 
 def write_images(folder: Path, names: list[str], size: int) -> None:
@@ -75,11 +77,17 @@ def main() -> None:
         names = [f"img_{i:05d}.png" for i in range(args.images + 10 * args.rounds)]
         write_images(work / "images", names, size=10)
         extractor = WideGrid(batch_size=64)
-        seconds, store = timed(lambda: FeatureStore.build(work / "store", extractor, names[: args.images],
-                                                          work / "images", chunk_size=1024, verbose=0))
+        seconds, store = timed(
+            lambda: FeatureStore.build(
+                work / "store", extractor, names[: args.images], work / "images", chunk_size=1024, verbose=0
+            )
+        )
         gigabytes = store.features.nbytes / 1e9
-        print(f"built the store: {len(store)} x {store.features.shape[1:]} float16, {gigabytes:.2f} GB in {seconds:.1f} s",
-              file=sys.stderr, flush=True)
+        print(
+            f"built the store: {len(store)} x {store.features.shape[1:]} float16, {gigabytes:.2f} GB in {seconds:.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
         del store
 
         reuse, grow = [], []

@@ -142,8 +142,13 @@ def load_split(captions_file: Path, scale: int, config):
 
 
 def store_fingerprint(image_ids: list[str], scale: int) -> str:
-    recipe = {"rng": "numpy.random.default_rng(0).standard_normal", "shape": [len(image_ids), REGIONS, CHANNELS],
-              "dtype": "float16", "copies": scale, "ids": hashlib.sha256("\n".join(image_ids).encode()).hexdigest()}
+    recipe = {
+        "rng": "numpy.random.default_rng(0).standard_normal",
+        "shape": [len(image_ids), REGIONS, CHANNELS],
+        "dtype": "float16",
+        "copies": scale,
+        "ids": hashlib.sha256("\n".join(image_ids).encode()).hexdigest(),
+    }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -161,8 +166,10 @@ def build_store(directory: Path, image_ids: list[str], scale: int = 1, source: P
         index = load_json(index_path)
         if index.get("complete") and index.get("fingerprint") == fingerprint:
             return 0.0
-    log(f"writing the W1 feature store {directory} ({len(image_ids)} x {REGIONS} x {CHANNELS} float16, "
-        f"{len(image_ids) * REGIONS * CHANNELS * 2 / 1e9:.1f} GB)")
+    log(
+        f"writing the W1 feature store {directory} ({len(image_ids)} x {REGIONS} x {CHANNELS} float16, "
+        f"{len(image_ids) * REGIONS * CHANNELS * 2 / 1e9:.1f} GB)"
+    )
     start = time.perf_counter()
     index_path.unlink(missing_ok=True)
     partial = directory / "features.partial.npy"
@@ -173,24 +180,34 @@ def build_store(directory: Path, image_ids: list[str], scale: int = 1, source: P
     for begin in range(0, shape[0], chunk):
         rows = min(chunk, shape[0] - begin)
         if base is None:
-            features[begin:begin + rows] = rng.standard_normal((rows, REGIONS, CHANNELS), dtype=np.float32)
+            features[begin : begin + rows] = rng.standard_normal((rows, REGIONS, CHANNELS), dtype=np.float32)
         else:
             row = begin
             while row < begin + rows:  # a chunk may span two copies
                 first = row % len(base)
                 count = min(begin + rows - row, len(base) - first)
-                features[row:row + count] = base[first:first + count]
+                features[row : row + count] = base[first : first + count]
                 row += count
         if (begin // chunk) % 8 == 7:  # write back as we go, so dirty pages do not pile up
             features.flush()
     features.flush()
     del features, base
     os.replace(partial, features_path)
-    save_json({
-        "format": STORE_FORMAT, "fingerprint": fingerprint, "extractor": "random (bench W1)", "weights": None,
-        "image_size": [300, 300], "grid_shape": [10, 10], "feature_dim": CHANNELS, "image_ids": image_ids,
-        "bad_images": [], "complete": True,
-    }, index_path)
+    save_json(
+        {
+            "format": STORE_FORMAT,
+            "fingerprint": fingerprint,
+            "extractor": "random (bench W1)",
+            "weights": None,
+            "image_size": [300, 300],
+            "grid_shape": [10, 10],
+            "feature_dim": CHANNELS,
+            "image_ids": image_ids,
+            "bad_images": [],
+            "complete": True,
+        },
+        index_path,
+    )
     return time.perf_counter() - start
 
 
@@ -393,8 +410,10 @@ def peer_dataset(builder, captions: dict, length: int, seed: int, bucketed: bool
     dataset = tf.data.Dataset.from_tensor_slices((rows, inputs, targets, lengths)).shuffle(len(samples), seed=seed)
     if bucketed:
         dataset = dataset.map(lambda row, x, y, n: (row, x[:n], y[:n])).bucket_by_sequence_length(
-            lambda row, x, y: tf.shape(x)[0], bucket_boundaries=list(range(4, length, 2)),
-            bucket_batch_sizes=[builder.batch_size] * len(range(2, length, 2)))
+            lambda row, x, y: tf.shape(x)[0],
+            bucket_boundaries=list(range(4, length, 2)),
+            bucket_batch_sizes=[builder.batch_size] * len(range(2, length, 2)),
+        )
     else:
         dataset = dataset.map(lambda row, x, y, n: (row, x, y)).batch(builder.batch_size)
     if record is not None:
@@ -418,16 +437,20 @@ def run_peer(args) -> dict:
     keras.mixed_precision.set_global_policy(policy)
     split = load_split(Path(args.captions), 1, config)
     tokenizer = Tokenizer(min_word_count=config.data.word_count_threshold).fit(
-        caption for captions in split.train.values() for caption in captions)
+        caption for captions in split.train.values() for caption in captions
+    )
     max_length = get_max_caption_length(split.train)
     store = FeatureStore.open(store_dir(1))
-    builder = DatasetBuilder(store.features, store.index, tokenizer, max_length - 1, config.training.batch_size,
-                             config.data.seed, pooled=pooled)
+    builder = DatasetBuilder(
+        store.features, store.index, tokenizer, max_length - 1, config.training.batch_size, config.data.seed, pooled=pooled
+    )
     regions = 1 if pooled else REGIONS
     model = build_peer_model(config.model, tokenizer.vocab_size, max_length - 1, regions)
-    model.compile(optimizer=keras.optimizers.Adam(config.training.learning_rate, clipnorm=config.training.clipnorm),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  weighted_metrics=["sparse_categorical_accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.training.learning_rate, clipnorm=config.training.clipnorm),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        weighted_metrics=["sparse_categorical_accuracy"],
+    )
     compute_dtype = keras.mixed_precision.global_policy().compute_dtype
     rates = matmul_gflops(sorted({"float32", compute_dtype}))
     times = StepTimes()
@@ -439,13 +462,15 @@ def run_peer(args) -> dict:
         rates[name] += dtype_rates
     warmup = 10
     steady_seconds = times.ends[-1] - times.ends[warmup - 1]
-    steady = record[warmup:len(times.ends)]
+    steady = record[warmup : len(times.ends)]
     captions_per_s = sum(rows for rows, _, _ in steady) / steady_seconds
     useful = useful_flops_per_caption(builder, split.train, regions, config.model, tokenizer.vocab_size)
     matmul = {name: round(statistics.median(r), 1) for name, r in rates.items()}
     result = {
         "padding": "per batch, bucketed by length" if bucketed else f"every caption to {max_length - 1} tokens",
-        "policy": policy, "steps": len(times.ends), "first_batch_seconds": round(times.ends[0] - times.begin, 2),
+        "policy": policy,
+        "steps": len(times.ends),
+        "first_batch_seconds": round(times.ends[0] - times.begin, 2),
         "token_efficiency": round(sum(t for _, _, t in steady) / sum(r * n for r, n, _ in steady), 3),
         "steady_captions_per_s": round(captions_per_s, 1),
         "steady_step_ms": round(1000 * steady_seconds / (len(times.ends) - warmup), 1),
@@ -476,11 +501,13 @@ def run_row(args) -> dict:
     keras.mixed_precision.set_global_policy(policy)
     split = load_split(Path(args.captions), args.scale, config)
     tokenizer = Tokenizer(min_word_count=config.data.word_count_threshold).fit(
-        caption for captions in split.train.values() for caption in captions)
+        caption for captions in split.train.values() for caption in captions
+    )
     max_length = get_max_caption_length(split.train)
     store = FeatureStore.open(store_dir(args.scale))
-    builder = DatasetBuilder(store.features, store.index, tokenizer, max_length - 1, config.training.batch_size,
-                             config.data.seed, pooled=pooled)
+    builder = DatasetBuilder(
+        store.features, store.index, tokenizer, max_length - 1, config.training.batch_size, config.data.seed, pooled=pooled
+    )
     embedding = np.random.default_rng(0).normal(0.0, 0.4, (tokenizer.vocab_size, config.model.embedding_dim)).astype("float32")
     model = build_caption_model(config.model, tokenizer.vocab_size, max_length - 1, embedding)
     compile_caption_model(model, config)
@@ -492,11 +519,18 @@ def run_row(args) -> dict:
     times = StepTimes()
     train = tap_batches(builder.build(split.train), record)
     steps = args.steps if args.worker == "memory" else None
-    log(f"{args.worker}: training {f'{steps} steps' if steps else f'{args.epochs} epoch(s)'} "
-        f"({sum(map(len, split.train.values()))} captions per epoch, policy {policy})")
+    log(
+        f"{args.worker}: training {f'{steps} steps' if steps else f'{args.epochs} epoch(s)'} "
+        f"({sum(map(len, split.train.values()))} captions per epoch, policy {policy})"
+    )
     start = time.perf_counter()
-    history = model.fit(train.repeat() if steps else train, epochs=1 if steps else args.epochs,
-                        steps_per_epoch=steps, callbacks=[times.callback], verbose=0)
+    history = model.fit(
+        train.repeat() if steps else train,
+        epochs=1 if steps else args.epochs,
+        steps_per_epoch=steps,
+        callbacks=[times.callback],
+        verbose=0,
+    )
     fit_seconds = time.perf_counter() - start
     training_memory = sampler.snapshot()
 
@@ -508,13 +542,17 @@ def run_row(args) -> dict:
     warmup = max(10, batches // 20)
     steady_seconds = times.ends[-1] - times.ends[warmup - 1]
     steady = record[warmup:]
-    flops = sum(step_flops(rows, length, 1 if pooled else REGIONS, config.model, tokenizer.vocab_size)
-                for rows, length, _, _ in steady)
+    flops = sum(
+        step_flops(rows, length, 1 if pooled else REGIONS, config.model, tokenizer.vocab_size) for rows, length, _, _ in steady
+    )
     matmul = {name: round(statistics.median(r), 1) for name, r in rates.items()}
     gflops = flops / steady_seconds / 1e9
     captions_per_s = sum(c for _, _, c, _ in steady) / steady_seconds
-    useful_gflops = useful_flops_per_caption(builder, split.train, 1 if pooled else REGIONS, config.model,
-                                             tokenizer.vocab_size) * captions_per_s / 1e9
+    useful_gflops = (
+        useful_flops_per_caption(builder, split.train, 1 if pooled else REGIONS, config.model, tokenizer.vocab_size)
+        * captions_per_s
+        / 1e9
+    )
     result = {
         "features": "pooled 1x1536" if pooled else f"regions {REGIONS}x{CHANNELS}",
         "images_in_store": len(store),
@@ -548,13 +586,15 @@ def run_row(args) -> dict:
         features = builder.image_features(test_ids)
         greedy, captions = decode_rate(GreedyDecoder(model, tokenizer), features)
         beam, _ = decode_rate(BeamSearchDecoder(model, tokenizer, beam_size=3), features)
-        result.update({
-            "decode_images": len(test_ids),
-            "greedy_images_per_s": round(greedy, 1),
-            "beam3_images_per_s": round(beam, 1),
-            "greedy_mean_words": round(float(np.mean([len(c.tokens) for c in captions])), 2),
-            "greedy_example": captions[0].text,
-        })
+        result.update(
+            {
+                "decode_images": len(test_ids),
+                "greedy_images_per_s": round(greedy, 1),
+                "beam3_images_per_s": round(beam, 1),
+                "greedy_mean_words": round(float(np.mean([len(c.tokens) for c in captions])), 2),
+                "greedy_example": captions[0].text,
+            }
+        )
         # What caption metrics during training cost per epoch: val_bleu4 / val_cider on 500 validation images.
         from training.callbacks.caption_metrics import CaptionValidation
 
@@ -576,9 +616,28 @@ def run_row(args) -> dict:
 
 
 def run_worker(args, worker: str, scale: int = 1) -> dict:
-    command = [sys.executable, __file__, "--worker", worker, "--scale", str(scale), "--epochs", str(args.epochs),
-               "--steps", str(args.steps), "--decode-images", str(args.decode_images), "--captions", str(args.captions),
-               "--precision", args.precision, "--peer-steps", str(args.peer_steps), "--data-dir", str(DATA_DIR)]
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        worker,
+        "--scale",
+        str(scale),
+        "--epochs",
+        str(args.epochs),
+        "--steps",
+        str(args.steps),
+        "--decode-images",
+        str(args.decode_images),
+        "--captions",
+        str(args.captions),
+        "--precision",
+        args.precision,
+        "--peer-steps",
+        str(args.peer_steps),
+        "--data-dir",
+        str(DATA_DIR),
+    ]
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
     if done.returncode:
         raise SystemExit(f"bench/train.py: the {worker} row failed (exit {done.returncode})")
@@ -589,19 +648,33 @@ def targets(rows: dict, memory: dict | None) -> dict:
     met = {}
     region, pooled = rows.get("region"), rows.get("pooled")
     if region and "epoch_seconds" in region:
-        met["region_epoch_seconds"] = [region["epoch_seconds"], TARGETS["region_epoch_seconds"], region["epoch_seconds"] <= TARGETS["region_epoch_seconds"]]
+        met["region_epoch_seconds"] = [
+            region["epoch_seconds"],
+            TARGETS["region_epoch_seconds"],
+            region["epoch_seconds"] <= TARGETS["region_epoch_seconds"],
+        ]
     if pooled and "epoch_seconds" in pooled:
-        met["pooled_epoch_seconds"] = [pooled["epoch_seconds"], TARGETS["pooled_epoch_seconds"], pooled["epoch_seconds"] <= TARGETS["pooled_epoch_seconds"]]
+        met["pooled_epoch_seconds"] = [
+            pooled["epoch_seconds"],
+            TARGETS["pooled_epoch_seconds"],
+            pooled["epoch_seconds"] <= TARGETS["pooled_epoch_seconds"],
+        ]
     for name, row in rows.items():
         fraction = row["matmul_fraction_float32"]
         met[f"{name}_matmul_fraction_float32"] = [fraction, TARGETS["matmul_fraction"], fraction >= TARGETS["matmul_fraction"]]
     for name, row in rows.items():
         if "speedup_vs_peer" in row:
-            met[f"{name}_speedup_vs_peer"] = [row["speedup_vs_peer"], TARGETS["speedup_vs_peer"],
-                                              row["speedup_vs_peer"] >= TARGETS["speedup_vs_peer"]]
+            met[f"{name}_speedup_vs_peer"] = [
+                row["speedup_vs_peer"],
+                TARGETS["speedup_vs_peer"],
+                row["speedup_vs_peer"] >= TARGETS["speedup_vs_peer"],
+            ]
         if "bf16_matmul_fraction" in row:
-            met[f"{name}_bf16_matmul_fraction"] = [row["bf16_matmul_fraction"], TARGETS["bf16_matmul_fraction"],
-                                                   row["bf16_matmul_fraction"] >= TARGETS["bf16_matmul_fraction"]]
+            met[f"{name}_bf16_matmul_fraction"] = [
+                row["bf16_matmul_fraction"],
+                TARGETS["bf16_matmul_fraction"],
+                row["bf16_matmul_fraction"] >= TARGETS["bf16_matmul_fraction"],
+            ]
     if region and "greedy_images_per_s" in region:
         for key in ("greedy_images_per_s", "beam3_images_per_s"):
             met[key] = [region[key], TARGETS[key], region[key] >= TARGETS[key]]
@@ -623,13 +696,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="training steps of the memory test")
     parser.add_argument("--decode-images", type=int, default=1000, help="test images to caption per row (0: no decoding)")
     parser.add_argument("--captions", default=str(DEFAULT_CAPTIONS))
-    parser.add_argument("--precision", default="config",
-                        help="'config' (configure_precision with the config's use_mixed_precision) or a Keras policy name")
+    parser.add_argument(
+        "--precision",
+        default="config",
+        help="'config' (configure_precision with the config's use_mixed_precision) or a Keras policy name",
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the big-store memory test")
-    parser.add_argument("--peer-steps", type=int, default=150,
-                        help="training steps of the plain Keras peer per row (0: no peer)")
-    parser.add_argument("--data-dir", type=Path, default=DATA_DIR,
-                        help=f"where the feature stores are written and reused (default {DATA_DIR})")
+    parser.add_argument("--peer-steps", type=int, default=150, help="training steps of the plain Keras peer per row (0: no peer)")
+    parser.add_argument(
+        "--data-dir", type=Path, default=DATA_DIR, help=f"where the feature stores are written and reused (default {DATA_DIR})"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     DATA_DIR = args.data_dir.resolve()

@@ -79,9 +79,11 @@ def main() -> None:
         import train as bench_train
 
         model = bench_train.build_peer_model(config.model, VOCAB, PEER_LENGTH, REGIONS)
-        model.compile(optimizer=keras.optimizers.Adam(config.training.learning_rate, clipnorm=config.training.clipnorm),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      weighted_metrics=["sparse_categorical_accuracy"])
+        model.compile(
+            optimizer=keras.optimizers.Adam(config.training.learning_rate, clipnorm=config.training.clipnorm),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            weighted_metrics=["sparse_categorical_accuracy"],
+        )
         batch = peer_batches(rng)
     dataset = tf.data.Dataset.from_tensors(batch).repeat()
     model.fit(dataset, steps_per_epoch=10, epochs=1, verbose=0)  # tracing and warm-up
@@ -105,12 +107,23 @@ def main() -> None:
     total = sum(by_type.values())
     shares = sorted(((t, us / total) for t, us in by_type.items()), key=lambda item: -item[1])
     matmul = sum(share for t, share in shares if "MatMul" in t or t == "Einsum")  # MatMul, _MklBatchMatMulV2, ...
-    print(f"{args.model}, {policy}: {total / 1000 / args.steps:.1f} ms of op time per step; matmuls {matmul:.1%}", file=sys.stderr)
+    print(
+        f"{args.model}, {policy}: {total / 1000 / args.steps:.1f} ms of op time per step; matmuls {matmul:.1%}", file=sys.stderr
+    )
     for op_type, share in shares[: args.top]:
         print(f"  {op_type:32s} {share:6.1%}", file=sys.stderr)
-    print(json.dumps({"model": args.model, "policy": policy, "op_ms_per_step": round(total / 1000 / args.steps, 1),
-                      "matmul_share": round(matmul, 3), "load_average_1m": round(os.getloadavg()[0], 2),
-                      "top_op_types": {t: round(s, 3) for t, s in shares[: args.top]}}))
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "policy": policy,
+                "op_ms_per_step": round(total / 1000 / args.steps, 1),
+                "matmul_share": round(matmul, 3),
+                "load_average_1m": round(os.getloadavg()[0], 2),
+                "top_op_types": {t: round(s, 3) for t, s in shares[: args.top]},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

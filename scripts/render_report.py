@@ -34,11 +34,25 @@ def render(report: Path, out: Path, width: int, height: int, chromium: str) -> l
     os.close(fd)
     try:
         with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:  # a fresh profile: no stale state
-            command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                       "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                       "--hide-scrollbars", f"--user-data-dir={profile}", f"--screenshot={tmp}",
-                       f"--window-size={width},{height}", "--virtual-time-budget=5000",
-                       "--enable-logging=stderr", "--v=0", report.resolve().as_uri()]
+            command = [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--hide-scrollbars",
+                f"--user-data-dir={profile}",
+                f"--screenshot={tmp}",
+                f"--window-size={width},{height}",
+                "--virtual-time-budget=5000",
+                "--enable-logging=stderr",
+                "--v=0",
+                report.resolve().as_uri(),
+            ]
             result = subprocess.run(command, capture_output=True, text=True, timeout=180)
         if result.returncode != 0 or os.path.getsize(tmp) == 0:
             raise RuntimeError(f"chromium exited with {result.returncode} and no screenshot:\n{result.stderr[-2000:]}")
@@ -58,12 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     chromium = find_chromium()
     if chromium is None:
-        print("error: Chromium not found (looked for " + ", ".join(CHROMIUM_NAMES) + "); "
-              "on Debian/Ubuntu: apt-get install -y chromium", file=sys.stderr)
+        print(
+            "error: Chromium not found (looked for " + ", ".join(CHROMIUM_NAMES) + "); "
+            "on Debian/Ubuntu: apt-get install -y chromium",
+            file=sys.stderr,
+        )
         return 2
     if not args.report_html.is_file():
-        print(f"error: {args.report_html}: report not found (build it: python -m training.report --artifacts DIR)",
-              file=sys.stderr)
+        print(
+            f"error: {args.report_html}: report not found (build it: python -m training.report --artifacts DIR)", file=sys.stderr
+        )
         return 2
     try:
         errors = render(args.report_html, args.out_png, args.width, args.height, chromium)

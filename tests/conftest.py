@@ -15,15 +15,24 @@ from filelock import FileLock
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parents[1]
-FLICKR8K_CAPTIONS = Path(
-    os.environ.get("FLICKR8K_CAPTIONS", REPO.parent / "shared" / "data" / "flickr8k_captions.txt")
-)
+FLICKR8K_CAPTIONS = Path(os.environ.get("FLICKR8K_CAPTIONS", REPO.parent / "shared" / "data" / "flickr8k_captions.txt"))
 
 
 # The files that take longest go first: each goes whole to one of the two workers, and a long file
 # taken last would leave the other worker idle. test_serving trains the shared run before test_pipeline reads it.
-SLOW_FIRST = ["test_long_runs.py", "test_faults.py", "test_serving.py", "test_run_folder.py", "test_bench.py",
-              "test_backbones.py", "test_float16.py", "test_scst.py", "test_pipeline.py", "test_distributed.py", "test_metrics.py"]
+SLOW_FIRST = [
+    "test_long_runs.py",
+    "test_faults.py",
+    "test_serving.py",
+    "test_run_folder.py",
+    "test_bench.py",
+    "test_backbones.py",
+    "test_float16.py",
+    "test_scst.py",
+    "test_pipeline.py",
+    "test_distributed.py",
+    "test_metrics.py",
+]
 
 
 def pytest_collection_modifyitems(items):
@@ -76,8 +85,9 @@ def trained_run(demo_data, tmp_path_factory):
         from helpers import TRAINED_RUN, run_python, write_config
 
         config = write_config(work / "config.yaml", demo_data, work / "artifacts", **TRAINED_RUN)
-        done = run_python(["-m", "training.train", "--config", str(config)], java=True, env={"TF_ENABLE_ONEDNN_OPTS": "0"},
-                          merge_stderr=True)
+        done = run_python(
+            ["-m", "training.train", "--config", str(config)], java=True, env={"TF_ENABLE_ONEDNN_OPTS": "0"}, merge_stderr=True
+        )
         return [str(work / "artifacts"), done.stdout]
 
     artifacts, output = made_once(tmp_path_factory, "run", make)

@@ -32,10 +32,21 @@ from training.utils import set_global_seed  # noqa: E402
 
 config = config_from_dict(
     {
-        "feature_dim": 8, "embedding_dim": 8, "hidden_dim": 16, "num_heads": 2, "num_layers": 1, "ff_dim": 32,
-        "dropout": 0.0, "batch_size": 8, "epochs": 1, "learning_rate": 0.01, "glove_path": None,
+        "feature_dim": 8,
+        "embedding_dim": 8,
+        "hidden_dim": 16,
+        "num_heads": 2,
+        "num_layers": 1,
+        "ff_dim": 32,
+        "dropout": 0.0,
+        "batch_size": 8,
+        "epochs": 1,
+        "learning_rate": 0.01,
+        "glove_path": None,
         "distribution": {"single": "none", "mirrored": "mirrored", "worker": "multi_worker"}[mode],
-        "word_count_threshold": 1, "monitor": "val_cider", "mode": "max",
+        "word_count_threshold": 1,
+        "monitor": "val_cider",
+        "mode": "max",
     }
 )
 set_global_seed(0)
@@ -74,6 +85,15 @@ recorder = BatchLosses()
 train = builder.build(captions, training=False)
 history = trainer.train(model, train, builder.build(captions, training=False), callbacks=[recorder], verbose=0)
 worker_dir = getattr(trainer, "_worker_dir", None)  # a non-chief worker's temporary folder
-print(json.dumps({"mode": mode, "replicas": trainer.strategy.num_replicas_in_sync, "is_chief": trainer.is_chief,
-                  "batch_losses": recorder.losses, "val_cider": history.history["val_cider"],
-                  "worker_dir": worker_dir and str(worker_dir)}))
+print(
+    json.dumps(
+        {
+            "mode": mode,
+            "replicas": trainer.strategy.num_replicas_in_sync,
+            "is_chief": trainer.is_chief,
+            "batch_losses": recorder.losses,
+            "val_cider": history.history["val_cider"],
+            "worker_dir": worker_dir and str(worker_dir),
+        }
+    )
+)

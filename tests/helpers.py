@@ -16,8 +16,15 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_ARTIFACTS = [
-    "image_caption_model_final.keras", "checkpoint.keras", "wordtoix.json", "ixtoword.json", "features.npy",
-    "run_summary.json", "metrics.csv", "config_snapshot.json", "logs",
+    "image_caption_model_final.keras",
+    "checkpoint.keras",
+    "wordtoix.json",
+    "ixtoword.json",
+    "features.npy",
+    "run_summary.json",
+    "metrics.csv",
+    "config_snapshot.json",
+    "logs",
 ]
 
 
@@ -36,12 +43,27 @@ sys.meta_path.insert(0, NoTraining())
 
 def tiny_config(data_dir: Path, artifacts: Path, **overrides) -> dict:
     config = {
-        "images_path": str(data_dir / "Images"), "captions_file": str(data_dir / "captions.txt"),
-        "glove_path": str(data_dir / "glove.demo.50d.txt"), "artifacts_dir": str(artifacts),
-        "word_count_threshold": 1, "feature_extractor": "PatchGrid", "extractor_weights": None,
-        "image_size": [32, 32], "feature_dim": 192, "embedding_dim": 50, "train_embeddings": True,
-        "hidden_dim": 32, "num_layers": 1, "num_heads": 2, "ff_dim": 64, "dropout": 0.0,
-        "batch_size": 32, "epochs": 3, "learning_rate": 0.003, "beam_size": 2, "eval_max_images": 12,
+        "images_path": str(data_dir / "Images"),
+        "captions_file": str(data_dir / "captions.txt"),
+        "glove_path": str(data_dir / "glove.demo.50d.txt"),
+        "artifacts_dir": str(artifacts),
+        "word_count_threshold": 1,
+        "feature_extractor": "PatchGrid",
+        "extractor_weights": None,
+        "image_size": [32, 32],
+        "feature_dim": 192,
+        "embedding_dim": 50,
+        "train_embeddings": True,
+        "hidden_dim": 32,
+        "num_layers": 1,
+        "num_heads": 2,
+        "ff_dim": 64,
+        "dropout": 0.0,
+        "batch_size": 32,
+        "epochs": 3,
+        "learning_rate": 0.003,
+        "beam_size": 2,
+        "eval_max_images": 12,
         # No val_bleu4/val_cider captions each epoch (tracing a greedy search per process): the shared
         # trained run (conftest.py), the SCST and the distributed tests turn them on.
         "val_caption_images": 0,
@@ -113,13 +135,18 @@ def child_env(java: bool = False, **overrides) -> dict:
 def run_python(code_or_args, cwd=REPO, check=True, timeout=600, env=None, java=False, merge_stderr=False):
     """Run this interpreter; `merge_stderr` sends stderr into stdout, in order, as `command > log 2>&1` does."""
     args = ["-c", code_or_args] if isinstance(code_or_args, str) else code_or_args
-    done = subprocess.run([sys.executable, *args], cwd=cwd, stdout=subprocess.PIPE, text=True, timeout=timeout,
-                          stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE, env=child_env(java, **(env or {})))
+    done = subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=timeout,
+        stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+        env=child_env(java, **(env or {})),
+    )
     if check:
         assert done.returncode == 0, f"stdout:\n{done.stdout[-5000:]}\nstderr:\n{(done.stderr or '')[-5000:]}"
     return done
-
-
 
 
 def save_keras_application(path: Path, images, application: str = "MobileNetV3Small", seed: int = 0) -> Path:
@@ -154,8 +181,13 @@ def serving(run, *args):
     import httpx
 
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "training.serve", "--artifacts", str(run), "--port", str(port), *args],
-                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "training.serve", "--artifacts", str(run), "--port", str(port), *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 180
     try:
         while time.monotonic() < deadline and process.poll() is None:

@@ -57,7 +57,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for target in sorted(graph[node]):
             if state.get(target) == "open":
-                return stack[stack.index(target):] + [target]
+                return stack[stack.index(target) :] + [target]
             if target not in state:
                 cycle = visit(target)
                 if cycle:
@@ -90,11 +90,19 @@ def test_no_import_cycle_between_the_package_modules():
 
 
 def test_commands_are_imported_by_no_other_module():
-    commands = {"training.train", "training.evaluate", "training.caption", "training.report", "training.serve",
-                "training.export", "training.data.demo"}
+    commands = {
+        "training.train",
+        "training.evaluate",
+        "training.caption",
+        "training.report",
+        "training.serve",
+        "training.export",
+        "training.data.demo",
+    }
     graph = package_graph()
-    importers = {(module, target) for module, targets in graph.items() for target in targets & commands
-                 if module != "training"}  # the package's lazy names (TrainingPipeline) are its public face
+    importers = {
+        (module, target) for module, targets in graph.items() for target in targets & commands if module != "training"
+    }  # the package's lazy names (TrainingPipeline) are its public face
     assert not importers, f"commands imported by other modules: {sorted(importers)}"
 
 

@@ -25,8 +25,9 @@ IMAGES = 6  # captioned by every route
 # -- backbones the tests make ------------------------------------------------------------------------
 
 TINY = dict(patch_size=8, hidden_dim=16, num_layers=1, num_heads=2, intermediate_dim=32)
-TEXT = dict(vocabulary_size=10, embedding_dim=16, hidden_dim=16, num_layers=1, num_heads=2, intermediate_dim=32,
-            max_sequence_length=8)
+TEXT = dict(
+    vocabulary_size=10, embedding_dim=16, hidden_dim=16, num_layers=1, num_heads=2, intermediate_dim=32, max_sequence_length=8
+)
 # Each family's normalisation as its published presets' image converters have it.
 CLIP_MEAN, CLIP_STD = np.array([0.48145466, 0.4578275, 0.40821073]), np.array([0.26862954, 0.26130258, 0.27577711])
 IMAGENET_MEAN, IMAGENET_STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
@@ -40,17 +41,20 @@ def save_preset(kind, folder, size=32, seed=0):
     models, layers = keras_hub.models, keras_hub.layers
     shape = (size, size, 3)
     if kind == "clip":
-        backbone = models.CLIPBackbone(models.CLIPVisionEncoder(**TINY, image_shape=shape),
-                                       models.CLIPTextEncoder(**TEXT), projection_dim=8)
-        converter = layers.CLIPImageConverter(image_size=(size, size), scale=list(1 / (255 * CLIP_STD)),
-                                              offset=list(-CLIP_MEAN / CLIP_STD))
+        backbone = models.CLIPBackbone(
+            models.CLIPVisionEncoder(**TINY, image_shape=shape), models.CLIPTextEncoder(**TEXT), projection_dim=8
+        )
+        converter = layers.CLIPImageConverter(
+            image_size=(size, size), scale=list(1 / (255 * CLIP_STD)), offset=list(-CLIP_MEAN / CLIP_STD)
+        )
     elif kind == "siglip":
         backbone = models.SigLIPBackbone(models.SigLIPVisionEncoder(**TINY, image_shape=shape), models.SigLIPTextEncoder(**TEXT))
         converter = layers.SigLIPImageConverter(image_size=(size, size), scale=1 / 127.5, offset=-1.0)
     else:
         backbone = models.DINOV2Backbone(**TINY, num_register_tokens=2, image_shape=shape, position_embedding_shape=shape)
-        converter = layers.DINOV2ImageConverter(image_size=(size, size), scale=list(1 / (255 * IMAGENET_STD)),
-                                                offset=list(-IMAGENET_MEAN / IMAGENET_STD))
+        converter = layers.DINOV2ImageConverter(
+            image_size=(size, size), scale=list(1 / (255 * IMAGENET_STD)), offset=list(-IMAGENET_MEAN / IMAGENET_STD)
+        )
     backbone.save_to_preset(str(folder))
     converter.save_to_preset(str(folder))
     return folder
@@ -69,6 +73,7 @@ def jpeg_data(demo_data, tmp_path_factory):
 
 
 # -- keras-hub extractors ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", ["clip", "siglip", "dinov2"])
 def test_keras_hub_patch_tokens_are_the_regions_with_the_presets_normalisation(kind, tmp_path):
@@ -90,10 +95,14 @@ def test_keras_hub_patch_tokens_are_the_regions_with_the_presets_normalisation(k
         patches, pooled = tokens, encoder.predict({"images": pixels}, verbose=0)
     else:
         tokens = encoder.predict({"images": pixels}, verbose=0)
-        patches, pooled = tokens[:, 1 + (2 if kind == "dinov2" else 0):], tokens[:, 0]  # DINOv2: 2 register tokens
+        patches, pooled = tokens[:, 1 + (2 if kind == "dinov2" else 0) :], tokens[:, 0]  # DINOv2: 2 register tokens
     assert extractor.grid_shape == (4, 4) and extractor.feature_dim == 16
-    np.testing.assert_allclose(extractor.predict_batch(extractor.preprocess(images)).numpy(),
-                               patches.reshape(2, 16, 16).astype(np.float16), rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(
+        extractor.predict_batch(extractor.preprocess(images)).numpy(),
+        patches.reshape(2, 16, 16).astype(np.float16),
+        rtol=2e-3,
+        atol=2e-3,
+    )
     with_class = get_feature_extractor(f"keras_hub_cls:{preset}", image_size=(32, 32))
     features = with_class.predict_batch(with_class.preprocess(images)).numpy()
     assert with_class.grid_shape == (1, 17)
@@ -112,16 +121,31 @@ def test_a_moved_keras_hub_preset_keeps_its_feature_store(tmp_path):
     for i, name in enumerate(names):
         Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(tmp_path / "images" / name)
     preset = save_preset("dinov2", tmp_path / "dinov2_tiny")
-    first = FeatureStore.build(tmp_path / "store", get_feature_extractor(f"keras_hub:{preset}", image_size=(32, 32)),
-                               names, tmp_path / "images", verbose=0)
+    first = FeatureStore.build(
+        tmp_path / "store",
+        get_feature_extractor(f"keras_hub:{preset}", image_size=(32, 32)),
+        names,
+        tmp_path / "images",
+        verbose=0,
+    )
     moved = shutil.move(preset, tmp_path / "attached" / "dinov2_tiny")
-    again = FeatureStore.build(tmp_path / "store", get_feature_extractor(f"keras_hub:{moved}", image_size=(32, 32)),
-                               names, tmp_path / "images", verbose=0)
+    again = FeatureStore.build(
+        tmp_path / "store",
+        get_feature_extractor(f"keras_hub:{moved}", image_size=(32, 32)),
+        names,
+        tmp_path / "images",
+        verbose=0,
+    )
     assert (first.extracted, again.reused, again.extracted, again.fingerprint) == (3, 3, 0, first.fingerprint)
     other = save_preset("dinov2", tmp_path / "other" / "dinov2_tiny", seed=1)  # same name, other weights
     with pytest.raises(FeatureStoreConflict, match="model.weights.h5"):
-        FeatureStore.build(tmp_path / "store", get_feature_extractor(f"keras_hub:{other}", image_size=(32, 32)),
-                           names, tmp_path / "images", verbose=0)
+        FeatureStore.build(
+            tmp_path / "store",
+            get_feature_extractor(f"keras_hub:{other}", image_size=(32, 32)),
+            names,
+            tmp_path / "images",
+            verbose=0,
+        )
 
 
 def test_a_moved_weights_file_or_preset_folder_is_the_same_run(tmp_path, monkeypatch):
@@ -129,8 +153,12 @@ def test_a_moved_weights_file_or_preset_folder_is_the_same_run(tmp_path, monkeyp
     from training.utils.lifecycle import run_identity
 
     def identity(weights, extractor):
-        return run_identity(load_config(REPO / "training" / "config.yaml", [f"extractor_weights={weights}",
-                            f"feature_extractor={extractor}", "glove_path=null"]).with_absolute_paths())
+        return run_identity(
+            load_config(
+                REPO / "training" / "config.yaml",
+                [f"extractor_weights={weights}", f"feature_extractor={extractor}", "glove_path=null"],
+            ).with_absolute_paths()
+        )
 
     for folder in ("here", "moved"):
         (tmp_path / folder / "dinov2_tiny").mkdir(parents=True)
@@ -170,8 +198,17 @@ print(json.dumps(dict(grid=list(store.grid_shape), same_features=bool(np.allclos
 def test_siglip_and_dinov2_extract_train_and_caption(name, jpeg_data, tmp_path):
     prefix, _, kind = name.partition(":")
     preset = save_preset(kind, tmp_path / kind)
-    config = write_config(tmp_path / "config.yaml", jpeg_data, tmp_path / "run", feature_extractor=f"{prefix}:{preset}",
-                          extractor_weights="imagenet", image_size=[32, 32], feature_dim=16, epochs=1, max_images=40)
+    config = write_config(
+        tmp_path / "config.yaml",
+        jpeg_data,
+        tmp_path / "run",
+        feature_extractor=f"{prefix}:{preset}",
+        extractor_weights="imagenet",
+        image_size=[32, 32],
+        feature_dim=16,
+        epochs=1,
+        max_images=40,
+    )
     done = run_python(["-c", TRAIN_AND_CAPTION.format(images=IMAGES), str(config), str(jpeg_data / "Images")])
     found = json.loads(done.stdout.splitlines()[-1])
     assert found["grid"] == ([1, 17] if prefix == "keras_hub_cls" else [4, 4])
@@ -180,6 +217,7 @@ def test_siglip_and_dinov2_extract_train_and_caption(name, jpeg_data, tmp_path):
 
 
 # -- the whole way: extraction, training, caption, export, SavedModel, service ---------------------------
+
 
 @pytest.fixture(scope="module", params=["MobileNetV3Small", "keras_hub:clip"])
 def trained(request, jpeg_data, tmp_path_factory):
@@ -191,10 +229,14 @@ def trained(request, jpeg_data, tmp_path_factory):
         paths = sorted(str(p) for p in (jpeg_data / "Images").glob("*.jpg"))
         pixels = np.concatenate(list(get_feature_extractor("MobileNetV3Small", image_size=(64, 64)).dataset(paths)))
         weights = save_keras_application(work / "weights" / "mobilenet_v3_small.weights.h5", pixels)
-        backbone = dict(feature_extractor="MobileNetV3Small", image_size=[64, 64], feature_dim=576, extractor_weights=str(weights))
+        backbone = dict(
+            feature_extractor="MobileNetV3Small", image_size=[64, 64], feature_dim=576, extractor_weights=str(weights)
+        )
     else:  # a local preset folder, the preset's own weights: 4x4 regions at 32 px
         weights = save_preset("clip", work / "clip_tiny")
-        backbone = dict(feature_extractor=f"keras_hub:{weights}", image_size=[32, 32], feature_dim=16, extractor_weights="imagenet")
+        backbone = dict(
+            feature_extractor=f"keras_hub:{weights}", image_size=[32, 32], feature_dim=16, extractor_weights="imagenet"
+        )
     config = write_config(work / "config.yaml", jpeg_data, work / "run", epochs=2, **backbone)
     run_python(["-m", "training.train", "--config", str(config)])
     images = sorted(str(p) for p in (jpeg_data / "Images").glob("*.jpg"))[:IMAGES]
@@ -217,7 +259,7 @@ import json, keras, numpy as np
 from pathlib import Path
 from training import Captioner
 from training.features import FeatureStore
-captioner = keras.saving.load_model({str(out / 'captioner.keras')!r})
+captioner = keras.saving.load_model({str(out / "captioner.keras")!r})
 store = FeatureStore.open({str(run)!r})
 stored = np.stack([store.get(Path(p).name) for p in {images!r}])
 print(json.dumps(dict(files=[c.text for c in captioner.caption({images!r})], store=[c.text for c in captioner.caption(stored)])))
@@ -225,26 +267,32 @@ print(json.dumps(dict(files=[c.text for c in captioner.caption({images!r})], sto
     loaded = json.loads(run_python(code).stdout.splitlines()[-1])
     assert loaded["files"] == texts and loaded["store"] == texts  # the backbone in the .keras file is the store's
 
-    code = BLOCK_TRAINING + f"""
+    code = (
+        BLOCK_TRAINING
+        + f"""
 import json
 import tensorflow as tf
-serve = tf.saved_model.load({str(out / 'saved_model')!r}).signatures["serving_default"]
+serve = tf.saved_model.load({str(out / "saved_model")!r}).signatures["serving_default"]
 out = serve(images=tf.constant([open(p, "rb").read() for p in {images!r}], tf.string))
 print(json.dumps([[c.decode(), float(s)] for c, s in zip(out["captions"].numpy(), out["scores"].numpy())]))
 """
+    )
     saved = json.loads(run_python(code).stdout.splitlines()[-1])
     assert [text for text, _ in saved] == texts
     assert [score for _, score in saved] == pytest.approx([reference[p][1] for p in images], abs=1e-4)
 
     shutil.move(tmp_path / "away", weights)  # the service loads the run, which needs it
     with serving(run, "--max-batch", "4") as (url, _):
-        answers = [httpx.post(url + "/caption", content=open(p, "rb").read(), headers={"Content-Type": "image/jpeg"},
-                              timeout=60).json() for p in images]
+        answers = [
+            httpx.post(url + "/caption", content=open(p, "rb").read(), headers={"Content-Type": "image/jpeg"}, timeout=60).json()
+            for p in images
+        ]
     assert [a["caption"] for a in answers] == texts
     assert [a["score"] for a in answers] == pytest.approx([reference[p][1] for p in images], abs=1e-4)
 
 
 # -- a weights file the run cannot use stops it before anything is written --------------------------
+
 
 @pytest.mark.slow
 def test_a_missing_damaged_or_foreign_weights_file_is_one_line_and_exit_2(jpeg_data, tmp_path):
@@ -263,8 +311,15 @@ def test_a_missing_damaged_or_foreign_weights_file_is_one_line_and_exit_2(jpeg_d
     ]
     for number, (weights, message) in enumerate(cases):
         artifacts = tmp_path / f"run{number}"
-        config = write_config(tmp_path / f"config{number}.yaml", jpeg_data, artifacts, feature_extractor="MobileNetV3Small",
-                              image_size=[64, 64], feature_dim=576, extractor_weights=str(weights))
+        config = write_config(
+            tmp_path / f"config{number}.yaml",
+            jpeg_data,
+            artifacts,
+            feature_extractor="MobileNetV3Small",
+            image_size=[64, 64],
+            feature_dim=576,
+            extractor_weights=str(weights),
+        )
         done = run_python(["-m", "training.train", "--config", str(config)], check=False)
         lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
         assert done.returncode == 2 and len(lines) == 1 and message in lines[0], done.stderr[-2000:]

@@ -33,9 +33,25 @@ def _first_images(captions_file: Path, images: int, out: Path) -> Path:
 
 def test_train_bench_runs_both_rows_and_their_peers_on_a_small_store(flickr8k_captions, tmp_path):
     captions = _first_images(flickr8k_captions, IMAGES, tmp_path / "captions.txt")
-    done = run_python(["bench/train.py", "--captions", str(captions), "--data-dir", str(tmp_path / "stores"),
-                       "--rows", "region,pooled", "--no-memory", "--scale", "0", "--decode-images", "8",
-                       "--peer-steps", "12"], timeout=900)
+    done = run_python(
+        [
+            "bench/train.py",
+            "--captions",
+            str(captions),
+            "--data-dir",
+            str(tmp_path / "stores"),
+            "--rows",
+            "region,pooled",
+            "--no-memory",
+            "--scale",
+            "0",
+            "--decode-images",
+            "8",
+            "--peer-steps",
+            "12",
+        ],
+        timeout=900,
+    )
     report = json.loads(done.stdout.strip().splitlines()[-1])
 
     assert (tmp_path / "stores" / "w1_x1" / "features.npy").is_file()  # its store, not the repository's bench_data/
@@ -67,15 +83,30 @@ def test_decode_bench_makes_its_model_then_decodes_with_it(tmp_path):
     assert decode.make_bench_model()[0] == artifacts
     assert model_file.stat().st_mtime_ns == written  # the same recipe: reused, not trained again
 
-    done = run_python(["bench/decode.py", "--artifacts", str(artifacts), "--images", "8", "--batch-size", "4",
-                       "--runs", "1"], timeout=900)
+    done = run_python(
+        ["bench/decode.py", "--artifacts", str(artifacts), "--images", "8", "--batch-size", "4", "--runs", "1"], timeout=900
+    )
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["greedy_images_per_s"] > 0 and report["beam3_images_per_s"] > 0
 
 
 def test_soak_bench_reports_each_interval_and_checks_every_caption(trained_run):
-    done = run_python(["bench/soak.py", "--artifacts", str(trained_run[0]), "--minutes", "0.1", "--interval", "3",
-                       "--concurrency", "8", "--images", "8"], timeout=600)
+    done = run_python(
+        [
+            "bench/soak.py",
+            "--artifacts",
+            str(trained_run[0]),
+            "--minutes",
+            "0.1",
+            "--interval",
+            "3",
+            "--concurrency",
+            "8",
+            "--images",
+            "8",
+        ],
+        timeout=600,
+    )
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert [row["interval"] for row in report["rows"]] == [1, 2]
     assert all(row["requests"] > 0 and row["p99_ms"] >= row["p50_ms"] > 0 and row["rss_mb"] > 100 for row in report["rows"])
@@ -86,8 +117,20 @@ def test_soak_bench_reports_each_interval_and_checks_every_caption(trained_run):
 
 def test_scst_bench_runs_both_stages_on_a_small_store(flickr8k_captions, tmp_path):
     captions = _first_images(flickr8k_captions, IMAGES, tmp_path / "captions.txt")
-    done = run_python(["bench/scst.py", "--captions", str(captions), "--data-dir", str(tmp_path / "stores"),
-                       "--images", "60", "--val-images", "8"], timeout=900)
+    done = run_python(
+        [
+            "bench/scst.py",
+            "--captions",
+            str(captions),
+            "--data-dir",
+            str(tmp_path / "stores"),
+            "--images",
+            "60",
+            "--val-images",
+            "8",
+        ],
+        timeout=900,
+    )
     report = json.loads(done.stdout.strip().splitlines()[-1])
 
     assert report["xe"]["captions_trained"] == report["scst"]["captions_trained"] == 300  # 60 images x 5

@@ -62,8 +62,13 @@ def test_coco_bleu_equals_pycocoevalcap_bleu_on_ptb_tokens(flickr8k):
 
 
 SCENES = {
-    "a.png": {"objects": [{"color": "red", "shape": "circle"}, {"color": "red", "shape": "circle"},
-                          {"color": "blue", "shape": "square"}]},
+    "a.png": {
+        "objects": [
+            {"color": "red", "shape": "circle"},
+            {"color": "red", "shape": "circle"},
+            {"color": "blue", "shape": "square"},
+        ]
+    },
     "b.png": {"objects": [{"color": "green", "shape": "triangle"}]},
 }
 
@@ -76,12 +81,16 @@ def test_object_scores_count_mentions_objects_and_numbers(tmp_path):
         "b.png": "three shapes a green triangle",  # green triangle right; count wrong (one object)
     }
     scores = object_scores(predictions, path)
-    assert scores == {"object_precision": pytest.approx(2 / 3), "object_recall": pytest.approx(3 / 4),
-                      "count_accuracy": 0.5}
+    assert scores == {"object_precision": pytest.approx(2 / 3), "object_recall": pytest.approx(3 / 4), "count_accuracy": 0.5}
     assert ObjectMentions(load_scenes(path)).parse("a large red circle and two blue squares") == (
-        [("red", "circle"), ("blue", "square")], [(2, ("blue", "square"))])
+        [("red", "circle"), ("blue", "square")],
+        [(2, ("blue", "square"))],
+    )
     assert object_scores({"b.png": "a picture"}, path) == {  # nothing to be precise about, no number stated
-        "object_precision": None, "object_recall": 0.0, "count_accuracy": None}
+        "object_precision": None,
+        "object_recall": 0.0,
+        "count_accuracy": None,
+    }
     with pytest.raises(ValueError, match="no scene"):
         object_scores({"c.png": "a red circle"}, path)
     with pytest.raises(FileNotFoundError, match="scenes_file"):

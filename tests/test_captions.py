@@ -81,7 +81,7 @@ def test_flickr8k_csv(tmp_path, bom, newline):
 
 
 def test_flickr8k_token(tmp_path):
-    text = f"{IMG1}#0\tA child climbs stairs .\n{IMG1}#1\tA girl , \"smiling\" .\n{IMG2}#0\tTwo dogs .\n"
+    text = f'{IMG1}#0\tA child climbs stairs .\n{IMG1}#1\tA girl , "smiling" .\n{IMG2}#0\tTwo dogs .\n'
     loader = CaptionLoader("flickr8k_token")
     assert loader.load(write(tmp_path, "Flickr8k.token.txt", text, newline="\r\n")) == {
         IMG1: ["A child climbs stairs .", 'A girl , "smiling" .'],
@@ -96,7 +96,7 @@ def test_flickr30k_skips_bad_rows(tmp_path, caplog):
     text = (
         "image_name| comment_number| comment\n"
         "1000092795.jpg| 0| Two young guys with shaggy hair , look at their hands .\n"
-        "1000092795.jpg| 1| A man | in a \"blue\" shirt .\n"
+        '1000092795.jpg| 1| A man | in a "blue" shirt .\n'
         "2199200615.jpg| 4   A dog runs across the grass .\n"  # real malformed row: a '|' missing
         "2199200615.jpg| 3|\n"
         "2199200615.jpg| 2\n"

@@ -28,8 +28,7 @@ def command(args, cwd=REPO, level=None):
     env = {k: v for k, v in __import__("os").environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     env["PYTHONPATH"] = str(REPO)
     extra = ["--log-level", level] if level else []
-    return subprocess.run([sys.executable, "-m", *args, *extra], cwd=cwd, capture_output=True, text=True, env=env,
-                          timeout=600)
+    return subprocess.run([sys.executable, "-m", *args, *extra], cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
 
 
 def test_evaluate_writes_beside_the_run_from_another_directory(run, tmp_path):
@@ -69,12 +68,15 @@ def test_the_snapshot_holds_absolute_paths(run):
         assert data[key].startswith("/"), (key, data[key])
 
 
-@pytest.mark.parametrize("args, problem", [
-    (["training.caption", "x.png", "--artifacts", "a", "--beam", "0"], "--beam: 0 is out of range"),
-    (["training.caption", "x.png", "--artifacts", "a", "--beam", "-2"], "--beam: -2 is out of range"),
-    (["training.evaluate", "--artifacts", "a", "--log-level", "foo"], "--log-level: invalid choice: 'foo'"),
-    (["training.train", "--log-level", "loud"], "--log-level: invalid choice: 'loud'"),
-])
+@pytest.mark.parametrize(
+    "args, problem",
+    [
+        (["training.caption", "x.png", "--artifacts", "a", "--beam", "0"], "--beam: 0 is out of range"),
+        (["training.caption", "x.png", "--artifacts", "a", "--beam", "-2"], "--beam: -2 is out of range"),
+        (["training.evaluate", "--artifacts", "a", "--log-level", "foo"], "--log-level: invalid choice: 'foo'"),
+        (["training.train", "--log-level", "loud"], "--log-level: invalid choice: 'loud'"),
+    ],
+)
 def test_argument_errors_are_usage_errors(args, problem):
     done = command(args)
     assert done.returncode == 2 and problem in done.stderr and "usage:" in done.stderr, done.stderr
@@ -123,6 +125,5 @@ def test_saved_models_load_in_a_fresh_process(run, tmp_path):
     )
     done = run_python(["-c", code, str(run / "image_caption_model_final.keras"), str(tmp_path / "registry"), str(run)])
     assert done.stdout.split() == ["CaptionModel", "CaptionModel"]
-    code = ("import sys, keras\nimport training.captioner\n"
-            "print(type(keras.saving.load_model(sys.argv[1])).__name__)\n")
+    code = "import sys, keras\nimport training.captioner\nprint(type(keras.saving.load_model(sys.argv[1])).__name__)\n"
     assert run_python(["-c", code, str(run / "image_caption_model_final.keras")]).stdout.split() == ["CaptionModel"]

@@ -43,7 +43,9 @@ def test_shipped_configs_agree_with_their_extractor_and_make_demos_data(demo_dat
 
 def test_flat_and_sectioned_forms_are_equal(tmp_path):
     flat = load_config(write(tmp_path, {"hidden_dim": 64, "epochs": 3, "glove_path": "g.txt"}))
-    sectioned = load_config(write(tmp_path, {"model": {"hidden_dim": 64}, "training": {"epochs": 3}, "data": {"glove_path": "g.txt"}}, "s.yaml"))
+    sectioned = load_config(
+        write(tmp_path, {"model": {"hidden_dim": 64}, "training": {"epochs": 3}, "data": {"glove_path": "g.txt"}}, "s.yaml")
+    )
     assert flat == sectioned
     assert flat.model.hidden_dim == 64 and flat.training.epochs == 3
 
@@ -123,7 +125,9 @@ def test_save_round_trip(tmp_path):
 
 def test_train_command_reports_bad_key(tmp_path):
     path = write(tmp_path, {"hiden_dim": 3})
-    out = subprocess.run([sys.executable, "-m", "training.train", "--config", str(path)], cwd=REPO, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "training.train", "--config", str(path)], cwd=REPO, capture_output=True, text=True
+    )
     assert out.returncode == 2
     assert "hiden_dim" in out.stderr and "hidden_dim" in out.stderr
 
@@ -143,11 +147,25 @@ def test_run_identity_does_not_depend_on_where_the_files_lie(tmp_path):
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "captions.txt").write_text("image,caption\nx.jpg,a dog\n")
-    here = load_config("training/config.yaml", [f"captions_file={tmp_path / 'a' / 'captions.txt'}", "glove_path=null",
-                                                f"images_path={tmp_path / 'a'}", f"artifacts_dir={tmp_path / 'a' / 'run'}"])
-    moved = load_config("training/config.yaml", [f"captions_file={tmp_path / 'b' / 'captions.txt'}", "glove_path=null",
-                                                 f"images_path={tmp_path / 'b'}", f"artifacts_dir={tmp_path / 'b' / 'run'}",
-                                                 f"features_dir={tmp_path / 'a' / 'run'}"])
+    here = load_config(
+        "training/config.yaml",
+        [
+            f"captions_file={tmp_path / 'a' / 'captions.txt'}",
+            "glove_path=null",
+            f"images_path={tmp_path / 'a'}",
+            f"artifacts_dir={tmp_path / 'a' / 'run'}",
+        ],
+    )
+    moved = load_config(
+        "training/config.yaml",
+        [
+            f"captions_file={tmp_path / 'b' / 'captions.txt'}",
+            "glove_path=null",
+            f"images_path={tmp_path / 'b'}",
+            f"artifacts_dir={tmp_path / 'b' / 'run'}",
+            f"features_dir={tmp_path / 'a' / 'run'}",
+        ],
+    )
     assert run_identity(here) == run_identity(moved)
     (tmp_path / "b" / "captions.txt").write_text("image,caption\nx.jpg,a cat\n")  # other contents: another run
     assert run_identity(here) != run_identity(moved)
@@ -167,7 +185,9 @@ def test_a_folder_given_as_the_config_is_called_a_folder(tmp_path):
 
 @pytest.mark.parametrize("override, example", [("data=5", "data.seed=7"), ("training=3", "training.epochs=3")])
 def test_a_section_set_as_a_value_says_it_is_a_section(tmp_path, override, example):
-    with pytest.raises(ConfigError, match=rf"'{override[:-2]}' is a section, not a value; set one of its keys, e\.g\. --set {example}"):
+    with pytest.raises(
+        ConfigError, match=rf"'{override[:-2]}' is a section, not a value; set one of its keys, e\.g\. --set {example}"
+    ):
         load_config(write(tmp_path, {"epochs": 2}), [override])
 
 

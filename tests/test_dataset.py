@@ -106,7 +106,7 @@ def test_seeded_epochs_each_hold_every_caption_once_and_repeat_on_resume():
     builder, ids = make_builder(captions, batch_size=16, seed=5)
     steps = builder.steps(captions)
     stream = read_batches(builder.build(captions, first_epoch=0).take(3 * steps), ids)
-    epochs = [stream[e * steps:(e + 1) * steps] for e in range(3)]
+    epochs = [stream[e * steps : (e + 1) * steps] for e in range(3)]
     for epoch in epochs:
         assert captions_of(epoch) == expected_captions(builder, captions)
     assert epochs[0] != epochs[1]  # reshuffled each epoch

@@ -272,8 +272,9 @@ def test_caption_models_decode_batches_and_single_images_alike(tokenizer, featur
     from training.models import build_caption_model
 
     keras.utils.set_random_seed(3)
-    config = ModelConfig(architecture=architecture, feature_dim=6, embedding_dim=5, hidden_dim=8, num_layers=2,
-                         num_heads=2, ff_dim=16, dropout=0.0)
+    config = ModelConfig(
+        architecture=architecture, feature_dim=6, embedding_dim=5, hidden_dim=8, num_layers=2, num_heads=2, ff_dim=16, dropout=0.0
+    )
     model = build_caption_model(config, tokenizer.vocab_size, max_length=6)
     decoder = BeamSearchDecoder(model, tokenizer, beam_size=beam_size, batch_size=3)
     batched, alone = decoder.decode(features), decoder.decode_one_at_a_time(features)
@@ -299,8 +300,7 @@ def test_alternatives_are_the_beams_other_hypotheses_scored_as_the_model_scores_
     model = TinyRecurrentModel(tokenizer.vocab_size, channels=6, seed=4, end_per_step=0.5)
     plain = BeamSearchDecoder(model, tokenizer, beam_size=4, length_penalty=0.6, batch_size=12).decode(many)
     # A batch of 12: images leave the search as they finish, so rows of every step are read back.
-    found = BeamSearchDecoder(model, tokenizer, beam_size=4, length_penalty=0.6, batch_size=12,
-                              alternatives=True).decode(many)
+    found = BeamSearchDecoder(model, tokenizer, beam_size=4, length_penalty=0.6, batch_size=12, alternatives=True).decode(many)
     assert [c.tokens for c in found] == [c.tokens for c in plain] and all(c.alternatives is None for c in plain)
     np.testing.assert_allclose([c.score for c in found], [c.score for c in plain], rtol=1e-5)
     assert {len(c.alternatives) for c in found} == {3}
@@ -313,5 +313,5 @@ def test_alternatives_are_the_beams_other_hypotheses_scored_as_the_model_scores_
         for hypothesis in hypotheses:
             log_prob, attention = teacher_forced(model, image, hypothesis.tokens + [END] * hypothesis.finished)
             assert hypothesis.score == pytest.approx(log_prob, abs=1e-4)
-            np.testing.assert_allclose(hypothesis.attention, attention[:len(hypothesis.tokens)], atol=1e-4)
+            np.testing.assert_allclose(hypothesis.attention, attention[: len(hypothesis.tokens)], atol=1e-4)
             assert hypothesis.text == tokenizer.sequences_to_texts([hypothesis.tokens])[0]

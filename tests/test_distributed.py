@@ -57,7 +57,12 @@ def test_multi_worker_strategy_matches_single_device(single):
     ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     workers = [
-        run("worker", out, env={"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}, background=True)
+        run(
+            "worker",
+            out,
+            env={"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})},
+            background=True,
+        )
         for i in range(2)
     ]
     results = []
@@ -97,12 +102,19 @@ def train_two_workers(config_path, die_at=None):
     cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
     workers, logs = [], []
     for index in range(2):
-        env = child_env(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
-                        TF_DETERMINISTIC_OPS="1", TF_ENABLE_ONEDNN_OPTS="0", **({"DIE_AT": die_at} if die_at and index else {}))
+        env = child_env(
+            TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+            TF_DETERMINISTIC_OPS="1",
+            TF_ENABLE_ONEDNN_OPTS="0",
+            **({"DIE_AT": die_at} if die_at and index else {}),
+        )
         logs.append(Path(f"{config_path}.{'losing' if die_at else 'whole'}.worker{index}.log"))
         with open(logs[-1], "w") as log:
-            workers.append(subprocess.Popen([sys.executable, "-c", script, str(config_path)], cwd=REPO, env=env,
-                                            stdout=subprocess.DEVNULL, stderr=log))
+            workers.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", script, str(config_path)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log
+                )
+            )
     ended, deadline = {}, time.monotonic() + 900
     while len(ended) < 2 and time.monotonic() < deadline:
         ended.update({i: time.monotonic() for i, w in enumerate(workers) if i not in ended and w.poll() is not None})

@@ -104,8 +104,9 @@ def test_full_disk_gives_a_clear_error_and_keeps_the_previous_checkpoint(small_d
     import training.models  # noqa: F401
 
     artifacts = small_disk / "artifacts"
-    config_path = write_config(small_disk / "config.yaml", demo_data, artifacts, epochs=3, early_stopping_patience=10,
-                               eval_max_images=2)  # the resumed run's evaluation is not what is checked
+    config_path = write_config(
+        small_disk / "config.yaml", demo_data, artifacts, epochs=3, early_stopping_patience=10, eval_max_images=2
+    )  # the resumed run's evaluation is not what is checked
     done = run_with(FILL_DISK_AFTER_EPOCH_1, config_path)
     assert done.returncode == 1, done.stderr[-3000:]
     assert f"could not write {artifacts}/" in done.stderr  # the file, by name
@@ -138,8 +139,15 @@ def test_kill_during_a_checkpoint_write_leaves_no_half_written_file(tmp_path, de
 
     artifacts = tmp_path / "artifacts"
     # Epoch 1 saves the checkpoint, then the resume state; epoch 2's checkpoint write is killed.
-    config_path = write_config(tmp_path / "config.yaml", demo_data, artifacts, epochs=3, early_stopping_patience=10, learning_rate=0.003,
-                               eval_max_images=2)
+    config_path = write_config(
+        tmp_path / "config.yaml",
+        demo_data,
+        artifacts,
+        epochs=3,
+        early_stopping_patience=10,
+        learning_rate=0.003,
+        eval_max_images=2,
+    )
     done = run_with(KILL_INSIDE_MODEL_SAVE, config_path)
     assert done.returncode == -9, done.stderr[-3000:]
     keras.saving.load_model(artifacts / "checkpoint.keras")  # still epoch 1's, whole
@@ -170,13 +178,25 @@ def refuse(config_path, *overrides):
     return line, "tensorflow loaded: True" in done.stdout
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["max_images=2"], "the val split has no images (2 images in all"),
-    (["val_split=0", "test_split=0.2"], "the val split has no images (120 images in all, train/val/test splits 0.8/0.0/0.2): raise val_split"),
-    (["test_split=0", "val_split=0.2"], "the test split has no images"),
-    (["word_count_threshold=100000"], "'word_count_threshold' is 100000 but no word of the training captions occurs that often"),
-    (["feature_extractor=EfficientNetB9"], "unknown feature extractor 'EfficientNetB9' (config key 'feature_extractor'); did you mean"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["max_images=2"], "the val split has no images (2 images in all"),
+        (
+            ["val_split=0", "test_split=0.2"],
+            "the val split has no images (120 images in all, train/val/test splits 0.8/0.0/0.2): raise val_split",
+        ),
+        (["test_split=0", "val_split=0.2"], "the test split has no images"),
+        (
+            ["word_count_threshold=100000"],
+            "'word_count_threshold' is 100000 but no word of the training captions occurs that often",
+        ),
+        (
+            ["feature_extractor=EfficientNetB9"],
+            "unknown feature extractor 'EfficientNetB9' (config key 'feature_extractor'); did you mean",
+        ),
+    ],
+)
 def test_a_run_that_cannot_work_is_refused_before_tensorflow_loads_and_leaves_no_folder(tmp_path, demo_data, overrides, message):
     artifacts = tmp_path / "runs" / "new"
     line, tensorflow = refuse(write_config(tmp_path / "config.yaml", demo_data, artifacts), *overrides)
@@ -191,8 +211,9 @@ def test_a_missing_image_is_refused_before_the_snapshot_is_written(tmp_path, dem
     for path in sorted((demo_data / "Images").iterdir())[1:]:  # all but the first
         (images / path.name).symlink_to(path)
     artifacts = tmp_path / "artifacts"
-    line, _ = refuse(write_config(tmp_path / "config.yaml", demo_data, artifacts, images_path=str(images),
-                                  max_bad_image_fraction=0.0))
+    line, _ = refuse(
+        write_config(tmp_path / "config.yaml", demo_data, artifacts, images_path=str(images), max_bad_image_fraction=0.0)
+    )
     assert "1 of 120 images are unusable" in line
     assert not artifacts.exists()
 
@@ -241,8 +262,12 @@ def bomb_png(path, side=50_000):
 
     packer, row = zlib.compressobj(9), b"\0" * (1 + side // 8)  # filter byte, then the row's bits
     pixels = b"".join(packer.compress(row * 1000) for _ in range(side // 1000)) + packer.flush()
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
-                     + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+        + chunk(b"IDAT", pixels)
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -254,7 +279,9 @@ def test_caption_refuses_an_image_over_the_pixel_limit_before_decoding_it(tmp_pa
     assert done.returncode == 2, done.stderr[-3000:]
     assert f"error: {bomb}: over " in done.stderr and "(--max-pixels)" in done.stderr
     assert done.stdout.startswith(f"{image}\t")  # the other image is captioned
-    small = run_python(["-m", "training.caption", str(image), "--artifacts", str(trained_run[0]), "--max-pixels", "100"], check=False)
+    small = run_python(
+        ["-m", "training.caption", str(image), "--artifacts", str(trained_run[0]), "--max-pixels", "100"], check=False
+    )
     assert small.returncode == 2 and "32 x 32 = 1024 pixels, over the limit of 100 (--max-pixels)" in small.stderr
 
 
@@ -271,9 +298,18 @@ def test_service_answers_413_to_an_image_over_the_pixel_limit_and_a_second_one_o
     assert answer.status_code == 413 and "(--max-pixels)" in answer.json()["error"], answer.text
     port = int(url.rsplit(":", 1)[1])
     started = time.monotonic()
-    second = run_python(["-c", "import sys; from training.serve import main; code = main(sys.argv[1:]); "
-                         "print('tensorflow loaded:', 'tensorflow' in sys.modules); sys.exit(code)",
-                         "--artifacts", str(run), "--port", str(port)], check=False)
+    second = run_python(
+        [
+            "-c",
+            "import sys; from training.serve import main; code = main(sys.argv[1:]); "
+            "print('tensorflow loaded:', 'tensorflow' in sys.modules); sys.exit(code)",
+            "--artifacts",
+            str(run),
+            "--port",
+            str(port),
+        ],
+        check=False,
+    )
     took = time.monotonic() - started
     assert second.returncode == 2, second.stderr[-3000:]
     assert f"error: cannot listen on 127.0.0.1:{port}: Address already in use" in second.stderr

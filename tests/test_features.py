@@ -62,6 +62,7 @@ def clean_registry():
 
 # -- registry ------------------------------------------------------------------------------------
 
+
 def test_registry_has_the_backbones_and_finds_them_by_name():
     names = available_extractors()
     for name in [f"EfficientNetB{i}" for i in range(8)] + ["InceptionV3", "ResNet50", "MobileNetV3Large", "PatchGrid"]:
@@ -104,6 +105,7 @@ def test_custom_extractor_registers_as_the_seed_readme_shows(clean_registry):
 
 # -- extractors ----------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "name, grid, channels",
@@ -122,8 +124,10 @@ def test_keras_backbone_gives_documented_grid(tmp_path, name, grid, channels):
 
 def test_each_backbone_gets_its_own_preprocessing():
     images = np.array([[[[0, 128, 255]]]], dtype=np.uint8)  # one 1x1 RGB image
+
     def prep(name):
         return np.asarray(get_feature_extractor(name, weights=None).preprocess(images))[0, 0, 0]
+
     np.testing.assert_allclose(prep("EfficientNetB3"), [0, 128, 255])  # normalises inside the model
     np.testing.assert_allclose(prep("MobileNetV3Large"), [0, 128, 255])
     np.testing.assert_allclose(prep("InceptionV3"), [-1, 128 / 127.5 - 1, 1], atol=1e-6)
@@ -147,6 +151,7 @@ def test_patch_grid_regions_are_the_image_patches(tmp_path):
 
 
 # -- bad images ----------------------------------------------------------------------------------
+
 
 def make_mixed_folder(folder: Path) -> tuple[list[str], dict[str, str]]:
     """Good images in awkward modes plus one bad image of each kind; returns (all ids, bad id -> reason word)."""
@@ -191,6 +196,7 @@ def test_bad_images_are_reported_and_left_out(tmp_path):
 
 # -- the feature store ---------------------------------------------------------------------------
 
+
 class CoarsePatchGrid(PatchGridExtractor):
     """Another weight-free extractor: 16-px patches (a "changed extractor" for the store)."""
 
@@ -211,7 +217,12 @@ def test_store_round_trips_and_is_reused(tmp_path, caplog):
     assert isinstance(opened.features, np.memmap) and not opened.features.flags.writeable
     assert opened.features.dtype == np.float16 and opened.features.shape == (7, 64, 192)
     assert opened.image_ids == names and opened.index == {n: i for i, n in enumerate(names)}
-    assert (opened.grid_shape, opened.image_size, opened.feature_dim, opened.extractor_name) == ((8, 8), (64, 64), 192, "PatchGrid")
+    assert (opened.grid_shape, opened.image_size, opened.feature_dim, opened.extractor_name) == (
+        (8, 8),
+        (64, 64),
+        192,
+        "PatchGrid",
+    )
     expected = extractor.extract_features(names, tmp_path / "images", verbose=0)
     for name in names:
         np.testing.assert_array_equal(opened.features[opened.index[name]], expected[name])
@@ -240,8 +251,9 @@ def test_new_images_are_appended_and_old_rows_kept(tmp_path):
     old_rows = np.array(first.features)
     # Two of the requested images are new, one of them unreadable for now.
     (tmp_path / "images" / names[7]).write_bytes(b"")
-    grown = FeatureStore.build(tmp_path / "store", extractor, [names[6], names[7], *names[:3]], tmp_path / "images",
-                               max_bad_fraction=0.5, verbose=0)
+    grown = FeatureStore.build(
+        tmp_path / "store", extractor, [names[6], names[7], *names[:3]], tmp_path / "images", max_bad_fraction=0.5, verbose=0
+    )
     assert (grown.reused, grown.extracted) == (3, 1)
     assert [b["image"] for b in grown.skipped] == [names[7]] and "empty" in grown.skipped[0]["reason"]
     assert grown.image_ids == names[:5] + [names[6]] and [b["image"] for b in grown.bad_images] == [names[7]]
@@ -265,8 +277,9 @@ def test_a_store_of_other_settings_is_never_replaced(tmp_path):
     with pytest.raises(FeatureStoreConflict, match=r"extractor 'PatchGrid' -> 'CoarsePatchGrid'.*features_dir.*delete"):
         FeatureStore.build(tmp_path / "store", CoarsePatchGrid(), names, tmp_path / "images", verbose=0)
     with pytest.raises(FeatureStoreConflict, match=r"image_size \[64, 64\] -> \[96, 96\]"):
-        FeatureStore.build(tmp_path / "store", get_feature_extractor("PatchGrid", image_size=(96, 96)), names,
-                           tmp_path / "images", verbose=0)
+        FeatureStore.build(
+            tmp_path / "store", get_feature_extractor("PatchGrid", image_size=(96, 96)), names, tmp_path / "images", verbose=0
+        )
     assert {name: (tmp_path / "store" / name).read_bytes() for name in visible_files(tmp_path / "store")} == before
     coarse = FeatureStore.build(tmp_path / "coarse", CoarsePatchGrid(), names, tmp_path / "images", verbose=0)
     assert coarse.features.shape == (4, 16, 768) and coarse.fingerprint != FeatureStore.open(tmp_path / "store").fingerprint
@@ -277,9 +290,22 @@ def test_extraction_killed_midway_resumes_to_the_same_array(tmp_path, caplog):
     names = write_images(tmp_path / "images", 20)
     store_dir = tmp_path / "store"
     worker = subprocess.Popen(
-        [sys.executable, str(REPO / "tests" / "features_kill_worker.py"), str(store_dir), str(tmp_path / "images"),
-         *names, "--stall-after", "3", "--batch-size", "4", "--chunk-size", "4"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            str(REPO / "tests" / "features_kill_worker.py"),
+            str(store_dir),
+            str(tmp_path / "images"),
+            *names,
+            "--stall-after",
+            "3",
+            "--batch-size",
+            "4",
+            "--chunk-size",
+            "4",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     progress_file = store_dir / "features.partial.rows.json"
@@ -303,16 +329,18 @@ def test_extraction_killed_midway_resumes_to_the_same_array(tmp_path, caplog):
         FeatureStore.open(store_dir)
 
     with caplog.at_level(logging.INFO, logger="training.features.store"):
-        resumed = FeatureStore.build(store_dir, get_feature_extractor("PatchGrid", batch_size=4), names,
-                                     tmp_path / "images", chunk_size=4, verbose=0)
+        resumed = FeatureStore.build(
+            store_dir, get_feature_extractor("PatchGrid", batch_size=4), names, tmp_path / "images", chunk_size=4, verbose=0
+        )
     resumed_at = re.search(r"resuming feature extraction in .* at row (\d+) of 20", caplog.text)
     assert resumed_at and 8 <= int(resumed_at.group(1)) <= 12  # where the killed run stopped, not row 0
     rows_on_disk = int(resumed_at.group(1))
     assert (resumed.reused, resumed.extracted) == (rows_on_disk, 20 - rows_on_disk)
     assert visible_files(store_dir) == ["features.npy", "features_index.json"]
 
-    fresh = FeatureStore.build(tmp_path / "fresh", get_feature_extractor("PatchGrid", batch_size=4), names,
-                               tmp_path / "images", verbose=0)
+    fresh = FeatureStore.build(
+        tmp_path / "fresh", get_feature_extractor("PatchGrid", batch_size=4), names, tmp_path / "images", verbose=0
+    )
     assert resumed.image_ids == fresh.image_ids == names
     np.testing.assert_array_equal(np.asarray(resumed.features), np.asarray(fresh.features))
 
@@ -325,8 +353,11 @@ def test_a_second_builder_waits_for_the_first_and_reuses_its_store(tmp_path):
     FeatureStore.build(tmp_path / "store", extractor, names, tmp_path / "images", verbose=0)
     results = []
     with _build_lock(tmp_path / "store"):  # stands in for another worker that is still extracting
-        waiter = threading.Thread(target=lambda: results.append(
-            FeatureStore.build(tmp_path / "store", extractor, names, tmp_path / "images", verbose=0)))
+        waiter = threading.Thread(
+            target=lambda: results.append(
+                FeatureStore.build(tmp_path / "store", extractor, names, tmp_path / "images", verbose=0)
+            )
+        )
         waiter.start()
         waiter.join(timeout=1.0)
         assert waiter.is_alive() and not results
@@ -354,6 +385,7 @@ def test_a_run_folder_links_to_a_shared_store_but_never_hides_its_own(tmp_path):
 
 # -- a weights file (offline machines) -------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_a_weights_file_gives_its_features_and_a_moved_file_keeps_the_store(tmp_path, caplog):
     import keras
@@ -379,13 +411,23 @@ def test_a_weights_file_gives_its_features_and_a_moved_file_keeps_the_store(tmp_
     # The store is keyed by the file's contents: a moved copy reuses it, other weights never replace it.
     moved = Path(shutil.move(weights, tmp_path / "elsewhere.weights.h5"))
     with caplog.at_level(logging.INFO, logger="training.features.store"):
-        again = FeatureStore.build(tmp_path / "store", get_feature_extractor("MobileNetV3Small", image_size=(64, 64),
-                                   weights=str(moved)), names, tmp_path / "images", verbose=0)
+        again = FeatureStore.build(
+            tmp_path / "store",
+            get_feature_extractor("MobileNetV3Small", image_size=(64, 64), weights=str(moved)),
+            names,
+            tmp_path / "images",
+            verbose=0,
+        )
     assert (again.reused, again.extracted, again.fingerprint) == (5, 0, store.fingerprint)
     assert "5 image(s) reused, 0 extracted" in caplog.text
     with pytest.raises(FeatureStoreConflict, match=r"weights 'file of \d+ bytes, sha256 [0-9a-f]{16}' -> 'file of "):
-        FeatureStore.build(tmp_path / "store", get_feature_extractor("MobileNetV3Small", image_size=(64, 64),
-                           weights=str(retrained)), names, tmp_path / "images", verbose=0)
+        FeatureStore.build(
+            tmp_path / "store",
+            get_feature_extractor("MobileNetV3Small", image_size=(64, 64), weights=str(retrained)),
+            names,
+            tmp_path / "images",
+            verbose=0,
+        )
 
 
 def test_a_backbone_computes_in_float32_whatever_the_training_precision():

@@ -59,7 +59,7 @@ TRAIN_IN_FLOAT16 = textwrap.dedent(
 
 def events(stdout: str) -> list[dict]:
     # Keras' progress bar may precede an event on its line.
-    return [json.loads(line[line.index('{"event"'):]) for line in stdout.splitlines() if '{"event"' in line]
+    return [json.loads(line[line.index('{"event"') :]) for line in stdout.splitlines() if '{"event"' in line]
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +68,7 @@ def float16_run(demo_data, tmp_path_factory):
     work = tmp_path_factory.mktemp("float16")
     artifacts = work / "artifacts"
     path = work / "config.yaml"
-    path.write_text(yaml.safe_dump(tiny_config(demo_data, artifacts, epochs=3, early_stopping_patience=10,
-                                               eval_max_images=6)))
+    path.write_text(yaml.safe_dump(tiny_config(demo_data, artifacts, epochs=3, early_stopping_patience=10, eval_max_images=6)))
     killed = run_python(["-c", TRAIN_IN_FLOAT16, str(path), "1"], check=False)
     assert killed.returncode == -9, killed.stderr[-3000:]
     resumed = run_python(["-c", TRAIN_IN_FLOAT16, str(path), "-1"])
@@ -102,7 +101,10 @@ def test_float16_resume_restores_the_loss_scale_state(float16_run):
     begin = after_resume[0]
     assert begin["event"] == "begin" and begin["optimizer"] == "LossScaleOptimizer"
     assert (begin["iterations"], begin["loss_scale"], begin["scale_steps"]) == (
-        saved["iterations"], saved["loss_scale"], saved["scale_steps"])
+        saved["iterations"],
+        saved["loss_scale"],
+        saved["scale_steps"],
+    )
     assert [e["epoch"] for e in after_resume if e["event"] == "epoch_end"] == [2, 3]
 
 

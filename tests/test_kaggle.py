@@ -7,11 +7,11 @@ from training.configs import load_config
 from training.kaggle_utils import create_kaggle_config, find_datasets, setup_kaggle_training
 
 # Copied from the seed README's Kaggle notebook template (Cell 3); it must run as written.
-README_KAGGLE_CELL = '''
+README_KAGGLE_CELL = """
 from training.kaggle_utils import create_kaggle_config, setup_kaggle_training
 create_kaggle_config()
 env_info = setup_kaggle_training(verbose=True)
-'''
+"""
 
 
 def add_flickr8k(root):
@@ -42,8 +42,9 @@ def test_flickr8k_and_glove_give_a_loadable_config(tmp_path):
     root = tmp_path / "input"
     dataset = add_flickr8k(root)
     glove = add_glove(root, 200)
-    output = create_kaggle_config(input_root=root, working_dir=tmp_path / "working",
-                                  output_path=tmp_path / "out" / "config.kaggle.yaml")
+    output = create_kaggle_config(
+        input_root=root, working_dir=tmp_path / "working", output_path=tmp_path / "out" / "config.kaggle.yaml"
+    )
     config = load_config(output)
     assert config.data.images_path == str(dataset / "Images")
     assert config.data.captions_file == str(dataset / "captions.txt")
@@ -119,8 +120,13 @@ def test_readme_kaggle_cell_runs_with_the_env_override(tmp_path, monkeypatch, ca
     assert env_info["input_datasets"] == ["flickr8k", "glove6b200d"]
     assert env_info["tensorflow_version"].startswith("2.") and isinstance(env_info["gpus"], list)
     assert "tensorflow_version: 2." in capsys.readouterr().out
-    assert set(setup_kaggle_training(verbose=False)) == {"on_kaggle", "tensorflow_version", "gpus", "input_root",
-                                                          "input_datasets"}
+    assert set(setup_kaggle_training(verbose=False)) == {
+        "on_kaggle",
+        "tensorflow_version",
+        "gpus",
+        "input_root",
+        "input_datasets",
+    }
 
 
 def add_file(root, relative, text="{}"):
@@ -152,8 +158,11 @@ def test_an_attached_keras_hub_preset_becomes_the_extractor(tmp_path):
     root = tmp_path / "input"
     add_flickr8k(root)
     base = tmp_path / "base.yaml"
-    base.write_text(yaml.safe_dump({"feature_extractor": "keras_hub:dinov2_small", "image_size": [224, 224],
-                                    "feature_dim": 384, "glove_path": None}))
+    base.write_text(
+        yaml.safe_dump(
+            {"feature_extractor": "keras_hub:dinov2_small", "image_size": [224, 224], "feature_dim": 384, "glove_path": None}
+        )
+    )
     for preset in ("dinov2_base", "dinov2_small"):  # a Kaggle model: <model>/keras/<preset>/<version>/
         for name in ("config.json", "model.weights.h5"):
             add_file(root, f"dinov2/keras/{preset}/1/{name}")

@@ -82,8 +82,9 @@ def metrics(artifacts):
 
 
 def digests(folder):
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 def resume_points(artifacts):
@@ -145,7 +146,9 @@ def test_fresh_moves_the_old_run_aside_and_keeps_the_feature_store(reference, tm
     features_inode = (artifacts / "features.npy").stat().st_ino
 
     # --fresh, and a plateau in epoch 2 that early stopping (patience 1) ends the new run at.
-    done = train_with_fault(config, "worse", 1, 0, "--fresh", "--set", "learning_rate=0.002", "--set", "early_stopping_patience=1")
+    done = train_with_fault(
+        config, "worse", 1, 0, "--fresh", "--set", "learning_rate=0.002", "--set", "early_stopping_patience=1"
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"moved to {kept}" in done.stderr
     stays = lambda name: any(fnmatch.fnmatch(name.split("/")[0], pattern) for pattern in KEPT_BY_FRESH)  # noqa: E731
@@ -202,8 +205,14 @@ def interrupt_mid_epoch(config, sig, epoch, terminal=False):
     env = child_env(**ENV)
     with open(config.with_suffix(".log"), "w+") as log:
         reader, writer = pty.openpty() if terminal else (None, log)
-        process = subprocess.Popen([sys.executable, "-c", FAULTY_RUN, str(config), "pause", str(epoch), "2"], cwd=REPO,
-                                   env=env, stdout=writer, stderr=writer if terminal else subprocess.STDOUT, text=True)
+        process = subprocess.Popen(
+            [sys.executable, "-c", FAULTY_RUN, str(config), "pause", str(epoch), "2"],
+            cwd=REPO,
+            env=env,
+            stdout=writer,
+            stderr=writer if terminal else subprocess.STDOUT,
+            text=True,
+        )
         if terminal:
             os.close(writer)
             copier = threading.Thread(target=copy_terminal, args=(reader, log))
@@ -259,7 +268,7 @@ def test_on_a_terminal_keras_draws_its_bar_and_the_interrupt_message_begins_a_li
     assert code == 130, output[-3000:]
     assert "/step - loss: " in output  # Keras' progress bar, drawn on a terminal only
     message = output.index("error: interrupted in epoch 1. ")
-    assert output[message - 1] == "\n", repr(output[message - 300:message + 40])  # not at the end of the bar's line
+    assert output[message - 1] == "\n", repr(output[message - 300 : message + 40])  # not at the end of the bar's line
 
 
 # -- what a rerun may change, without training -------------------------------------------------
@@ -271,8 +280,17 @@ def test_only_keys_that_shape_the_weights_change_a_runs_identity(demo_data, tmp_
     identity = run_identity(config_from_dict(base))
     moved = tmp_path / "captions.txt"
     shutil.copy(base["captions_file"], moved)
-    extended = dict(base, epochs=30, early_stopping_patience=9, beam_size=5, eval_max_images=None, run_name="x",
-                    artifacts_dir=str(tmp_path / "b"), images_path=str(tmp_path), captions_file=str(moved))
+    extended = dict(
+        base,
+        epochs=30,
+        early_stopping_patience=9,
+        beam_size=5,
+        eval_max_images=None,
+        run_name="x",
+        artifacts_dir=str(tmp_path / "b"),
+        images_path=str(tmp_path),
+        captions_file=str(moved),
+    )
     assert {"epochs", "early_stopping_patience", "artifacts_dir", "features_dir"} <= EXTENDING_KEYS
     assert run_identity(config_from_dict(extended)) == identity
     moved.write_text(moved.read_text().replace("circle", "disc"))

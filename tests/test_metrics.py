@@ -16,12 +16,21 @@ from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 from training.evaluation import BLEUScore, CaptionEvaluator
 
 REFERENCES = {
-    "dog.jpg": ["startseq a black dog runs across the green grass endseq", "A dog is running on grass.",
-                "a black dog plays outside"],
-    "kids.jpg": ["two children play in the sand at the beach", "Kids building a sandcastle .",
-                 "two young kids are playing on a sandy beach"],
-    "bike.jpg": ["a man rides a bike down a dirt path", "a cyclist on a mountain trail",
-                 "a man in a helmet is riding his bicycle"],
+    "dog.jpg": [
+        "startseq a black dog runs across the green grass endseq",
+        "A dog is running on grass.",
+        "a black dog plays outside",
+    ],
+    "kids.jpg": [
+        "two children play in the sand at the beach",
+        "Kids building a sandcastle .",
+        "two young kids are playing on a sandy beach",
+    ],
+    "bike.jpg": [
+        "a man rides a bike down a dirt path",
+        "a cyclist on a mountain trail",
+        "a man in a helmet is riding his bicycle",
+    ],
     "surf.jpg": ["a surfer rides a large wave", "a person surfing in the ocean", "a man on a surfboard"],
     "climb.jpg": ["a woman climbs a rock wall", "a climber on a red rock face", "a person is rock climbing"],
 }
@@ -80,8 +89,19 @@ def test_bleu_sentence_scores_equal_nltk():
 @pytest.mark.skipif(shutil.which("java") is None, reason="METEOR and the PTB tokenizer need Java")
 def test_evaluator_equals_pycocoevalcap_on_ptb_tokens(evaluated, reference_meteor):
     evaluator, scores = evaluated
-    assert set(scores) == {"bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider",
-                           "coco_bleu1", "coco_bleu2", "coco_bleu3", "coco_bleu4"}
+    assert set(scores) == {
+        "bleu1",
+        "bleu2",
+        "bleu3",
+        "bleu4",
+        "meteor",
+        "rouge_l",
+        "cider",
+        "coco_bleu1",
+        "coco_bleu2",
+        "coco_bleu3",
+        "coco_bleu4",
+    }
     for n, weights in enumerate(WEIGHTS, 1):
         assert scores[f"bleu{n}"] == pytest.approx(corpus_bleu(REF_TOKENS, HYP_TOKENS, weights=weights), abs=1e-12)
 

@@ -90,8 +90,9 @@ def test_decode_step_matches_full_call(architecture):
         steps = tf.TensorArray(tf.float32, size=tf.shape(tokens)[1])
         # The transformer's cache grows by a position per step.
         invariants = (tf.TensorShape([]), cache_shape_invariants(cache), tf.TensorShape(None))
-        _, _, steps = tf.while_loop(lambda step, *_: step < tf.shape(tokens)[1], body, (0, cache, steps),
-                                    shape_invariants=invariants)
+        _, _, steps = tf.while_loop(
+            lambda step, *_: step < tf.shape(tokens)[1], body, (0, cache, steps), shape_invariants=invariants
+        )
         return tf.transpose(steps.stack(), (1, 0, 2))
 
     stepped = decode_all(features, tokens).numpy()
@@ -111,8 +112,9 @@ def test_decode_step_with_each_images_memory_once_equals_repeated_memory(archite
     shared, repeated = model.encode(features), model.encode(np.repeat(features, k, axis=0))
     caches = [model.init_cache(len(rows)), model.init_cache(len(rows))]
     for step in range(rows.shape[1]):
-        outputs = [model.decode_step(rows[:, step], np.int32(step), memory, cache)
-                   for memory, cache in zip((shared, repeated), caches)]
+        outputs = [
+            model.decode_step(rows[:, step], np.int32(step), memory, cache) for memory, cache in zip((shared, repeated), caches)
+        ]
         caches = [outputs[0][1], outputs[1][1]]
         for a, b in zip(outputs[0][::2], outputs[1][::2]):  # logits, attention
             np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), atol=1e-5)
@@ -246,8 +248,10 @@ def test_compiled_fit_on_batches_of_varying_length(architecture):
             tokens = rng.integers(1, VOCAB, size=(3, length + 1)).astype("int32")
             yield (features, tokens[:, :-1]), tokens[:, 1:]
 
-    spec = ((tf.TensorSpec((None, REGIONS, FEATURE_DIM), tf.float32), tf.TensorSpec((None, None), tf.int32)),
-            tf.TensorSpec((None, None), tf.int32))
+    spec = (
+        (tf.TensorSpec((None, REGIONS, FEATURE_DIM), tf.float32), tf.TensorSpec((None, None), tf.int32)),
+        tf.TensorSpec((None, None), tf.int32),
+    )
     dataset = tf.data.Dataset.from_generator(batches, output_signature=spec).repeat()
     history = model.fit(dataset, epochs=2, steps_per_epoch=3, shuffle=False, verbose=0)  # the pipeline's way
     assert all(np.isfinite(history.history["loss"]))
@@ -327,8 +331,11 @@ def test_packed_rows_train_as_captions_one_per_row():
     features = rng.normal(size=(1, REGIONS, FEATURE_DIM)).astype("float32")
     captions = [[1, 2, 3, 4], [5, 6], [7, 8, 9]]
     flat = [t for c in captions for t in c]
-    packed_inputs = (features, np.array([flat + [0]], "int32"),
-                     np.array([[p for c in captions for p in range(len(c))] + [0]], "int32"))
+    packed_inputs = (
+        features,
+        np.array([flat + [0]], "int32"),
+        np.array([[p for c in captions for p in range(len(c))] + [0]], "int32"),
+    )
     single = np.zeros((3, 4), "int32")
     for i, caption in enumerate(captions):
         single[i, : len(caption)] = caption
@@ -405,5 +412,6 @@ def test_layer_normalization_matches_keras_in_values_and_gradients(dtype):
     for ours, reference in zip(*results):
         assert ours.dtype == reference.dtype
         scale = np.abs(reference.numpy().astype("float32")).max()
-        np.testing.assert_allclose(ours.numpy().astype("float32"), reference.numpy().astype("float32"),
-                                   atol=tolerance * scale, rtol=0)
+        np.testing.assert_allclose(
+            ours.numpy().astype("float32"), reference.numpy().astype("float32"), atol=tolerance * scale, rtol=0
+        )

@@ -20,15 +20,23 @@ def packed(rows, width):
     tokens, positions = np.zeros((len(rows), width), np.int32), np.zeros((len(rows), width), np.int32)
     for b, captions in enumerate(rows):
         flat = [t for caption in captions for t in caption]
-        tokens[b, :len(flat)] = flat
-        positions[b, :len(flat)] = [p for caption in captions for p in range(len(caption))]
+        tokens[b, : len(flat)] = flat
+        positions[b, : len(flat)] = [p for caption in captions for p in range(len(caption))]
     return tokens, positions
 
 
 @pytest.mark.parametrize("architecture", ["transformer", "lstm_attention"])
 def test_packed_row_gives_the_logits_of_its_captions_one_per_row(architecture):
-    config = ModelConfig(architecture=architecture, feature_dim=FEATURE_DIM, embedding_dim=5, hidden_dim=8,
-                         num_layers=2, num_heads=2, ff_dim=16, dropout=0.1)
+    config = ModelConfig(
+        architecture=architecture,
+        feature_dim=FEATURE_DIM,
+        embedding_dim=5,
+        hidden_dim=8,
+        num_layers=2,
+        num_heads=2,
+        ff_dim=16,
+        dropout=0.1,
+    )
     keras.utils.set_random_seed(0)
     model = build_caption_model(config, VOCAB, MAX_LEN)
     features = np.random.default_rng(0).normal(size=(len(ROWS), REGIONS, FEATURE_DIM)).astype("float32")
@@ -40,7 +48,7 @@ def test_packed_row_gives_the_logits_of_its_captions_one_per_row(architecture):
     for b, captions in enumerate(ROWS):
         start = 0
         for i, caption in enumerate(captions):
-            alone = np.asarray(model((features[b:b + 1], np.array([caption], np.int32)), training=False))[0]
+            alone = np.asarray(model((features[b : b + 1], np.array([caption], np.int32)), training=False))[0]
             span = slice(start, start + len(caption))
             np.testing.assert_allclose(logits[b, span], alone, rtol=1e-5, atol=1e-5)
             if i:

@@ -12,8 +12,15 @@ from PIL import Image
 
 IMAGES = 4
 # No network here: nothing in the background may try to reach one (see scripts/render_report.py).
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +42,9 @@ def reference(trained_run, images):
 
 
 def caption(url, path, **params):
-    response = httpx.post(url + "/caption", content=open(path, "rb").read(), params=params,
-                          headers={"Content-Type": "image/png"}, timeout=120)
+    response = httpx.post(
+        url + "/caption", content=open(path, "rb").read(), params=params, headers={"Content-Type": "image/png"}, timeout=120
+    )
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -113,15 +121,21 @@ def test_the_page_captions_an_uploaded_image_and_draws_each_words_attention(chro
     broken.write_bytes(open(path, "rb").read()[:60])
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch_persistent_context(
-            tmp_path / "profile", executable_path=chromium, headless=True, args=CHROMIUM_FLAGS,
-            viewport={"width": 1100, "height": 720})
+            tmp_path / "profile",
+            executable_path=chromium,
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1100, "height": 720},
+        )
         try:
             page = browser.new_page()
             problems = []
             page.on("pageerror", lambda error: problems.append(str(error)))
             # Chromium itself logs the rejected upload's 400 as a console error, when it likes: not the page's.
-            page.on("console", lambda message: message.type == "error" and "status of 400" not in message.text
-                    and problems.append(message.text))
+            page.on(
+                "console",
+                lambda message: message.type == "error" and "status of 400" not in message.text and problems.append(message.text),
+            )
             page.goto(server + "/")
             assert page.title() == "Captioner" and page.is_visible("#drop-text") and not page.is_visible("#image")
 
@@ -136,7 +150,8 @@ def test_the_page_captions_an_uploaded_image_and_draws_each_words_attention(chro
             assert not page.is_visible("#error")
             assert page.locator("#words .chip").all_inner_texts() == expected["words"]
             assert page.locator("#alternatives li span:first-child").all_inner_texts() == [
-                a["caption"] + ("" if a["finished"] else " …") for a in expected["alternatives"]]
+                a["caption"] + ("" if a["finished"] else " …") for a in expected["alternatives"]
+            ]
             assert page.evaluate("document.getElementById('image').naturalWidth") > 0
 
             grid, attention, chips = expected["grid"], expected["attention"], page.locator("#words .chip")

@@ -49,8 +49,11 @@ def test_a_run_writing_to_a_pipe_prints_one_line_per_epoch_and_no_progress_bar(t
     epochs = [line for line in output.splitlines() if re.search(r"\bepoch\b", line, re.IGNORECASE)]
     assert len(epochs) == 3, epochs
     for number, line in enumerate(epochs, start=1):  # the epoch, its losses and validation scores, its time
-        assert re.search(rf": epoch {number}/3 \| loss \d\.\d{{4}} .*\| val_loss \d\.\d{{4}} .*\| val_bleu4 \d\.\d{{4}} "
-                         r"\| val_cider \d+\.\d{4} \| lr [^|]+ \| \d+\.\ds \(val captions \d+\.\ds\) \|", line), line
+        assert re.search(
+            rf": epoch {number}/3 \| loss \d\.\d{{4}} .*\| val_loss \d\.\d{{4}} .*\| val_bleu4 \d\.\d{{4}} "
+            r"\| val_cider \d+\.\d{4} \| lr [^|]+ \| \d+\.\ds \(val captions \d+\.\ds\) \|",
+            line,
+        ), line
 
 
 def test_rerun_of_a_finished_run_trains_no_further(trained, tmp_path):
@@ -92,6 +95,8 @@ def test_same_seed_gives_identical_losses(trained, demo_data, tmp_path):
     path = write_config(tmp_path / "config.yaml", demo_data, tmp_path / "second", **TRAINED_RUN, eval_max_images=2)
     run_python(["-m", "training.train", "--config", str(path)], env={"TF_ENABLE_ONEDNN_OPTS": "0"})
     columns = ("epoch", "train_loss", "val_loss", "learning_rate")
-    metrics = [[{k: row[k] for k in columns} for row in read_metrics(folder / "metrics.csv")]
-               for folder in (artifacts, tmp_path / "second")]
+    metrics = [
+        [{k: row[k] for k in columns} for row in read_metrics(folder / "metrics.csv")]
+        for folder in (artifacts, tmp_path / "second")
+    ]
     assert metrics[0] == metrics[1] and len(metrics[0]) == 3

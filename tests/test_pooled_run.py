@@ -29,8 +29,9 @@ print("RESULT " + json.dumps({"codes": codes, "predictions": predictions, "capti
 
 def test_a_pooled_run_trains_captions_and_evaluates(demo_data, tmp_path):
     artifacts = tmp_path / "artifacts"
-    config = write_config(tmp_path / "config.yaml", demo_data, artifacts, use_regions=False, epochs=2,
-                          eval_max_images=6, val_caption_images=0)
+    config = write_config(
+        tmp_path / "config.yaml", demo_data, artifacts, use_regions=False, epochs=2, eval_max_images=6, val_caption_images=0
+    )
     done = run_python(["-c", COMMANDS, str(config), str(artifacts), str(demo_data / "Images")])
     result = json.loads(done.stdout.split("RESULT ", 1)[1])
     assert result["codes"] == {"train": 0, "caption": 0, "evaluate": 0}, done.stderr[-3000:]

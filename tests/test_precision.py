@@ -19,16 +19,19 @@ def rates(bfloat16, float32=100.0):
     return lambda: {"bfloat16": bfloat16, "float32": float32, "measured_at": "2026-12-03 09:50"}
 
 
-@pytest.mark.parametrize("setting, gpus, flags, onednn, expected", [
-    (False, ["/gpu:0"], AMX, True, "float32"),  # false is float32 everywhere
-    ("auto", ["/gpu:0"], set(), True, "mixed_float16"),
-    (True, ["/gpu:0"], set(), True, "mixed_float16"),
-    ("auto", [], {"avx2", "avx512f"}, True, "float32"),  # no native bfloat16: emulated, slower
-    (True, [], {"avx2"}, True, "float32"),
-    ("auto", [], AMX, False, "float32"),  # TF_ENABLE_ONEDNN_OPTS=0: no oneDNN bfloat16 kernels
-    ("auto", [], AMX, True, "mixed_bfloat16"),  # AMX: known faster, nothing measured
-    (True, [], AVX512_BF16, True, "mixed_bfloat16"),  # true keeps bfloat16 wherever it is native
-])
+@pytest.mark.parametrize(
+    "setting, gpus, flags, onednn, expected",
+    [
+        (False, ["/gpu:0"], AMX, True, "float32"),  # false is float32 everywhere
+        ("auto", ["/gpu:0"], set(), True, "mixed_float16"),
+        (True, ["/gpu:0"], set(), True, "mixed_float16"),
+        ("auto", [], {"avx2", "avx512f"}, True, "float32"),  # no native bfloat16: emulated, slower
+        (True, [], {"avx2"}, True, "float32"),
+        ("auto", [], AMX, False, "float32"),  # TF_ENABLE_ONEDNN_OPTS=0: no oneDNN bfloat16 kernels
+        ("auto", [], AMX, True, "mixed_bfloat16"),  # AMX: known faster, nothing measured
+        (True, [], AVX512_BF16, True, "mixed_bfloat16"),  # true keeps bfloat16 wherever it is native
+    ],
+)
 def test_the_flags_decide_where_they_can(setting, gpus, flags, onednn, expected):
     policy, why = choose_policy(setting, gpus, flags, onednn, never_measured)
     assert policy == expected and why
@@ -83,8 +86,10 @@ def test_the_real_probe_measures_both_dtypes_and_the_run_logs_its_choice(tmp_pat
 
 def test_cpu_flags_and_model_come_from_cpuinfo(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx512f avx512_bf16\n\n"
-                       "processor\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx512f avx512_bf16\n")
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx512f avx512_bf16\n\n"
+        "processor\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx512f avx512_bf16\n"
+    )
     assert cpu_flags(cpuinfo) == {"fpu", "avx512f", "avx512_bf16"} and cpu_model(cpuinfo) == "AMD EPYC"
     assert cpu_flags(tmp_path / "missing") == set()
 

@@ -28,4 +28,3 @@ def test_readme_python_examples_run_as_written():
     )
     done = run_python(script, cwd=REPO)
     assert "1536" in done.stdout and "examples ran" in done.stdout
-

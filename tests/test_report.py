@@ -16,10 +16,16 @@ from training.utils.io import load_json, save_json
 from training.utils.mlflow_logging import log_run_to_mlflow
 
 REPO = Path(__file__).resolve().parents[1]
-SCORES = {"bleu1": 0.6123, "bleu2": 0.4234, "bleu3": 0.3345, "bleu4": 0.2456,
-          "meteor": 0.2567, "rouge_l": 0.4678, "cider": 0.7789}
-PREDICTIONS = ["a red circle & a <blue> square", "two green triangles", "a \"big\" yellow star costs $5 or $6",
-               "one small square"]
+SCORES = {
+    "bleu1": 0.6123,
+    "bleu2": 0.4234,
+    "bleu3": 0.3345,
+    "bleu4": 0.2456,
+    "meteor": 0.2567,
+    "rouge_l": 0.4678,
+    "cider": 0.7789,
+}
+PREDICTIONS = ["a red circle & a <blue> square", "two green triangles", 'a "big" yellow star costs $5 or $6', "one small square"]
 
 
 def _attention(words: int, peak: int) -> list[list[float]]:
@@ -39,14 +45,23 @@ def run_dir(tmp_path: Path) -> Path:
         picture.paste(Image.new("RGB", (24, 24), colour), (8, 8))
         picture.save(images / image_id)
     tracker = ExperimentTracker(artifacts, run_name="report-test", seed=7)
-    tracker.log_config({
-        "data": {"images_path": str(images), "captions_file": "captions.txt", "artifacts_dir": str(artifacts)},
-        "model": {"architecture": "transformer", "feature_extractor": "PatchGrid", "image_size": [64, 64]},
-        "training": {"epochs": 3, "batch_size": 4, "learning_rate": 0.001},
-    })
+    tracker.log_config(
+        {
+            "data": {"images_path": str(images), "captions_file": "captions.txt", "artifacts_dir": str(artifacts)},
+            "model": {"architecture": "transformer", "feature_extractor": "PatchGrid", "image_size": [64, 64]},
+            "training": {"epochs": 3, "batch_size": 4, "learning_rate": 0.001},
+        }
+    )
     for epoch, (train, val, lr) in enumerate([(3.1, 3.0, 1e-3), (2.4, 2.6, 1e-3), (2.0, 2.5, 5e-4)], start=1):
-        tracker.log_metrics(epoch, train_loss=train, val_loss=val, learning_rate=lr, epoch_time_seconds=1.5,
-                            train_masked_accuracy=0.2 * epoch, val_masked_accuracy=0.18 * epoch)
+        tracker.log_metrics(
+            epoch,
+            train_loss=train,
+            val_loss=val,
+            learning_rate=lr,
+            epoch_time_seconds=1.5,
+            train_masked_accuracy=0.2 * epoch,
+            val_masked_accuracy=0.18 * epoch,
+        )
     tracker.log_bleu_scores(**{f"bleu{n}": SCORES[f"bleu{n}"] for n in range(1, 5)})
     tracker.log_scores(meteor=SCORES["meteor"], rouge_l=SCORES["rouge_l"], cider=SCORES["cider"])
     tracker.log_artifact("model", str(artifacts / "image_caption_model_final.keras"))
@@ -54,13 +69,16 @@ def run_dir(tmp_path: Path) -> Path:
     save_json({"image_ids": ids, "grid_shape": [8, 8], "feature_dim": 192}, artifacts / "features_index.json")
     captions = []
     for position, (image_id, prediction) in enumerate(zip(ids, PREDICTIONS)):
-        record = {"image_id": image_id, "prediction": prediction, "score": -1.5,
-                  "references": [f"reference one for {image_id}", f"reference <two> for {image_id}"]}
+        record = {
+            "image_id": image_id,
+            "prediction": prediction,
+            "score": -1.5,
+            "references": [f"reference one for {image_id}", f"reference <two> for {image_id}"],
+        }
         if position < 2:
             record["attention"] = _attention(len(prediction.split()), peak=9 + 27 * position)
         captions.append(record)
-    save_json({"split": "test", "beam_size": 3, "scores": SCORES, "captions": captions},
-              artifacts / "predictions_test.json")
+    save_json({"split": "test", "beam_size": 3, "scores": SCORES, "captions": captions}, artifacts / "predictions_test.json")
     return artifacts
 
 
@@ -122,9 +140,13 @@ def test_cli_and_missing_predictions(run_dir: Path, capsys):
 
 
 def test_cli_as_module(run_dir: Path):
-    result = subprocess.run([sys.executable, "-m", "training.report", "--artifacts", str(run_dir),
-                             "--images", str(run_dir.parent / "Images")],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "training.report", "--artifacts", str(run_dir), "--images", str(run_dir.parent / "Images")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert (run_dir / "report.html").is_file()
 
@@ -133,8 +155,12 @@ def test_render_in_chromium(run_dir: Path, tmp_path: Path):
     if not (shutil.which("chromium") or Path("/usr/bin/chromium").exists()):
         pytest.skip("chromium not installed (apt-get install chromium): screenshot check skipped")
     report, shot = build_report(run_dir), tmp_path / "report.png"
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "render_report.py"), str(report), str(shot)],
-                            capture_output=True, text=True, timeout=180)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "render_report.py"), str(report), str(shot)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert shot.stat().st_size > 20_000
     with Image.open(shot) as image:
@@ -177,8 +203,15 @@ def test_two_stages_get_their_own_loss_panels_and_a_score_that_does_not_apply_sh
         one_stage = image.width
     tracker = ExperimentTracker(run_dir, run_name="report-test", seed=7)  # continues metrics.csv: SCST's epochs
     for epoch, (reward, policy_loss) in enumerate([(0.8, -0.6), (0.9, -0.4)], start=4):
-        tracker.log_metrics(epoch, train_loss=policy_loss, reward=reward, val_cider=0.5 + epoch / 10, learning_rate=1e-5,
-                            epoch_time_seconds=2.0, stage="scst")
+        tracker.log_metrics(
+            epoch,
+            train_loss=policy_loss,
+            reward=reward,
+            val_cider=0.5 + epoch / 10,
+            learning_rate=1e-5,
+            epoch_time_seconds=2.0,
+            stage="scst",
+        )
     summary = load_json(run_dir / "run_summary.json")
     summary.update(scst={"final_model": "scst"}, scores_before_scst={**SCORES, "count_accuracy": None})
     save_json(summary, run_dir / "run_summary.json")

@@ -47,16 +47,18 @@ def test_features_are_reused_across_seeds_splits_and_runs(demo_data, tmp_path):
     held_back = set(all_images[-10:])
     with open(tmp_path / "captions_110.txt", "w", newline="") as handle:
         csv.writer(handle).writerows([rows[0]] + [row for row in rows[1:] if row[0] not in held_back])
-    first = tiny_config(demo_data, tmp_path / "first", images_path=str(images),
-                        captions_file=str(tmp_path / "captions_110.txt"), **QUICK)
+    first = tiny_config(
+        demo_data, tmp_path / "first", images_path=str(images), captions_file=str(tmp_path / "captions_110.txt"), **QUICK
+    )
     config = write_config(tmp_path / "first.yaml", first)
 
     log = train(config)
     assert store_counts(log) == (0, 109, 1)
     assert "skipping 1 unreadable image(s) of 110" in log and f"{images / 'demo_00003.png'}: empty file" in log
     summary = json.loads((tmp_path / "first" / "run_summary.json").read_text())
-    assert summary["bad_images"] == [{"image": "demo_00003.png", "path": str(images / "demo_00003.png"),
-                                      "reason": "empty file (0 bytes)"}]
+    assert summary["bad_images"] == [
+        {"image": "demo_00003.png", "path": str(images / "demo_00003.png"), "reason": "empty file (0 bytes)"}
+    ]
     store_file = tmp_path / "first" / "features.npy"
     stamp = store_file.stat().st_mtime_ns
 
@@ -66,8 +68,12 @@ def test_features_are_reused_across_seeds_splits_and_runs(demo_data, tmp_path):
     assert store_file.stat().st_mtime_ns == stamp
 
     # Another run sharing that store, with 10 more images in its captions file: only those are extracted.
-    second = dict(first, artifacts_dir=str(tmp_path / "second"), features_dir=str(tmp_path / "first"),
-                  captions_file=str(demo_data / "captions.txt"))
+    second = dict(
+        first,
+        artifacts_dir=str(tmp_path / "second"),
+        features_dir=str(tmp_path / "first"),
+        captions_file=str(demo_data / "captions.txt"),
+    )
     log = train(write_config(tmp_path / "second.yaml", second))
     assert store_counts(log) == (109, 10, 1)
     store = FeatureStore.open(tmp_path / "first")
@@ -88,8 +94,9 @@ with hold_run_folder(sys.argv[1]):
 
 
 def start(args):
-    return subprocess.Popen([sys.executable, *args], cwd=REPO, env=child_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, *args], cwd=REPO, env=child_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
 
 
 def test_one_run_per_folder_and_a_killed_run_does_not_block(demo_data, tmp_path):
@@ -115,8 +122,9 @@ def test_one_run_per_folder_and_a_killed_run_does_not_block(demo_data, tmp_path)
                 pass
             time.sleep(0.1)
         started = time.monotonic()
-        second = run_python(["-m", "training.train", "--config", str(config), "--set", "run_name=intruder"],
-                            check=False, timeout=120)
+        second = run_python(
+            ["-m", "training.train", "--config", str(config), "--set", "run_name=intruder"], check=False, timeout=120
+        )
         elapsed = time.monotonic() - started
         assert first.poll() is None, "the first run ended before the second one was refused: nothing was tested"
     finally:

@@ -16,8 +16,18 @@ from helpers import run_python, train_with_callback
 from training.configs import ConfigError, config_from_dict
 
 ENV = {"TF_DETERMINISTIC_OPS": "1", "TF_ENABLE_ONEDNN_OPTS": "0"}
-SCST = dict(epochs=2, scst_epochs=2, scst_samples=4, scst_learning_rate=0.0005, monitor="val_cider", mode="max",
-            dropout=0.1, beam_size=1, eval_max_images=8, val_caption_images=500)
+SCST = dict(
+    epochs=2,
+    scst_epochs=2,
+    scst_samples=4,
+    scst_learning_rate=0.0005,
+    monitor="val_cider",
+    mode="max",
+    dropout=0.1,
+    beam_size=1,
+    eval_max_images=8,
+    val_caption_images=500,
+)
 
 # SIGKILL from a user callback, which also sees the SCST epochs (numbered after the cross-entropy ones).
 KILL_AT = """
@@ -71,8 +81,11 @@ def test_one_scst_step_raises_the_probability_of_samples_better_than_their_basel
     keras.utils.set_random_seed(0)
     words = "a red blue green circle square triangle and of left right".split()
     tokenizer = Tokenizer(min_word_count=1).fit(["startseq " + " ".join(words) + " endseq"])
-    model = build_caption_model(ModelConfig(feature_dim=12, embedding_dim=8, hidden_dim=16, num_layers=1, num_heads=2,
-                                            ff_dim=16, dropout=0.0), tokenizer.vocab_size, 8)
+    model = build_caption_model(
+        ModelConfig(feature_dim=12, embedding_dim=8, hidden_dim=16, num_layers=1, num_heads=2, ff_dim=16, dropout=0.0),
+        tokenizer.vocab_size,
+        8,
+    )
     compile_for_scst(model, learning_rate=0.001, clipnorm=None)
     sampler = CaptionSampler(model, tokenizer, samples=6)
     features = tf.constant(np.random.default_rng(0).normal(size=(2, 5, 12)), tf.float32)
@@ -104,21 +117,34 @@ def test_the_batch_reward_is_cider_d_of_each_sample():
     from training.data.tokenizer import Tokenizer
     from training.evaluation.cider import BatchCiderD, CiderD
 
-    references = {"a": ["a red circle left of a blue square", "a red circle and a blue square", "two shapes"],
-                  "b": ["a green triangle", "a green triangle right of a red circle", "a zebra near a green triangle",
-                        "the triangle is green"],
-                  "c": []}
+    references = {
+        "a": ["a red circle left of a blue square", "a red circle and a blue square", "two shapes"],
+        "b": [
+            "a green triangle",
+            "a green triangle right of a red circle",
+            "a zebra near a green triangle",
+            "the triangle is green",
+        ],
+        "c": [],
+    }
     tokenizer = Tokenizer(min_word_count=2).fit(["startseq " + r + " endseq" for refs in references.values() for r in refs])
     assert "zebra" not in tokenizer.word_index  # a reference word no sample can have: it counts in norms only
     cider = CiderD.from_references(references)
     batch = BatchCiderD(cider, tokenizer.vocabulary, tokenizer.end_id, references)
-    texts = ["a red circle left of a blue square", "a red circle", "blue blue blue blue", "a green triangle",
-             "a red circle right of a green triangle and a red circle left of a blue square", "a green", "a red circle"]
+    texts = [
+        "a red circle left of a blue square",
+        "a red circle",
+        "blue blue blue blue",
+        "a green triangle",
+        "a red circle right of a green triangle and a red circle left of a blue square",
+        "a green",
+        "a red circle",
+    ]
     owners = ["a", "a", "a", "b", "b", "b", "c"]
     sequences = np.zeros((len(texts), 20), np.int32)
     for row, ids in enumerate(tokenizer.texts_to_sequences(texts)):
         ids = ids + [tokenizer.end_id] if row % 2 else ids  # with and without endseq
-        sequences[row, :len(ids)] = ids
+        sequences[row, : len(ids)] = ids
     decoded = tokenizer.sequences_to_texts(sequences, strip_special=True)  # what a sample says ("left": <unk>)
     expected = [cider.score(t, references[i], key=i) for t, i in zip(decoded, owners)]
     assert batch.scores(sequences, owners) == pytest.approx(expected, rel=1e-12, abs=1e-12)
@@ -142,9 +168,22 @@ def test_warmup_cosine_and_label_smoothing_are_saved_with_the_model(tmp_path):
     from training.models import build_caption_model, masked_sparse_categorical_crossentropy
     from training.models.optimization import compile_caption_model
 
-    config = config_from_dict({"feature_dim": 12, "embedding_dim": 8, "hidden_dim": 16, "num_layers": 1, "num_heads": 2,
-                               "ff_dim": 16, "lr_schedule": "warmup_cosine", "warmup_steps": 10, "epochs": 2,
-                               "learning_rate": 0.001, "min_learning_rate": 1e-5, "label_smoothing": 0.1})
+    config = config_from_dict(
+        {
+            "feature_dim": 12,
+            "embedding_dim": 8,
+            "hidden_dim": 16,
+            "num_layers": 1,
+            "num_heads": 2,
+            "ff_dim": 16,
+            "lr_schedule": "warmup_cosine",
+            "warmup_steps": 10,
+            "epochs": 2,
+            "learning_rate": 0.001,
+            "min_learning_rate": 1e-5,
+            "label_smoothing": 0.1,
+        }
+    )
     model = build_caption_model(config.model, 20, 6)
     compile_caption_model(model, config, steps_per_epoch=30)
     schedule = model.optimizer._learning_rate
@@ -207,7 +246,12 @@ def test_scst_continues_the_epochs_and_the_summary_says_which_model_is_final(scs
     # Written to a pipe: no progress bar, one line per epoch in each stage (epoch, losses, validation scores, time).
     assert "\r" not in output and "━" not in output
     lines = re.findall(r": ((?:SCST )?epoch \d/2)( \(run epoch \d\))? \|.*\| val_cider \d+\.\d{4} .*\| \d+\.\ds", output)
-    assert lines == [("epoch 1/2", ""), ("epoch 2/2", ""), ("SCST epoch 1/2", " (run epoch 3)"), ("SCST epoch 2/2", " (run epoch 4)")]
+    assert lines == [
+        ("epoch 1/2", ""),
+        ("epoch 2/2", ""),
+        ("SCST epoch 1/2", " (run epoch 3)"),
+        ("SCST epoch 2/2", " (run epoch 4)"),
+    ]
     assert len(re.findall(r"\bepoch\b", output, re.IGNORECASE)) == 4 + 2  # those lines only ("run epoch" twice)
     assert re.search(r"\| \d+\.\ds \(val captions \d+\.\ds\) \|", output)  # the cost of the caption metrics
 

@@ -67,7 +67,7 @@ import keras, numpy as np
 from PIL import Image
 from training import Captioner
 
-captioner = keras.saving.load_model({str(exported / 'captioner.keras')!r})
+captioner = keras.saving.load_model({str(exported / "captioner.keras")!r})
 assert isinstance(captioner, Captioner), type(captioner)
 paths = {images!r}
 from_files = captioner.caption(paths)
@@ -91,10 +91,12 @@ print(json.dumps(dict(
 
 
 def test_saved_model_without_training_matches_the_caption_command(exported, images, jpeg, reference):
-    code = BLOCK_TRAINING + f"""
+    code = (
+        BLOCK_TRAINING
+        + f"""
 import json
 import tensorflow as tf
-serve = tf.saved_model.load({str(exported / 'saved_model')!r}).signatures["serving_default"]
+serve = tf.saved_model.load({str(exported / "saved_model")!r}).signatures["serving_default"]
 paths = {images!r}
 def run(batch):
     out = serve(images=tf.constant([open(p, "rb").read() for p in batch], tf.string))
@@ -102,6 +104,7 @@ def run(batch):
 print(json.dumps(dict(batch=run(paths), many=run(paths * 4), alone=run(paths[:1]), none=run([]),
                       jpeg=run([{jpeg!r}]), modules=sorted(m for m in sys.modules if m.startswith("training")))))
 """
+    )
     found = json.loads(run_python(code).stdout.splitlines()[-1])
     assert found["modules"] == []
     assert [text for text, _ in found["batch"]] == [reference[p][0] for p in images]
@@ -109,12 +112,15 @@ print(json.dumps(dict(batch=run(paths), many=run(paths * 4), alone=run(paths[:1]
     # 80 images: a full padded batch and a smaller one. Captions are the same whatever the batch;
     # scores to float32 rounding (matmuls of another shape may sum in another order).
     for batch in ("many", "alone"):
-        assert [text for text, _ in found[batch]] == [text for text, _ in found["batch"] * 4][:len(found[batch])]
-        assert [s for _, s in found[batch]] == pytest.approx([s for _, s in found["batch"] * 4][:len(found[batch])], rel=1e-5)
+        assert [text for text, _ in found[batch]] == [text for text, _ in found["batch"] * 4][: len(found[batch])]
+        assert [s for _, s in found[batch]] == pytest.approx([s for _, s in found["batch"] * 4][: len(found[batch])], rel=1e-5)
     assert found["none"] == []
     assert found["jpeg"][0][0] == reference[jpeg][0]  # JPEG decoding in the graph is the pipeline's
-    shown = subprocess.run([str(REPO / ".venv" / "bin" / "saved_model_cli"), "show", "--dir", str(exported / "saved_model"),
-                            "--all"], capture_output=True, text=True)
+    shown = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "saved_model_cli"), "show", "--dir", str(exported / "saved_model"), "--all"],
+        capture_output=True,
+        text=True,
+    )
     if shown.returncode == 0:  # saved_model_cli comes with TensorFlow; the signature as TF Serving sees it
         signature = shown.stdout.split("signature_def['serving_default']")[1]
         assert "inputs['images']" in signature and "DT_STRING" in signature
@@ -141,15 +147,17 @@ def server(run):
 
 def post(url, path, beam=None, client=httpx):
     data = open(path, "rb").read()
-    return client.post(url + "/caption", content=data, params={"beam": beam} if beam else None,
-                       headers={"Content-Type": "image/png"}, timeout=60)
+    return client.post(
+        url + "/caption", content=data, params={"beam": beam} if beam else None, headers={"Content-Type": "image/png"}, timeout=60
+    )
 
 
 async def post_all(url, paths, limit=None):
     limits = httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
     async with httpx.AsyncClient(limits=limits, timeout=120) as client:
-        return await asyncio.gather(*(client.post(url + "/caption", content=open(p, "rb").read(),
-                                                  headers={"Content-Type": "image/png"}) for p in paths))
+        return await asyncio.gather(
+            *(client.post(url + "/caption", content=open(p, "rb").read(), headers={"Content-Type": "image/png"}) for p in paths)
+        )
 
 
 def test_concurrent_requests_get_the_captions_of_one_at_a_time(server, images, reference):
@@ -253,7 +261,7 @@ def test_sigterm_answers_the_requests_in_flight_then_exits(server, images, refer
         yield data[: len(data) // 2]
         half_sent.set()
         finish.wait(30)
-        yield data[len(data) // 2:]
+        yield data[len(data) // 2 :]
 
     answers = {}
 

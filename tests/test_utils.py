@@ -19,7 +19,7 @@ from training.utils.experiment_tracking import git_info
 REPO = Path(__file__).resolve().parents[1]
 
 # Copied verbatim from the seed README ("Experiment Tracking" -> "Usage"); it must run as written.
-README_TRACKING_EXAMPLE = '''
+README_TRACKING_EXAMPLE = """
 from training.utils import ExperimentTracker, set_global_seed
 
 # Set seed for reproducibility
@@ -43,7 +43,7 @@ tracker.log_bleu_scores(bleu1=0.65, bleu2=0.45, bleu3=0.35, bleu4=0.25)
 
 # Finalize and save summary
 tracker.finalize()
-'''
+"""
 
 
 @pytest.fixture
@@ -86,8 +86,9 @@ def test_readme_example_matches_repo_readme():
 
 def test_metrics_csv_column_order_and_extra_keys(tmp_path):
     tracker = ExperimentTracker(tmp_path)
-    tracker.log_metrics(epoch=1, val_loss=3.0, accuracy=np.float32(0.5), train_loss=3.5,
-                        epoch_time_seconds=1.25, learning_rate=1e-4)
+    tracker.log_metrics(
+        epoch=1, val_loss=3.0, accuracy=np.float32(0.5), train_loss=3.5, epoch_time_seconds=1.25, learning_rate=1e-4
+    )
     tracker.log_metrics(epoch=2, train_loss=2.5, val_loss=2.75, bleu4=0.1)
     rows = read_csv(tmp_path / "metrics.csv")
     assert rows[0] == ["epoch", "train_loss", "val_loss", "learning_rate", "epoch_time_seconds", "accuracy", "bleu4"]
@@ -104,8 +105,7 @@ def test_resumed_run_keeps_earlier_epochs_and_never_duplicates(tmp_path):
     resumed.log_metrics(epoch=3, train_loss=6.5, val_loss=7.5)
     resumed.log_metrics(epoch=4, train_loss=5.5, val_loss=6.5)
     rows = read_csv(tmp_path / "metrics.csv")
-    assert [row[:3] for row in rows[1:]] == [["1", "9.0", "10.0"], ["2", "8.0", "9.0"], ["3", "6.5", "7.5"],
-                                            ["4", "5.5", "6.5"]]
+    assert [row[:3] for row in rows[1:]] == [["1", "9.0", "10.0"], ["2", "8.0", "9.0"], ["3", "6.5", "7.5"], ["4", "5.5", "6.5"]]
     assert resumed.finalize()["final_metrics"] == {"epoch": 4, "train_loss": 5.5, "val_loss": 6.5}
 
 
@@ -123,20 +123,29 @@ def test_run_summary_shape(tmp_path):
     assert list(summary) == ["metadata", "config", "final_metrics", "bleu_scores", "scores", "artifacts", "bad_images"]
     meta = summary["metadata"]
     assert re.fullmatch(r"\d{8}_\d{6}_[0-9a-f]{8}", meta["run_id"])
-    assert set(meta) == {"run_id", "run_name", "git_info", "environment", "seed", "started_at", "finished_at",
-                         "wall_time_seconds"}
+    assert set(meta) == {
+        "run_id",
+        "run_name",
+        "git_info",
+        "environment",
+        "seed",
+        "started_at",
+        "finished_at",
+        "wall_time_seconds",
+    }
     assert set(meta["git_info"]) == {"commit", "branch", "dirty"}
     env = meta["environment"]
-    assert set(env) == {"python_version", "tensorflow_version", "keras_version", "numpy_version", "platform",
-                        "cpu_count", "gpus"}
+    assert set(env) == {"python_version", "tensorflow_version", "keras_version", "numpy_version", "platform", "cpu_count", "gpus"}
     assert env["tensorflow_version"].startswith("2.") and env["keras_version"].startswith("3.")
     assert meta["seed"] == 7 and meta["wall_time_seconds"] >= 0
     assert summary["final_metrics"] == {"epoch": 1, "train_loss": None, "val_loss": 2.0}
     assert summary["bleu_scores"] == {"test_bleu4": 0.25}
     assert summary["scores"] == {"meteor": 0.2, "rouge_l": 0.4, "cider": 0.6}
     assert summary["artifacts"] == {"model": str(tmp_path / "model.keras")}
-    assert summary["bad_images"] == [{"image": "broken.jpg", "path": None, "reason": None},
-                                     {"image": "empty.jpg", "path": str(tmp_path / "empty.jpg"), "reason": "empty file"}]
+    assert summary["bad_images"] == [
+        {"image": "broken.jpg", "path": None, "reason": None},
+        {"image": "empty.jpg", "path": str(tmp_path / "empty.jpg"), "reason": "empty file"},
+    ]
     assert read_csv(tmp_path / "run" / "metrics.csv")[1][1] == "nan"  # the CSV keeps the NaN visible
     assert not list((tmp_path / "run").glob(".*tmp*"))  # atomic writes left no temporary files
 
@@ -151,8 +160,9 @@ def _fit_losses(seed):
     set_global_seed(seed)
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(64, 8)).astype("float32"), rng.integers(0, 3, size=64)
-    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
-                              keras.layers.Dropout(0.5), keras.layers.Dense(3)])
+    model = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dropout(0.5), keras.layers.Dense(3)]
+    )
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return model.fit(x, y, batch_size=16, epochs=3, shuffle=True, verbose=0).history["loss"]
 

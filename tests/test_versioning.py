@@ -15,7 +15,7 @@ from training.utils.model_versioning import ModelIntegrityError, ModelVersionMan
 REPO = Path(__file__).resolve().parents[1]
 
 # Copied verbatim from the seed README ("Model Versioning"); it must run as written.
-README_VERSIONING_EXAMPLE = '''
+README_VERSIONING_EXAMPLE = """
 from training.utils.model_versioning import ModelVersionManager
 
 manager = ModelVersionManager("models/")
@@ -35,7 +35,7 @@ latest = manager.get_latest_version()
 
 # Compare versions
 comparison = manager.compare_versions("1.0.0", "1.1.0")
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +101,19 @@ def test_invalid_versions_are_rejected(tmp_path, bad):
 
 
 def test_versions_sort_by_semver_precedence(tmp_path):
-    ordered = ["1.0.0-alpha", "1.0.0-alpha.1", "1.0.0-alpha.beta", "1.0.0-beta", "1.0.0-beta.2", "1.0.0-beta.11",
-               "1.0.0-rc.1", "1.0.0", "1.2.0", "1.10.0", "2.0.0-rc.1"]
+    ordered = [
+        "1.0.0-alpha",
+        "1.0.0-alpha.1",
+        "1.0.0-alpha.beta",
+        "1.0.0-beta",
+        "1.0.0-beta.2",
+        "1.0.0-beta.11",
+        "1.0.0-rc.1",
+        "1.0.0",
+        "1.2.0",
+        "1.10.0",
+        "2.0.0-rc.1",
+    ]
     assert sorted(reversed(ordered), key=semver_key) == ordered
     manager = ModelVersionManager(tmp_path / "models")
     artifacts = make_artifacts(tmp_path / "a")
@@ -172,7 +183,10 @@ def test_promote_keeps_one_production_version(tmp_path):
     manager.promote("1.1.0", "staging")
     assert manager.promote("1.1.0", "production")["stage"] == "production"
     assert {v["version"]: v["stage"] for v in manager.list_versions()} == {
-        "1.0.0": "archived", "1.1.0": "production", "1.2.0": "none"}
+        "1.0.0": "archived",
+        "1.1.0": "production",
+        "1.2.0": "none",
+    }
     register(manager, "2.0.0", artifacts, stage="production")  # registering straight to production also demotes
     assert [v["version"] for v in manager.list_versions() if v["stage"] == "production"] == ["2.0.0"]
     with pytest.raises(ValueError, match="stage 'prod' is not one of none, staging, production, archived"):
@@ -203,9 +217,17 @@ def test_two_processes_register_concurrently(tmp_path):
     for major in (1, 2):
         artifacts = make_artifacts(tmp_path / f"artifacts{major}", model_bytes=f"model {major}".encode())
         ready = tmp_path / f"ready{major}"
-        writers.append((ready, subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(root), str(artifacts), str(major), str(ready), str(go)], cwd=REPO,
-            stderr=subprocess.PIPE, text=True)))
+        writers.append(
+            (
+                ready,
+                subprocess.Popen(
+                    [sys.executable, "-c", WRITER, str(root), str(artifacts), str(major), str(ready), str(go)],
+                    cwd=REPO,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                ),
+            )
+        )
     deadline = time.monotonic() + 30
     while not all(ready.exists() for ready, _ in writers) and time.monotonic() < deadline:
         time.sleep(0.01)

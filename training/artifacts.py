@@ -62,8 +62,9 @@ def attention_strip_name(image_id: str) -> str:
 
 
 # -- predictions --------------------------------------------------------------------------------------
-def write_predictions(artifacts_dir: str | Path, name: str, split: str, beam_size: int, scores: dict,
-                      captions: list[dict]) -> Path:
+def write_predictions(
+    artifacts_dir: str | Path, name: str, split: str, beam_size: int, scores: dict, captions: list[dict]
+) -> Path:
     """One predictions file: what was scored (split, beam), its scores, and each image's caption."""
     path = Path(artifacts_dir) / name
     save_json({"split": split, "beam_size": int(beam_size), "scores": scores, "captions": captions}, path)
@@ -88,8 +89,11 @@ def write_per_image_scores(artifacts_dir: str | Path, split: str, beam_size: int
 def read_per_image_scores(artifacts_dir: str | Path, split: str | None = None, beam_size: int | None = None) -> list[dict]:
     """Rows of logs/bleu_scores.csv (cells as text), those of one split and beam when given."""
     rows = _read_csv(Path(artifacts_dir) / PER_IMAGE_SCORES)
-    return [r for r in rows if (split is None or r.get("split") == split)
-            and (beam_size is None or r.get("beam") == str(int(beam_size)))]
+    return [
+        r
+        for r in rows
+        if (split is None or r.get("split") == split) and (beam_size is None or r.get("beam") == str(int(beam_size)))
+    ]
 
 
 # -- metrics.csv -----------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Captioning new images with a trained run, through its Captioner: image files -> captions.
 
-    python -m training.caption photo.jpg [more.jpg ...] --artifacts artifacts/demo [--beam 3] [--json]
+python -m training.caption photo.jpg [more.jpg ...] --artifacts artifacts/demo [--beam 3] [--json]
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from training import cli
 from training.data.image_files import DEFAULT_MAX_PIXELS, oversized
 
 
-def caption_images(paths: list[str], artifacts_dir, beam_size: int | None = None,
-                   max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[list[dict], list[dict]]:
+def caption_images(
+    paths: list[str], artifacts_dir, beam_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[list[dict], list[dict]]:
     """Caption each readable image of at most `max_pixels` pixels; returns (captions, bad images with reasons)."""
     import numpy as np
 
@@ -33,8 +34,7 @@ def caption_images(paths: list[str], artifacts_dir, beam_size: int | None = None
     words = captioner.tokenizer.index_word
     captions = []
     for path, result in zip(good, captioner.caption(good, attention=True)):
-        record = {"image": path, "caption": result.text, "score": float(result.score),
-                  "words": [words[t] for t in result.tokens]}
+        record = {"image": path, "caption": result.text, "score": float(result.score), "words": [words[t] for t in result.tokens]}
         if result.attention is not None and captioner.use_regions:
             record["grid_shape"] = list(captioner.extractor.grid_shape)
             record["attention"] = np.round(np.asarray(result.attention, dtype=float), 4).tolist()
@@ -46,11 +46,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = cli.parser("training.caption", __doc__)
     parser.add_argument("images", nargs="+", help="image files (JPEG or PNG)")
     parser.add_argument("--artifacts", required=True, type=Path, help="artifacts_dir of a trained run")
-    parser.add_argument("--beam", type=cli.int_range(1, cli.MAX_BEAM), default=None,
-                        help=f"beam size, 1 (greedy) to {cli.MAX_BEAM}; default: the run's beam_size")
+    parser.add_argument(
+        "--beam",
+        type=cli.int_range(1, cli.MAX_BEAM),
+        default=None,
+        help=f"beam size, 1 (greedy) to {cli.MAX_BEAM}; default: the run's beam_size",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON with scores and per-word attention")
-    parser.add_argument("--max-pixels", type=cli.int_range(1), default=DEFAULT_MAX_PIXELS,
-                        help="refuse larger images (width x height) before decoding them (default: %(default)s)")
+    parser.add_argument(
+        "--max-pixels",
+        type=cli.int_range(1),
+        default=DEFAULT_MAX_PIXELS,
+        help="refuse larger images (width x height) before decoding them (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     cli.start(args.log_level)
     return cli.run(lambda: _caption(args))

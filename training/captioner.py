@@ -46,18 +46,28 @@ class Captioner(keras.Model):
     The vocabulary is saved inside the .keras file as an asset (vocabulary.txt, one word per line).
     """
 
-    def __init__(self, caption_model: CaptionModel, vocabulary: list[str] | None = None,
-                 extractor: str = "PatchGrid", image_size=(64, 64), use_regions: bool = True,
-                 beam_size: int = 3, length_penalty: float = 0.0, extractor_weights: str | None = None,
-                 extractor_spec: dict | None = None, **kwargs):
+    def __init__(
+        self,
+        caption_model: CaptionModel,
+        vocabulary: list[str] | None = None,
+        extractor: str = "PatchGrid",
+        image_size=(64, 64),
+        use_regions: bool = True,
+        beam_size: int = 3,
+        length_penalty: float = 0.0,
+        extractor_weights: str | None = None,
+        extractor_spec: dict | None = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if not caption_model.built:
             caption_model.build(((None, None, caption_model.feature_dim), (None, None)))
         self.caption_model = caption_model
         # Weights come from the run (extractor_weights) or, when loading, from the saved file; the network's shape
         # from its name or, when loading, from extractor_spec (a keras-hub backbone's config, saved in the file).
-        self.extractor = get_feature_extractor(extractor, image_size=tuple(image_size), weights=extractor_weights,
-                                               **(extractor_spec or {}))
+        self.extractor = get_feature_extractor(
+            extractor, image_size=tuple(image_size), weights=extractor_weights, **(extractor_spec or {})
+        )
         self.extractor_model = self.extractor.model
         self.extractor_name, self.image_size = extractor, tuple(int(s) for s in self.extractor.image_size)
         self.use_regions, self.beam_size, self.length_penalty = bool(use_regions), int(beam_size), float(length_penalty)
@@ -65,8 +75,7 @@ class Captioner(keras.Model):
         if vocabulary is not None:
             self.set_vocabulary(vocabulary)
         self._decoders: dict[tuple[int, int, bool], BeamSearchDecoder] = {}  # (beam size, batch size, alternatives)
-        self._encoded_features = tf.function(self._features_from_encoded,
-                                             input_signature=[tf.TensorSpec([None], tf.string)])
+        self._encoded_features = tf.function(self._features_from_encoded, input_signature=[tf.TensorSpec([None], tf.string)])
         self._pixel_features = tf.function(self.call, reduce_retracing=True)
         self.built = True
 
@@ -81,26 +90,41 @@ class Captioner(keras.Model):
         return cls.from_run(model, tokenizer, config, beam_size=beam_size)
 
     @classmethod
-    def from_run(cls, model: CaptionModel, tokenizer: Tokenizer, config, beam_size: int | None = None,
-                 extractor_weights="run") -> Captioner:
+    def from_run(
+        cls, model: CaptionModel, tokenizer: Tokenizer, config, beam_size: int | None = None, extractor_weights="run"
+    ) -> Captioner:
         """From a run's parts; extractor_weights=None skips loading the CNN's weights (features are precomputed)."""
         m = config.model
-        return cls(model, tokenizer.vocabulary, extractor=m.feature_extractor, image_size=m.image_size,
-                   use_regions=m.use_regions, beam_size=beam_size or config.training.beam_size,
-                   extractor_weights=m.extractor_weights if extractor_weights == "run" else extractor_weights,
-                   name="captioner")
+        return cls(
+            model,
+            tokenizer.vocabulary,
+            extractor=m.feature_extractor,
+            image_size=m.image_size,
+            use_regions=m.use_regions,
+            beam_size=beam_size or config.training.beam_size,
+            extractor_weights=m.extractor_weights if extractor_weights == "run" else extractor_weights,
+            name="captioner",
+        )
 
     def set_vocabulary(self, words) -> None:
         self.tokenizer = Tokenizer.from_vocabulary(words)
         if self.tokenizer.vocab_size != self.caption_model.vocab_size:
-            raise ValueError(f"the vocabulary has {self.tokenizer.vocab_size} words but the model predicts "
-                             f"{self.caption_model.vocab_size}: use the wordtoix.json of the same run")
+            raise ValueError(
+                f"the vocabulary has {self.tokenizer.vocab_size} words but the model predicts "
+                f"{self.caption_model.vocab_size}: use the wordtoix.json of the same run"
+            )
 
     def get_config(self):
         config = super().get_config()
-        config.update(caption_model=keras.saving.serialize_keras_object(self.caption_model),
-                      extractor=self.extractor_name, image_size=list(self.image_size), use_regions=self.use_regions,
-                      beam_size=self.beam_size, length_penalty=self.length_penalty, extractor_spec=self.extractor.spec())
+        config.update(
+            caption_model=keras.saving.serialize_keras_object(self.caption_model),
+            extractor=self.extractor_name,
+            image_size=list(self.image_size),
+            use_regions=self.use_regions,
+            beam_size=self.beam_size,
+            length_penalty=self.length_penalty,
+            extractor_spec=self.extractor.spec(),
+        )
         return config
 
     @classmethod
@@ -123,8 +147,9 @@ class Captioner(keras.Model):
 
     def _features_from_encoded(self, images):
         size = self.image_size
-        pixels = tf.map_fn(lambda data: decode_image(data, size), images,
-                           fn_output_signature=tf.TensorSpec((*size, 3), tf.float32))
+        pixels = tf.map_fn(
+            lambda data: decode_image(data, size), images, fn_output_signature=tf.TensorSpec((*size, 3), tf.float32)
+        )
         return self.call(pixels)
 
     def features(self, images) -> np.ndarray:
@@ -134,8 +159,11 @@ class Captioner(keras.Model):
             if pixels.dtype != tf.uint8 or pixels.shape.rank != 4 or pixels.shape[-1] != 3:
                 raise ValueError(f"an image batch must be uint8 (N, height, width, 3), got {pixels.dtype.name} {pixels.shape}")
             if tuple(pixels.shape[1:3]) != self.image_size:
-                pixels = tf.map_fn(lambda image: resize_image(image, self.image_size), pixels,
-                                   fn_output_signature=tf.TensorSpec((*self.image_size, 3), tf.float32))
+                pixels = tf.map_fn(
+                    lambda image: resize_image(image, self.image_size),
+                    pixels,
+                    fn_output_signature=tf.TensorSpec((*self.image_size, 3), tf.float32),
+                )
             return self._pixel_features(tf.cast(pixels, tf.float32)).numpy()
         encoded = [Path(item).read_bytes() if isinstance(item, (str, Path)) else bytes(item) for item in images]
         if not encoded:
@@ -151,13 +179,24 @@ class Captioner(keras.Model):
         if key not in self._decoders:
             if self.tokenizer is None:
                 raise RuntimeError("the captioner has no vocabulary: build it with from_artifacts or load_model")
-            self._decoders[key] = BeamSearchDecoder(self.caption_model, self.tokenizer, beam_size=key[0],
-                                                    length_penalty=self.length_penalty, batch_size=key[1],
-                                                    alternatives=key[2])
+            self._decoders[key] = BeamSearchDecoder(
+                self.caption_model,
+                self.tokenizer,
+                beam_size=key[0],
+                length_penalty=self.length_penalty,
+                batch_size=key[1],
+                alternatives=key[2],
+            )
         return self._decoders[key]
 
-    def caption(self, images, beam_size: int | None = None, attention: bool = False,
-                max_batch: int = BATCH_SIZES[-1], alternatives: bool = False) -> list[Caption]:
+    def caption(
+        self,
+        images,
+        beam_size: int | None = None,
+        attention: bool = False,
+        max_batch: int = BATCH_SIZES[-1],
+        alternatives: bool = False,
+    ) -> list[Caption]:
         """Captions (text, score = sum of log-probs, tokens; attention and the beam's alternatives on
         request), one per image.
 
@@ -172,7 +211,7 @@ class Captioner(keras.Model):
         sizes = batch_sizes(max_batch)
         captions: list[Caption] = []
         for start in range(0, len(images), sizes[-1]):
-            part = images[start:start + sizes[-1]]
+            part = images[start : start + sizes[-1]]
             features = np.asarray(part) if is_features else self.features(part)
             # After a full batch the last one is padded to the full size too: that search is traced already.
             captions += self.caption_features(features, beam_size, sizes if start == 0 else sizes[-1:], alternatives)
@@ -183,8 +222,9 @@ class Captioner(keras.Model):
                     other.attention = None
         return captions
 
-    def caption_features(self, features: np.ndarray, beam_size: int | None = None, sizes=BATCH_SIZES,
-                         alternatives: bool = False) -> list[Caption]:
+    def caption_features(
+        self, features: np.ndarray, beam_size: int | None = None, sizes=BATCH_SIZES, alternatives: bool = False
+    ) -> list[Caption]:
         """One batch of at most max(sizes) images, padded with zeros to the next of `sizes`."""
         if features.ndim != 3:
             raise ValueError(f"region features must be (images, regions, channels), got shape {features.shape}")
@@ -219,8 +259,9 @@ class Captioner(keras.Model):
             found = self.decoder(None, size)._search(tf.ensure_shape(padded, (size, *features.shape[1:])))
             found = {k: v[:count] for k, v in found.items()}
             # endseq is counted in `length` (it is scored) but is not part of the caption.
-            words = tf.RaggedTensor.from_tensor(tf.gather(vocabulary, found["sequence"]),
-                                                lengths=found["length"] - tf.cast(found["finished"], tf.int32))
+            words = tf.RaggedTensor.from_tensor(
+                tf.gather(vocabulary, found["sequence"]), lengths=found["length"] - tf.cast(found["finished"], tf.int32)
+            )
             return tf.strings.reduce_join(words, axis=1, separator=" "), found["log_prob"]
 
         def serve(images):
@@ -232,7 +273,7 @@ class Captioner(keras.Model):
             scores = tf.TensorArray(tf.float32, size=0, dynamic_size=True, infer_shape=False, element_shape=[None])
 
             def body(chunk, captions, scores):
-                part = features[chunk * sizes[-1]:(chunk + 1) * sizes[-1]]
+                part = features[chunk * sizes[-1] : (chunk + 1) * sizes[-1]]
                 count = tf.shape(part)[0]
                 branch = tf.reduce_sum(tf.cast(tf.constant(sizes) < count, tf.int32))  # the smallest size >= count
                 text, score = tf.switch_case(branch, [lambda s=s: search(part, s) for s in sizes])
@@ -240,7 +281,6 @@ class Captioner(keras.Model):
 
             chunks = (total + sizes[-1] - 1) // sizes[-1]
             _, captions, scores = tf.while_loop(lambda chunk, *_: chunk < chunks, body, (0, captions, scores))
-            return {"captions": tf.ensure_shape(captions.concat(), [None]),
-                    "scores": tf.ensure_shape(scores.concat(), [None])}
+            return {"captions": tf.ensure_shape(captions.concat(), [None]), "scores": tf.ensure_shape(scores.concat(), [None])}
 
         return serve

@@ -23,21 +23,30 @@ MAX_BEAM = 20  # --beam of the commands that caption
 def parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
     """An ArgumentParser with the --log-level every command takes."""
     parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=(doc or "").strip().splitlines()[0])
-    parser.add_argument("--log-level", default="info", type=str.lower, choices=LOG_LEVELS,
-                        help="debug also shows TensorFlow's start-up lines (default: %(default)s)")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        help="debug also shows TensorFlow's start-up lines (default: %(default)s)",
+    )
     return parser
 
 
 def int_range(low: int, high: int | None = None) -> Callable[[str], int]:
     """An argparse type: an integer in [low, high]."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
         if value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"{value} is out of range: use {low} to {high}" if high is not None
-                                             else f"{value} is out of range: use an integer >= {low}")
+            raise argparse.ArgumentTypeError(
+                f"{value} is out of range: use {low} to {high}"
+                if high is not None
+                else f"{value} is out of range: use an integer >= {low}"
+            )
         return value
 
     parse.__name__ = "integer"
@@ -71,4 +80,3 @@ def run(body: Callable[[], int | None], explain: Callable[[Exception], int | Non
         if code is None:
             raise
         return code
-

@@ -36,8 +36,17 @@ def evaluate_run(artifacts_dir: Path, split: str, beam_size: int | None = None) 
     wanted = [i for i in splits[split] if i in store.index]
     builder = DatasetBuilder(store.features, store.index, tokenizer, model.max_length, pooled=not config.model.use_regions)
     beam_size = beam_size or config.training.beam_size
-    scores = evaluate_split(model, tokenizer, builder, {i: captions[i] for i in wanted}, config, artifacts_dir,
-                            beam_size=beam_size, split_name=split, beside_run=True)
+    scores = evaluate_split(
+        model,
+        tokenizer,
+        builder,
+        {i: captions[i] for i in wanted},
+        config,
+        artifacts_dir,
+        beam_size=beam_size,
+        split_name=split,
+        beside_run=True,
+    )
     return scores, beam_size, artifacts_dir / predictions_name(split, beam_size)
 
 
@@ -45,8 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = cli.parser("training.evaluate", __doc__)
     parser.add_argument("--artifacts", required=True, type=Path, help="artifacts_dir of a trained run")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--beam", type=cli.int_range(1, cli.MAX_BEAM), default=None,
-                        help=f"beam size, 1 (greedy) to {cli.MAX_BEAM}; default: the run's beam_size")
+    parser.add_argument(
+        "--beam",
+        type=cli.int_range(1, cli.MAX_BEAM),
+        default=None,
+        help=f"beam size, 1 (greedy) to {cli.MAX_BEAM}; default: the run's beam_size",
+    )
     args = parser.parse_args(argv)
     cli.start(args.log_level)
     return cli.run(lambda: _evaluate(args))

@@ -35,8 +35,10 @@ def export(artifacts_dir, out_dir, max_batch: int | None = None) -> Path:
         raise UserInputError(f"--out {out_dir} is a file: pass a folder to write the export into")
     existing = [name for name in (CAPTIONER_FILE, SAVED_MODEL_DIR) if (out_dir / name).exists()]
     if existing:
-        raise UserInputError(f"{out_dir} already holds {', '.join(existing)}: choose another --out, "
-                              "or delete that export yourself if you mean to replace it")
+        raise UserInputError(
+            f"{out_dir} already holds {', '.join(existing)}: choose another --out, "
+            "or delete that export yourself if you mean to replace it"
+        )
     captioner = Captioner.from_artifacts(artifacts_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / CAPTIONER_FILE) as tmp:
@@ -44,8 +46,11 @@ def export(artifacts_dir, out_dir, max_batch: int | None = None) -> Path:
 
     archive = keras.export.ExportArchive()
     archive.track(captioner)
-    archive.add_endpoint("serving_default", captioner.serving_function(max_batch or BATCH_SIZES[-1]),
-                         input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+    archive.add_endpoint(
+        "serving_default",
+        captioner.serving_function(max_batch or BATCH_SIZES[-1]),
+        input_signature=[tf.TensorSpec([None], tf.string, name="images")],
+    )
     partial = out_dir / f".{SAVED_MODEL_DIR}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     archive.write_out(str(partial), verbose=False)
@@ -64,8 +69,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _export(args) -> int:
     out = export(args.artifacts, args.out)
-    print(f"wrote {out / CAPTIONER_FILE} and {out / SAVED_MODEL_DIR}/ "
-          f"(saved_model_cli show --dir {out / SAVED_MODEL_DIR} --all shows its signature)")
+    print(
+        f"wrote {out / CAPTIONER_FILE} and {out / SAVED_MODEL_DIR}/ "
+        f"(saved_model_cli show --dir {out / SAVED_MODEL_DIR} --all shows its signature)"
+    )
     return 0
 
 

@@ -176,8 +176,13 @@ def _use_attached_weights(raw: dict[str, Any], found: dict[str, Any], root: Path
         _set_key(raw, "extractor_weights", str(found["weights"][file_name]))
         logger.info("%s weights found: %s", extractor, found["weights"][file_name])
     elif file_name:
-        logger.info("no %s under %s: the %s ImageNet weights download on first use (attach that file as a data set "
-                    "to train without internet)", file_name, root, extractor)
+        logger.info(
+            "no %s under %s: the %s ImageNet weights download on first use (attach that file as a data set "
+            "to train without internet)",
+            file_name,
+            root,
+            extractor,
+        )
 
 
 def _get_key(raw: dict[str, Any], key: str) -> Any:

@@ -1,6 +1,6 @@
 """Run report: loss and learning-rate curves, a captioned test gallery and attention maps, in one HTML file.
 
-    python -m training.report --artifacts artifacts/demo [--images demo_data/Images]
+python -m training.report --artifacts artifacts/demo [--images demo_data/Images]
 """
 
 from __future__ import annotations
@@ -28,8 +28,11 @@ def _report(args) -> int:
     path, missing, images_path = write_report(args.artifacts, args.images, args.gallery_size)
     print(f"report written to {path}")
     if missing:
-        print(f"warning: {len(missing)} gallery image(s) not found in {images_path} (e.g. {missing[0]}): "
-              "the report shows placeholders; pass --images with the run's images folder", file=sys.stderr)
+        print(
+            f"warning: {len(missing)} gallery image(s) not found in {images_path} (e.g. {missing[0]}): "
+            "the report shows placeholders; pass --images with the run's images folder",
+            file=sys.stderr,
+        )
     return 0
 
 

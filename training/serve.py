@@ -133,8 +133,9 @@ class Batcher:
         import tensorflow as tf
 
         try:
-            return self.captioner.caption(images, beam_size=beam, max_batch=self.max_batch,
-                                          attention=details, alternatives=details)
+            return self.captioner.caption(
+                images, beam_size=beam, max_batch=self.max_batch, attention=details, alternatives=details
+            )
         except tf.errors.InvalidArgumentError:
             if len(images) == 1:
                 return [BadImage("TensorFlow cannot decode the image; re-save it as JPEG or PNG")]
@@ -145,8 +146,14 @@ class Batcher:
             return [error] * len(images)
 
 
-def create_app(captioner, max_batch: int = 32, max_wait_ms: float = 5.0, max_queue: int = 256,
-               max_image_bytes: int = 10 * 2**20, max_pixels: int = DEFAULT_MAX_PIXELS):
+def create_app(
+    captioner,
+    max_batch: int = 32,
+    max_wait_ms: float = 5.0,
+    max_queue: int = 256,
+    max_image_bytes: int = 10 * 2**20,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+):
     from fastapi import FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
@@ -172,8 +179,10 @@ def create_app(captioner, max_batch: int = 32, max_wait_ms: float = 5.0, max_que
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
         if exc.status_code in (404, 405):
-            return error(exc.status_code, f"no route {request.method} {request.url.path}; "
-                                          "the routes are POST /caption, GET /health and GET /")
+            return error(
+                exc.status_code,
+                f"no route {request.method} {request.url.path}; the routes are POST /caption, GET /health and GET /",
+            )
         return error(exc.status_code, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
@@ -241,11 +250,13 @@ def caption_details(result, captioner) -> dict:
     vocabulary = captioner.tokenizer.vocabulary
     attention = result.attention.round(4)
     grid = tuple(captioner.extractor.grid_shape)
-    return {"words": [vocabulary[t] for t in result.tokens], "attention": attention.tolist(),
-            # Regions that are no grid over the image (one pooled vector: use_regions false) draw no map.
-            "grid": list(grid) if grid[0] * grid[1] == attention.shape[-1] else None,
-            "alternatives": [{"caption": c.text, "score": c.score, "finished": c.finished}
-                             for c in result.alternatives or ()]}
+    return {
+        "words": [vocabulary[t] for t in result.tokens],
+        "attention": attention.tolist(),
+        # Regions that are no grid over the image (one pooled vector: use_regions false) draw no map.
+        "grid": list(grid) if grid[0] * grid[1] == attention.shape[-1] else None,
+        "alternatives": [{"caption": c.text, "score": c.score, "finished": c.finished} for c in result.alternatives or ()],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -256,12 +267,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--max-batch", type=cli.int_range(1), default=32, help="most images decoded together (default 32)")
-    parser.add_argument("--max-wait-ms", type=float, default=5.0,
-                        help="how long a request waits for others to share its batch (default 5)")
+    parser.add_argument(
+        "--max-wait-ms", type=float, default=5.0, help="how long a request waits for others to share its batch (default 5)"
+    )
     parser.add_argument("--max-queue", type=cli.int_range(1), default=256, help="requests waiting before 429 (default 256)")
     parser.add_argument("--max-image-bytes", type=cli.int_range(1), default=10 * 2**20, help="largest body (default 10 MiB)")
-    parser.add_argument("--max-pixels", type=cli.int_range(1), default=DEFAULT_MAX_PIXELS,
-                        help="largest image, width x height, checked before decoding (default %(default)s)")
+    parser.add_argument(
+        "--max-pixels",
+        type=cli.int_range(1),
+        default=DEFAULT_MAX_PIXELS,
+        help="largest image, width x height, checked before decoding (default %(default)s)",
+    )
     args = parser.parse_args(argv)
     if args.max_wait_ms < 0:
         parser.error("--max-wait-ms must be >= 0")
@@ -280,8 +296,10 @@ def check_port_free(host: str, port: int) -> None:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
     except OSError as error:
-        raise UserInputError(f"cannot listen on {host}:{port}: {error.strerror or error}; "
-                             "stop what uses that port, or pass --port with another one") from None
+        raise UserInputError(
+            f"cannot listen on {host}:{port}: {error.strerror or error}; "
+            "stop what uses that port, or pass --port with another one"
+        ) from None
 
 
 def _serve(args) -> int:

@@ -1,6 +1,6 @@
 """Main entrypoint: every stage of a training run in order, from captions file to scored model.
 
-    python -m training.train --config training/config.yaml [--set epochs=3 ...] [--resume | --fresh]
+python -m training.train --config training/config.yaml [--set epochs=3 ...] [--resume | --fresh]
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ def require_path(path: str | None, key: str, kind: str = "file") -> Path:
     resolved = Path(path)
     if resolved.exists() and resolved.is_dir() != (kind == "folder"):
         found = "a folder" if resolved.is_dir() else "a file"
-        raise ConfigError(f"'{key}' must be a {kind} but {resolved.resolve()} is {found} "
-                          f"(edit '{key}' in the config or pass --set {key}=...)")
+        raise ConfigError(
+            f"'{key}' must be a {kind} but {resolved.resolve()} is {found} (edit '{key}' in the config or pass --set {key}=...)"
+        )
     if not resolved.exists():
         raise ConfigError(f"'{key}': {kind} not found: {resolved.resolve()} (edit '{key}' in the config or pass --set {key}=...)")
     return resolved
@@ -52,8 +53,10 @@ def require_path(path: str | None, key: str, kind: str = "file") -> Path:
 def require_folder_or_nothing(path: str | None, key: str) -> None:
     """A folder the run creates: anything but a folder in its place stops the run, naming the key."""
     if path and Path(path).exists() and not Path(path).is_dir():
-        raise ConfigError(f"'{key}' must be a folder but {Path(path).resolve()} is a file: "
-                          f"point '{key}' elsewhere (--set {key}=...) or move that file")
+        raise ConfigError(
+            f"'{key}' must be a folder but {Path(path).resolve()} is a file: "
+            f"point '{key}' elsewhere (--set {key}=...) or move that file"
+        )
 
 
 def check_glove_header(path: Path, embedding_dim: int) -> None:
@@ -113,9 +116,12 @@ class TrainingPipeline:
         for name in ("train", "val", "test"):
             if not getattr(split, name):
                 total = len(split.train) + len(split.val) + len(split.test)
-                raise ConfigError(f"the {name} split has no images ({total} images in all, train/val/test splits "
-                                  f"{d.train_split}/{d.val_split}/{d.test_split}): raise {name}_split"
-                                  + (" or max_images" if d.max_images else "") + " so that it gets at least one image")
+                raise ConfigError(
+                    f"the {name} split has no images ({total} images in all, train/val/test splits "
+                    f"{d.train_split}/{d.val_split}/{d.test_split}): raise {name}_split"
+                    + (" or max_images" if d.max_images else "")
+                    + " so that it gets at least one image"
+                )
 
     def fit_vocabulary(self, split):
         """The vocabulary of the training captions; one that keeps no word (word_count_threshold too high) is refused
@@ -125,11 +131,15 @@ class TrainingPipeline:
         threshold = self.config.data.word_count_threshold
         tokenizer = Tokenizer(min_word_count=threshold).fit(caption for captions in split.train.values() for caption in captions)
         markers = {tokenizer.start_token, tokenizer.end_token}
-        top = max((item for item in tokenizer.word_counts.items() if item[0] not in markers), key=lambda item: item[1], default=None)
+        top = max(
+            (item for item in tokenizer.word_counts.items() if item[0] not in markers), key=lambda item: item[1], default=None
+        )
         if top is not None and top[1] < threshold:
-            raise ConfigError(f"'word_count_threshold' is {threshold} but no word of the training captions occurs that often "
-                              f"(the most frequent, {top[0]!r}, occurs {top[1]} times): every caption would be <unk>; "
-                              f"lower word_count_threshold (e.g. --set word_count_threshold={min(5, top[1])})")
+            raise ConfigError(
+                f"'word_count_threshold' is {threshold} but no word of the training captions occurs that often "
+                f"(the most frequent, {top[0]!r}, occurs {top[1]} times): every caption would be <unk>; "
+                f"lower word_count_threshold (e.g. --set word_count_threshold={min(5, top[1])})"
+            )
         return tokenizer
 
     def check_images(self, split) -> None:
@@ -163,7 +173,9 @@ class TrainingPipeline:
         if not feature_dim or is_weights_file(m.extractor_weights):
             feature_dim = self.feature_extractor().feature_dim
         if feature_dim != m.feature_dim:
-            raise ConfigError(f"'feature_dim' is {m.feature_dim} but {m.feature_extractor} gives {feature_dim}: set feature_dim: {feature_dim}")
+            raise ConfigError(
+                f"'feature_dim' is {m.feature_dim} but {m.feature_extractor} gives {feature_dim}: set feature_dim: {feature_dim}"
+            )
 
     def feature_extractor(self):
         """The run's feature extractor, made once (its network is built when first used)."""
@@ -183,7 +195,11 @@ class TrainingPipeline:
         features_dir = Path(self.config.data.features_dir or self.artifacts_dir)
         try:
             store = FeatureStore.build(
-                features_dir, extractor, image_ids, images_path, max_bad_fraction=self.config.data.max_bad_image_fraction,
+                features_dir,
+                extractor,
+                image_ids,
+                images_path,
+                max_bad_fraction=self.config.data.max_bad_image_fraction,
                 verbose=int(draws_progress(sys.stderr)),  # the bars only on a terminal; the store logs a summary line
             )
             if features_dir.resolve() != self.artifacts_dir.resolve():  # a shared store: the run folder links to it
@@ -193,8 +209,14 @@ class TrainingPipeline:
         if store.skipped:
             shown = "".join(f"\n  {entry['path']}: {entry['reason']}" for entry in store.skipped[:5])
             more = f"\n  ... and {len(store.skipped) - 5} more" if len(store.skipped) > 5 else ""
-            log.warning("skipping %d unreadable image(s) of %d (max_bad_image_fraction=%s):%s%s", len(store.skipped),
-                        len(image_ids), self.config.data.max_bad_image_fraction, shown, more)
+            log.warning(
+                "skipping %d unreadable image(s) of %d (max_bad_image_fraction=%s):%s%s",
+                len(store.skipped),
+                len(image_ids),
+                self.config.data.max_bad_image_fraction,
+                shown,
+                more,
+            )
         return store
 
     def embedding_matrix(self, tokenizer):
@@ -249,8 +271,13 @@ class TrainingPipeline:
             tokenizer = self.fit_vocabulary(split)
         builder = self.vocabulary_and_batches(tokenizer, split, store, trainer)
         model = trainer.build_model(tokenizer.vocab_size, builder.max_length, self.embedding_matrix(tokenizer))
-        trainer.train(model, builder.build(split.train, first_epoch=trainer.initial_epoch), builder.build(split.val, training=False),
-                      callbacks=self.callbacks, steps_per_epoch=builder.steps(split.train))
+        trainer.train(
+            model,
+            builder.build(split.train, first_epoch=trainer.initial_epoch),
+            builder.build(split.val, training=False),
+            callbacks=self.callbacks,
+            steps_per_epoch=builder.steps(split.train),
+        )
         if not trainer.is_chief:
             return {}
         scores = self.finish(model, tokenizer, builder, split, trainer)
@@ -286,7 +313,9 @@ class TrainingPipeline:
 
         store = self.extract_features(list(split.train) + list(split.val) + list(split.test))
         if store.skipped:
-            split = DataSplit(*({k: v for k, v in part.items() if k in store.index} for part in (split.train, split.val, split.test)))
+            split = DataSplit(
+                *({k: v for k, v in part.items() if k in store.index} for part in (split.train, split.val, split.test))
+            )
             if self.tracker:
                 self.tracker.log_bad_images(store.skipped)
         if _is_chief_task(self.config):  # another worker's write could meet the chief's clean-up of temporaries
@@ -304,7 +333,13 @@ class TrainingPipeline:
         max_length = c.data.max_caption_length or get_max_caption_length(split.train)
         log.info("vocabulary: %d words; captions up to %d tokens", tokenizer.vocab_size, max_length)
         builder = DatasetBuilder(
-            store.features, store.index, tokenizer, max_length - 1, c.training.batch_size, c.data.seed, pooled=not c.model.use_regions
+            store.features,
+            store.index,
+            tokenizer,
+            max_length - 1,
+            c.training.batch_size,
+            c.data.seed,
+            pooled=not c.model.use_regions,
         )
         trainer.steps_per_epoch = builder.steps(split.train)
         if c.training.val_caption_images:
@@ -354,16 +389,19 @@ class TrainingPipeline:
             xe_model.save(tmp)
         xe_epochs = int(latest_state(self.artifacts_dir / RESUME_DIR)[1]["epoch"])
         validation = trainer.caption_validation or CaptionValidation(tokenizer, builder, split.val, c.training.val_caption_images)
-        stage = SelfCriticalTrainer(c, self.artifacts_dir, tokenizer, builder, split.train, validation,
-                                    tracker=self.tracker, callbacks=self.callbacks)
+        stage = SelfCriticalTrainer(
+            c, self.artifacts_dir, tokenizer, builder, split.train, validation, tracker=self.tracker, callbacks=self.callbacks
+        )
         model, facts = stage.run(xe_model, xe_epochs)
         self.tracker.sections["scst"] = facts
         return model, facts
 
     @staticmethod
     def print_stages(stage: dict, before: dict, after: dict) -> None:
-        print(f"\nTest scores of both stages (final model: {'SCST' if stage['final_model'] == 'scst' else 'cross-entropy'}; "
-              f"val CIDEr-D cross-entropy {stage['xe_val_cider']:.4f}, SCST best {stage['scst_best_val_cider']:.4f}):")
+        print(
+            f"\nTest scores of both stages (final model: {'SCST' if stage['final_model'] == 'scst' else 'cross-entropy'}; "
+            f"val CIDEr-D cross-entropy {stage['xe_val_cider']:.4f}, SCST best {stage['scst_best_val_cider']:.4f}):"
+        )
         print(f"  {'':>16}  {'before SCST':>11}  {'final':>8}")
         show = lambda value, width: f"{value:>{width}.4f}" if value is not None else f"{'n/a':>{width}}"  # noqa: E731
         for name, value in after.items():
@@ -394,12 +432,21 @@ def _is_chief_task(config: Config) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = cli.parser("training.train", __doc__)
     parser.add_argument("--config", default="training/config.yaml", help="YAML config (default: %(default)s)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set epochs=3 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set epochs=3 (repeatable)",
+    )
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue the interrupted run in artifacts_dir (the default)")
-    group.add_argument("--fresh", action="store_true",
-                       help="train from scratch; a run already in artifacts_dir is moved to its previous_runs/ folder (the feature store stays)")
+    group.add_argument(
+        "--fresh",
+        action="store_true",
+        help="train from scratch; a run already in artifacts_dir is moved to its previous_runs/ folder (the feature store stays)",
+    )
     args = parser.parse_args(argv)
     cli.start(args.log_level, import_tensorflow=False)  # a refused or finished rerun never starts TensorFlow
     overrides = args.overrides + (["resume=false"] if args.fresh else ["resume=true"] if args.resume else [])
@@ -429,9 +476,11 @@ def _explain_fault(error: Exception) -> int | None:
         print(f"error: {_lost_worker(error)}", file=sys.stderr)
         return 1
     if isinstance(error, OSError) and error.errno in _WRITE_ERRORS:  # nothing already written is lost
-        print(f"error: could not write {error.filename or 'a file'}: {error.strerror or error}. "
-              "Free space (or fix permissions) and run the same command: it resumes from the last completed epoch.",
-              file=sys.stderr)
+        print(
+            f"error: could not write {error.filename or 'a file'}: {error.strerror or error}. "
+            "Free space (or fix permissions) and run the same command: it resumes from the last completed epoch.",
+            file=sys.stderr,
+        )
         return 1
     return None
 
@@ -444,8 +493,10 @@ def _lost_worker(error: Exception) -> str | None:
     if not isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)):
         return None
     tasks = sorted(set(re.findall(r"/job:\w+/replica:\d+/task:\d+", error.message)))
-    return (f"the multi-worker run lost {' and '.join(tasks) or 'a worker'} ({type(error).__name__}: collective ops aborted). "
-            "Start every worker again with the same command: the run resumes from the last completed epoch.")
+    return (
+        f"the multi-worker run lost {' and '.join(tasks) or 'a worker'} ({type(error).__name__}: collective ops aborted). "
+        "Start every worker again with the same command: the run resumes from the last completed epoch."
+    )
 
 
 if __name__ == "__main__":

@@ -101,6 +101,12 @@ class CaptionMetricsCallback(keras.callbacks.Callback):
         logs.update(values)
         cost = self.seconds[epoch] = time.perf_counter() - started
         epoch_time = started - self._epoch_started
-        log.debug("val captions: %d images, BLEU-4 %.4f, CIDEr-D %.4f in %.1f s (%.0f%% of the epoch's %.1f s)",
-                  len(self.validation), values["val_bleu4"], values["val_cider"], cost,
-                  100 * cost / max(epoch_time, 1e-9), epoch_time)
+        log.debug(
+            "val captions: %d images, BLEU-4 %.4f, CIDEr-D %.4f in %.1f s (%.0f%% of the epoch's %.1f s)",
+            len(self.validation),
+            values["val_bleu4"],
+            values["val_cider"],
+            cost,
+            100 * cost / max(epoch_time, 1e-9),
+            epoch_time,
+        )

@@ -61,8 +61,14 @@ class ResumeState(keras.callbacks.Callback):
     STATE_FILE = STATE_FILE
     MODEL_FILE = STATE_MODEL_FILE
 
-    def __init__(self, directory, fingerprint: str, tracked: dict[str, keras.callbacks.Callback],
-                 identity: dict | None = None, epochs: int | None = None):
+    def __init__(
+        self,
+        directory,
+        fingerprint: str,
+        tracked: dict[str, keras.callbacks.Callback],
+        identity: dict | None = None,
+        epochs: int | None = None,
+    ):
         super().__init__()
         self.directory = Path(directory)
         self.fingerprint = fingerprint
@@ -91,7 +97,9 @@ class ResumeState(keras.callbacks.Callback):
         counters = {}
         for name, callback in self.tracked.items():
             values = {a: getattr(callback, a) for a in ("wait", "best", "best_epoch", "cooldown_counter") if hasattr(callback, a)}
-            counters[name] = {a: (float(v) if isinstance(v, float) or hasattr(v, "dtype") else v) for a, v in values.items() if v is not None}
+            counters[name] = {
+                a: (float(v) if isinstance(v, float) or hasattr(v, "dtype") else v) for a, v in values.items() if v is not None
+            }
         return counters
 
     def save(self, epoch: int) -> Path:

@@ -22,9 +22,21 @@ MONITORS = {"val_loss": "min", "val_cider": "max", "val_bleu4": "max"}  # what e
 LR_SCHEDULES = ("plateau", "warmup_cosine")
 # The feature extractors training.features registers (a test keeps the two equal): a command refuses
 # another name before it imports TensorFlow.
-BUILT_IN_EXTRACTORS = ("PatchGrid", "EfficientNetB0", "EfficientNetB1", "EfficientNetB2", "EfficientNetB3", "EfficientNetB4",
-                       "EfficientNetB5", "EfficientNetB6", "EfficientNetB7", "InceptionV3", "ResNet50", "MobileNetV3Large",
-                       "MobileNetV3Small")
+BUILT_IN_EXTRACTORS = (
+    "PatchGrid",
+    "EfficientNetB0",
+    "EfficientNetB1",
+    "EfficientNetB2",
+    "EfficientNetB3",
+    "EfficientNetB4",
+    "EfficientNetB5",
+    "EfficientNetB6",
+    "EfficientNetB7",
+    "InceptionV3",
+    "ResNet50",
+    "MobileNetV3Large",
+    "MobileNetV3Small",
+)
 # Families of extractors named "<family>:<preset>" (training.features.keras_hub registers them).
 BUILT_IN_FAMILIES = ("keras_hub", "keras_hub_cls")
 WEIGHTS_SUFFIXES = (".h5", ".hdf5")  # what Keras' load_weights reads: .weights.h5 (Keras 3) and legacy .h5 files
@@ -196,8 +208,12 @@ def validate(config: Config) -> Config:
     _check(d.max_images is None or d.max_images >= 1, "max_images", ">= 1 or null", d.max_images)
     _check(0.0 <= d.max_bad_image_fraction <= 1.0, "max_bad_image_fraction", "in [0, 1]", d.max_bad_image_fraction)
     _check(m.architecture in ARCHITECTURES, "architecture", f"one of {ARCHITECTURES}", m.architecture)
-    _check(m.extractor_weights in (None, "imagenet") or Path(m.extractor_weights).suffix.lower() in WEIGHTS_SUFFIXES,
-           "extractor_weights", f"'imagenet', null or the path of a weights file ({', '.join(WEIGHTS_SUFFIXES)})", m.extractor_weights)
+    _check(
+        m.extractor_weights in (None, "imagenet") or Path(m.extractor_weights).suffix.lower() in WEIGHTS_SUFFIXES,
+        "extractor_weights",
+        f"'imagenet', null or the path of a weights file ({', '.join(WEIGHTS_SUFFIXES)})",
+        m.extractor_weights,
+    )
     _check(all(s > 0 for s in m.image_size), "image_size", "two positive sizes", m.image_size)
     for key in ("feature_dim", "embedding_dim", "hidden_dim", "num_layers", "num_heads", "ff_dim"):
         _check(getattr(m, key) > 0, key, "> 0", getattr(m, key))
@@ -243,8 +259,10 @@ def check_weights_file(extractor_weights: str | None) -> None:
             weights.visititems(lambda name, item: None)
     except (OSError, RuntimeError, ValueError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ConfigError(f"'extractor_weights': {path.absolute()} is not a readable HDF5 weights file ({reason}); "
-                          f"copy or download it again, or {fix}") from None
+        raise ConfigError(
+            f"'extractor_weights': {path.absolute()} is not a readable HDF5 weights file ({reason}); "
+            f"copy or download it again, or {fix}"
+        ) from None
 
 
 def check_split_ratios(train_split: float, val_split: float, test_split: float) -> None:
@@ -261,8 +279,12 @@ def _check_caption_training(t: TrainingConfig) -> None:
     _check(t.eval_every >= 1, "eval_every", ">= 1", t.eval_every)
     _check(t.monitor in MONITORS, "monitor", f"one of {tuple(MONITORS)}", t.monitor)
     _check(t.mode in ("min", "max"), "mode", "'min' or 'max'", t.mode)
-    _check(t.mode == MONITORS[t.monitor], "mode",
-           f"'{MONITORS[t.monitor]}' for monitor {t.monitor} ({'higher' if MONITORS[t.monitor] == 'max' else 'lower'} is better)", t.mode)
+    _check(
+        t.mode == MONITORS[t.monitor],
+        "mode",
+        f"'{MONITORS[t.monitor]}' for monitor {t.monitor} ({'higher' if MONITORS[t.monitor] == 'max' else 'lower'} is better)",
+        t.mode,
+    )
     if t.monitor != "val_loss":
         _check(t.eval_every == 1, "eval_every", f"1 when monitor is {t.monitor} (every epoch needs the value)", t.eval_every)
         _check(t.val_caption_images >= 1, "val_caption_images", f">= 1 when monitor is {t.monitor}", t.val_caption_images)
@@ -274,8 +296,12 @@ def _check_caption_training(t: TrainingConfig) -> None:
     _check(t.scst_learning_rate > 0, "scst_learning_rate", "> 0", t.scst_learning_rate)
     if t.scst_epochs:
         _check(t.distribution == "none", "distribution", "none when scst_epochs > 0 (SCST trains in one process)", t.distribution)
-        _check(t.val_caption_images >= 1, "val_caption_images", ">= 1 when scst_epochs > 0 (SCST keeps the best val_cider)",
-               t.val_caption_images)
+        _check(
+            t.val_caption_images >= 1,
+            "val_caption_images",
+            ">= 1 when scst_epochs > 0 (SCST keeps the best val_cider)",
+            t.val_caption_images,
+        )
 
 
 def config_from_dict(raw: dict[str, Any] | None, source: str = "config") -> Config:
@@ -355,8 +381,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raw = yaml.safe_load(data.decode("utf-8"))
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
-        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{data[error.start]:02x} on line {line}); "
-                          "save the file as UTF-8 (for example: iconv -f latin1 -t utf-8)") from None
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{data[error.start]:02x} on line {line}); "
+            "save the file as UTF-8 (for example: iconv -f latin1 -t utf-8)"
+        ) from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     if raw is not None and not isinstance(raw, dict):

@@ -92,9 +92,7 @@ class CaptionLoader:
 
     def __init__(self, captions_format: str = "auto", drop_duplicates: bool = False):
         if captions_format != "auto" and captions_format not in CAPTION_FORMATS:
-            raise ValueError(
-                f"unknown captions_format {captions_format!r}; choose one of: auto, {', '.join(CAPTION_FORMATS)}"
-            )
+            raise ValueError(f"unknown captions_format {captions_format!r}; choose one of: auto, {', '.join(CAPTION_FORMATS)}")
         self.captions_format = captions_format
         self.drop_duplicates = drop_duplicates
         self.detected_format: str | None = None
@@ -139,11 +137,18 @@ class CaptionLoader:
                 logger.log(
                     logging.INFO if kept else logging.WARNING,
                     "%s: %s %d %s (first at %s)",
-                    path, "kept" if kept else "skipped", collector.counts[kind], description, collector.first_seen[kind],
+                    path,
+                    "kept" if kept else "skipped",
+                    collector.counts[kind],
+                    description,
+                    collector.first_seen[kind],
                 )
         logger.info(
             "%s: loaded %d captions for %d images (format %s)",
-            path, self.stats["captions"], self.stats["images"], fmt,
+            path,
+            self.stats["captions"],
+            self.stats["images"],
+            fmt,
         )
         return collector.captions
 
@@ -153,8 +158,9 @@ class CaptionLoader:
 
 def _read_text(path: Path) -> str:
     if path.is_dir():
-        raise CaptionFileError(f"captions file {path} is a folder: point captions_file at the captions file "
-                               "inside it (e.g. captions.txt)")
+        raise CaptionFileError(
+            f"captions file {path} is a folder: point captions_file at the captions file inside it (e.g. captions.txt)"
+        )
     if not path.is_file():
         raise FileNotFoundError(
             f"captions file not found: {path} (set captions_file in the config to your dataset's captions file)"
@@ -240,7 +246,7 @@ def _parse_flickr8k_csv(text: str, path: Path, collector: _Collector) -> None:
         if any("\n" in field or "\r" in field for field in row):
             raise CaptionFileError(
                 f"{path}: line {start}: a double quote opened here is never closed (the field runs over "
-                f"lines {start}-{reader.line_num}); close the quote or double it (\"\") inside the caption"
+                f'lines {start}-{reader.line_num}); close the quote or double it ("") inside the caption'
             )
         # an unquoted caption with commas splits into several fields; image names hold no commas
         collector.add(row[0], ",".join(row[1:]), f"line {start}")
@@ -267,7 +273,7 @@ def _parse_flickr30k(text: str, path: Path, collector: _Collector) -> None:
             f"{path}: line {header_number + 1} is {lines[header_number][:80]!r}, expected the header "
             f"'image_name| comment_number| comment' of Flickr30k results.csv; add it or set captions_format"
         )
-    for number, line in enumerate(lines[header_number + 1:], header_number + 2):
+    for number, line in enumerate(lines[header_number + 1 :], header_number + 2):
         if not line.strip():
             continue
         parts = line.split("|", 2)
@@ -391,9 +397,7 @@ def create_splits(
         n_test = min(_round_half_up(len(ids) * test_split), len(ids) - n_val)
         n_train = len(ids) - n_val - n_test
         if ids and train_split > 0 and n_train == 0:
-            raise UserInputError(
-                f"train split would be empty: {len(ids)} images are too few for train_split={train_split}"
-            )
+            raise UserInputError(f"train split would be empty: {len(ids)} images are too few for train_split={train_split}")
         order = np.random.default_rng(seed).permutation(len(ids))
         names = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
         assignment = {ids[index]: name for index, name in zip(order, names)}

@@ -59,8 +59,9 @@ class DatasetBuilder:
     max_length - 1 words, followed by endseq.
     """
 
-    def __init__(self, features, image_index, tokenizer, max_length, batch_size=64, seed=42, pooled=False,
-                 bucket_width: int | None = 4):
+    def __init__(
+        self, features, image_index, tokenizer, max_length, batch_size=64, seed=42, pooled=False, bucket_width: int | None = 4
+    ):
         self.features = pool_features(features) if pooled else features
         self.image_index = image_index
         self.tokenizer = tokenizer
@@ -128,8 +129,13 @@ class DatasetBuilder:
                     targets.extend(sequence[1:])
                     positions.extend(range(len(sequence) - 1))
         as_array = lambda values, dtype: np.asarray(values, dtype=dtype)  # noqa: E731
-        return (as_array(image_rows, np.int64), as_array(lengths, np.int64), as_array(inputs, np.int32),
-                as_array(targets, np.int32), as_array(positions, np.int32))
+        return (
+            as_array(image_rows, np.int64),
+            as_array(lengths, np.int64),
+            as_array(inputs, np.int32),
+            as_array(targets, np.int32),
+            as_array(positions, np.int32),
+        )
 
     def _gather(self, rows: np.ndarray) -> np.ndarray:
         # Reading the memmap in row order keeps disk access sequential; then restore batch order.

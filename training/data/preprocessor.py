@@ -34,11 +34,7 @@ class TextPreprocessor:
     def clean(self, text: str) -> str:
         text = _APOSTROPHES.sub("", text.lower())
         text = _PUNCTUATION.sub(" ", text)  # hyphens and dashes included: they split words
-        words = [
-            word
-            for word in text.split()
-            if not any(ch.isdigit() for ch in word) and (len(word) > 1 or word == "a")
-        ]
+        words = [word for word in text.split() if not any(ch.isdigit() for ch in word) and (len(word) > 1 or word == "a")]
         return " ".join(words)
 
 
@@ -86,11 +82,10 @@ class CaptionPreprocessor:
         }
         if n_empty or n_images_dropped:
             logger.warning(
-                "caption cleaning dropped %d of %d captions that were empty after cleaning, "
-                "and %d images left with no caption",
-                n_empty, n_captions, n_images_dropped,
+                "caption cleaning dropped %d of %d captions that were empty after cleaning, and %d images left with no caption",
+                n_empty,
+                n_captions,
+                n_images_dropped,
             )
-        logger.info(
-            "cleaned %d captions for %d images", n_captions - n_empty, len(processed)
-        )
+        logger.info("cleaned %d captions for %d images", n_captions - n_empty, len(processed))
         return processed

@@ -70,7 +70,12 @@ class Tokenizer:
         self.word_counts = counts
         logger.info(
             "vocabulary: %d words seen, %d kept with count >= %d, vocab_size %d (with %s and %s)",
-            len(counts), len(kept), self.min_word_count, self.vocab_size, PAD_TOKEN, UNK_TOKEN,
+            len(counts),
+            len(kept),
+            self.min_word_count,
+            self.vocab_size,
+            PAD_TOKEN,
+            UNK_TOKEN,
         )
         return self
 
@@ -234,8 +239,12 @@ class GloVeEmbeddings:
         self.coverage = (len(words) - len(self.missing_words)) / len(words) if words else 0.0
         logger.info(
             "GloVe coverage: %d of %d vocabulary words found (%.1f%%) in %s; %d get random vectors (std %.3f)%s",
-            len(words) - len(self.missing_words), len(words), 100 * self.coverage, self.glove_path,
-            len(self.missing_words), scale,
+            len(words) - len(self.missing_words),
+            len(words),
+            100 * self.coverage,
+            self.glove_path,
+            len(self.missing_words),
+            scale,
             f", e.g. {', '.join(self.missing_words[:10])}" if self.missing_words else "",
         )
         return matrix
@@ -252,10 +261,17 @@ class GloVeEmbeddings:
 
         dim = self.embedding_dim
         found: dict[str, np.ndarray] = {}
-        with open(path, "rb") as handle, tqdm(
-            total=path.stat().st_size, unit="B", unit_scale=True, desc=f"reading {path.name}", leave=False,
-            disable=path.stat().st_size < 16_000_000,  # a bar only where reading takes a while
-        ) as progress:
+        with (
+            open(path, "rb") as handle,
+            tqdm(
+                total=path.stat().st_size,
+                unit="B",
+                unit_scale=True,
+                desc=f"reading {path.name}",
+                leave=False,
+                disable=path.stat().st_size < 16_000_000,  # a bar only where reading takes a while
+            ) as progress,
+        ):
             for number, raw in enumerate(handle, 1):
                 progress.update(len(raw))
                 fields = raw.rstrip(b"\r\n").rstrip(b" ").split(b" ")

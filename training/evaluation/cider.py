@@ -33,7 +33,7 @@ def _tokens(caption) -> list[str]:
 
 def ngram_counts(caption, n: int = N) -> Counter:
     words = _tokens(caption)
-    return Counter(tuple(words[i:i + k]) for k in range(1, n + 1) for i in range(len(words) - k + 1))
+    return Counter(tuple(words[i : i + k]) for k in range(1, n + 1) for i in range(len(words) - k + 1))
 
 
 def document_frequencies(references: Iterable[Sequence]) -> Counter:
@@ -84,7 +84,7 @@ class CiderD:
 
     def _similarity(self, candidate, reference) -> list[float]:
         (vec_c, norm_c, len_c), (vec_r, norm_r, len_r) = candidate, reference
-        penalty = math.exp(-((len_c - len_r) ** 2) / (2 * self.sigma ** 2))
+        penalty = math.exp(-((len_c - len_r) ** 2) / (2 * self.sigma**2))
         values = []
         for k in range(self.n):
             value = sum(min(w, vec_r[k].get(g, 0.0)) * vec_r[k].get(g, 0.0) for g, w in vec_c[k].items())
@@ -131,7 +131,7 @@ class BatchCiderD:
         self.cider, self.end_id, self.references = cider, int(end_id), references
         self.word_id = {word: index for index, word in enumerate(words)}
         self.base = len(words)  # a k-gram's key: its word ids as the digits of a base-V number
-        if self.base ** cider.n >= 2 ** 63:
+        if self.base**cider.n >= 2**63:
             raise ValueError(f"a vocabulary of {self.base} words is too large for int64 {cider.n}-gram keys")
         grams = [(self._key(gram), frequency) for gram, frequency in cider.df.items() if self._key(gram) is not None]
         grams.sort()
@@ -228,7 +228,7 @@ class BatchCiderD:
         ref_counts = np.array([t[4] for t in tables])[slot]
         both = (norm[:, :, None] != 0) & (ref_norms.transpose(0, 2, 1) != 0)
         value = np.where(both, value / np.where(both, norm[:, :, None] * ref_norms.transpose(0, 2, 1), 1.0), value)
-        penalty = np.exp(-((lengths[:, None] - ref_lengths) ** 2) / (2 * self.cider.sigma ** 2))
+        penalty = np.exp(-((lengths[:, None] - ref_lengths) ** 2) / (2 * self.cider.sigma**2))
         real = np.arange(most)[None] < ref_counts[:, None]
         total = np.sum(value * (penalty * real)[:, None, :], axis=(1, 2))
         return np.where(ref_counts > 0, 10.0 * total / n / np.maximum(ref_counts, 1), 0.0)

@@ -69,6 +69,7 @@ def cache_shape_invariants(cache, rows_change: bool = False):
     """tf.while_loop shape invariants for a decode cache: any axis but the first (rows) and the last
     may change from step to step (the transformer's cache grows by a position each step). The row
     count stays static, which keeps every step's shapes known, unless `rows_change` (rows leave)."""
+
     def invariant(t):
         rows = [None] if rows_change else t.shape[:1]
         if t.shape.rank < 2:
@@ -88,8 +89,16 @@ class BeamSearchDecoder:
     them: some may be unfinished (the search stops once none can beat the best finished one).
     """
 
-    def __init__(self, model, tokenizer, beam_size: int = 3, length_penalty: float = 0.0,
-                 max_length: int | None = None, batch_size: int = 64, alternatives: bool = False):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        beam_size: int = 3,
+        length_penalty: float = 0.0,
+        max_length: int | None = None,
+        batch_size: int = 64,
+        alternatives: bool = False,
+    ):
         limit = int(model.max_length)
         self.max_length = limit if max_length is None else int(max_length)
         if not 1 <= self.max_length <= limit:
@@ -117,9 +126,10 @@ class BeamSearchDecoder:
         features = self._check(image_features)
         starts = range(0, len(features), self.batch_size)
         captions: list[Caption] = []
-        for start in tqdm(starts, desc=type(self).__name__, unit="batch", leave=False,
-                          disable=len(starts) < 2 or not draws_progress(sys.stderr)):
-            batch = features[start:start + self.batch_size]
+        for start in tqdm(
+            starts, desc=type(self).__name__, unit="batch", leave=False, disable=len(starts) < 2 or not draws_progress(sys.stderr)
+        ):
+            batch = features[start : start + self.batch_size]
             count = len(batch)
             if len(starts) > 1 and count < self.batch_size:
                 batch = np.concatenate([batch, np.zeros((self.batch_size - count, *batch.shape[1:]), batch.dtype)])
@@ -129,9 +139,17 @@ class BeamSearchDecoder:
     def decode_one_at_a_time(self, image_features: np.ndarray) -> list[Caption]:
         """Caption the images one by one (batch of 1): the slow baseline that `decode` is measured against."""
         features = self._check(image_features)
-        return [c for i in tqdm(range(len(features)), desc="one at a time", unit="image", leave=False,
-                                disable=len(features) < 2 or not draws_progress(sys.stderr))
-                for c in self._decode_batch(features[i:i + 1])]
+        return [
+            c
+            for i in tqdm(
+                range(len(features)),
+                desc="one at a time",
+                unit="image",
+                leave=False,
+                disable=len(features) < 2 or not draws_progress(sys.stderr),
+            )
+            for c in self._decode_batch(features[i : i + 1])
+        ]
 
     # ---- the compiled search -----------------------------------------------------------------------
 
@@ -141,7 +159,7 @@ class BeamSearchDecoder:
         size = -(-batch // max(1, min(cpu_cores(), batch // MIN_SHARD_IMAGES)))
         # Shards of one size share one trace (the graph inlines each call): tracing a search took
         # ~0.4 s a shard on the demo model, as long as decoding 500 images.
-        found = [self._search_shard_traced_once(features[start:start + size]) for start in range(0, batch, size)]
+        found = [self._search_shard_traced_once(features[start : start + size]) for start in range(0, batch, size)]
         return found[0] if len(found) == 1 else {k: tf.concat([f[k] for f in found], 0) for k in found[0]}
 
     def _search_shard(self, features):
@@ -169,21 +187,26 @@ class BeamSearchDecoder:
                 # eighth of them are done (demo model, 1000 images, batches of 250, one process: beam-3
                 # ran ~10% faster than with no images leaving, greedy the same; leaving when a quarter,
                 # or any one image, was done gained less).
-                worth_it = tf.logical_and(8 * tf.reduce_sum(tf.cast(done, tf.int32)) >= tf.size(done),
-                                          tf.logical_not(tf.reduce_all(done)))
-                state, cache, memory = tf.cond(worth_it, lambda: self._compact(state, cache, memory, done),
-                                               lambda: (state, cache, memory))
+                worth_it = tf.logical_and(
+                    8 * tf.reduce_sum(tf.cast(done, tf.int32)) >= tf.size(done), tf.logical_not(tf.reduce_all(done))
+                )
+                state, cache, memory = tf.cond(
+                    worth_it, lambda: self._compact(state, cache, memory, done), lambda: (state, cache, memory)
+                )
             return state, cache, memory
 
         def invariant(t):  # the row (or image) count changes when images leave
             return tf.TensorShape([None] + t.shape[1:]) if compact and t.shape.rank else t.shape
 
-        keep = {k: invariant(t) if isinstance(t, tf.Tensor) and k != "result" else tf.TensorShape(None)
-                for k, t in state.items()}
+        keep = {k: invariant(t) if isinstance(t, tf.Tensor) and k != "result" else tf.TensorShape(None) for k, t in state.items()}
         if compact:
             keep["result"] = tf.nest.map_structure(lambda t: t.shape, state["result"])
-        state, _, _ = tf.while_loop(not_done, body, (state, cache, memory), shape_invariants=(
-            keep, cache_shape_invariants(cache, rows_change=compact), tf.nest.map_structure(invariant, memory)))
+        state, _, _ = tf.while_loop(
+            not_done,
+            body,
+            (state, cache, memory),
+            shape_invariants=(keep, cache_shape_invariants(cache, rows_change=compact), tf.nest.map_structure(invariant, memory)),
+        )
         picked = self._results(state) if compact else {k: state[k] for k in ("log_prob", "length", "finished")}
         # top_k leaves each image's hypotheses sorted, best first: keep the first `kept` of each.
         best = tf.reshape(tf.range(batch)[:, None] * beam + tf.range(self.kept)[None], [-1])
@@ -207,15 +230,20 @@ class BeamSearchDecoder:
             # Per step, written once and never reordered: each row's token, the row it extends
             # (its parent) and the attention that row's step computed. A caption is read back
             # along its parents at the end, so a step costs the same whatever the caption length.
-            chosen=history(tf.int32), parents=history(tf.int32), attention=history(tf.float32),
+            chosen=history(tf.int32),
+            parents=history(tf.int32),
+            attention=history(tf.float32),
         )
         # Images whose search is over leave the batch (see `_compact`), so a step's work follows the
         # images still searched, not the slowest one. The history keeps the shard's own row numbers,
         # `image` maps the images left to them and `result` holds the scores of those that left.
         # One image alone never leaves early: its search simply ends.
         if compact:
-            state.update(image=tf.range(batch), done=tf.zeros([batch], tf.bool),
-                         result={k: state[k] for k in ("log_prob", "length", "finished")})
+            state.update(
+                image=tf.range(batch),
+                done=tf.zeros([batch], tf.bool),
+                result={k: state[k] for k in ("log_prob", "length", "finished")},
+            )
         return state
 
     def _shard_rows(self, state):
@@ -237,9 +265,13 @@ class BeamSearchDecoder:
         """
         stay = tf.reshape(tf.where(tf.logical_not(done)), [-1])
         rows = tf.reshape(stay[:, None] * self.beam_size + tf.range(self.beam_size, dtype=tf.int64)[None], [-1])
-        state = dict(state, result=self._results(state), image=tf.gather(state["image"], stay),
-                     done=tf.gather(done, stay),
-                     **{k: tf.gather(state[k], rows) for k in ("tokens", "log_prob", "length", "finished")})
+        state = dict(
+            state,
+            result=self._results(state),
+            image=tf.gather(state["image"], stay),
+            done=tf.gather(done, stay),
+            **{k: tf.gather(state[k], rows) for k in ("tokens", "log_prob", "length", "finished")},
+        )
         cache = tf.nest.map_structure(lambda t: tf.gather(t, rows), cache)
         memory = tf.nest.map_structure(lambda t: tf.gather(t, stay), memory)
         return state, cache, memory
@@ -297,9 +329,11 @@ class BeamSearchDecoder:
             row_of = lambda r: tf.gather(index, r)  # noqa: E731
             scatter = lambda values, empty: tf.tensor_scatter_nd_update(empty, index[:, None], values)  # noqa: E731
             # A row no longer searched extends itself with padding, so backtracking passes through it.
-            history = dict(chosen=scatter(tokens, tf.fill([shard_rows], tf.cast(pad, tf.int32))),
-                           parents=scatter(row_of(parent), tf.range(shard_rows)),
-                           attention=scatter(attention, tf.zeros([shard_rows, tf.shape(attention)[1]])))
+            history = dict(
+                chosen=scatter(tokens, tf.fill([shard_rows], tf.cast(pad, tf.int32))),
+                parents=scatter(row_of(parent), tf.range(shard_rows)),
+                attention=scatter(attention, tf.zeros([shard_rows, tf.shape(attention)[1]])),
+            )
         state = dict(
             state,
             step=step + 1,
@@ -336,17 +370,24 @@ class BeamSearchDecoder:
         for i in range(len(found["length"])):  # `kept` rows per image
             # endseq is counted in `length` (it is scored) but is not part of the caption.
             n = int(found["length"][i]) - int(found["finished"][i])
-            captions.append(Caption(tokens=[int(t) for t in found["sequence"][i, :n]], text="",
-                                    score=float(found["log_prob"][i]), attention=found["attention"][i, :n],
-                                    normalized_score=float(found["normalized"][i]), finished=bool(found["finished"][i])))
+            captions.append(
+                Caption(
+                    tokens=[int(t) for t in found["sequence"][i, :n]],
+                    text="",
+                    score=float(found["log_prob"][i]),
+                    attention=found["attention"][i, :n],
+                    normalized_score=float(found["normalized"][i]),
+                    finished=bool(found["finished"][i]),
+                )
+            )
         texts = self.tokenizer.sequences_to_texts([c.tokens for c in captions], strip_special=True)
         for caption, text in zip(captions, texts):
             caption.text = text
         if self.kept == 1:
             return captions
-        best = captions[::self.kept]
+        best = captions[:: self.kept]
         for i, caption in enumerate(best):  # a hypothesis never reached stays at -inf: not an alternative
-            caption.alternatives = [c for c in captions[i * self.kept + 1:(i + 1) * self.kept] if np.isfinite(c.score)]
+            caption.alternatives = [c for c in captions[i * self.kept + 1 : (i + 1) * self.kept] if np.isfinite(c.score)]
         return best
 
 
@@ -354,8 +395,7 @@ class GreedyDecoder(BeamSearchDecoder):
     """Greedy decoding: the most likely next token at every step (beam search with one hypothesis)."""
 
     def __init__(self, model, tokenizer, max_length: int | None = None, batch_size: int = 64):
-        super().__init__(model, tokenizer, beam_size=1, length_penalty=0.0, max_length=max_length,
-                         batch_size=batch_size)
+        super().__init__(model, tokenizer, beam_size=1, length_penalty=0.0, max_length=max_length, batch_size=batch_size)
 
 
 class CaptionSampler:
@@ -409,8 +449,10 @@ class CaptionSampler:
         step = tf.constant(0, tf.int32)
         _, _, _, _, drawn = tf.while_loop(
             lambda step, tokens, finished, *_: tf.logical_and(step < steps, tf.logical_not(tf.reduce_all(finished))),
-            body, (step, tokens, finished, cache, drawn),
-            shape_invariants=(step.shape, tokens.shape, finished.shape, cache_shape_invariants(cache), tf.TensorShape(None)))
+            body,
+            (step, tokens, finished, cache, drawn),
+            shape_invariants=(step.shape, tokens.shape, finished.shape, cache_shape_invariants(cache), tf.TensorShape(None)),
+        )
         taken = drawn.stack()  # (steps taken, rows)
         sequences = tf.pad(tf.transpose(taken), [[0, 0], [0, steps - tf.shape(taken)[0]]], constant_values=pad)
         return tf.ensure_shape(sequences, [rows, steps])

@@ -63,8 +63,9 @@ class BLEUScore:
     def sentence_scores(self, references, hypotheses) -> list[dict[str, float]]:
         """BLEU-1..max_n of each hypothesis on its own, in the order of `hypotheses`."""
         refs, hyps = self._tokens(references, hypotheses)
-        return [self._named(sentence_bleu(r, h, weights=self.weights, smoothing_function=self.smoothing))
-                for r, h in zip(refs, hyps)]
+        return [
+            self._named(sentence_bleu(r, h, weights=self.weights, smoothing_function=self.smoothing)) for r, h in zip(refs, hyps)
+        ]
 
     def _named(self, scores) -> dict[str, float]:
         return {f"bleu{n}": float(score) for n, score in enumerate(scores, start=1)}
@@ -127,8 +128,10 @@ class CaptionEvaluator:
         if any(m != "bleu" for m in self.metrics):
             java = shutil.which("java") is not None
             if not java:
-                logger.warning("java not found: METEOR skipped; ROUGE-L and CIDEr on whitespace tokens, "
-                               "not the COCO PTB tokenizer (install a JRE for the standard figures)")
+                logger.warning(
+                    "java not found: METEOR skipped; ROUGE-L and CIDEr on whitespace tokens, "
+                    "not the COCO PTB tokenizer (install a JRE for the standard figures)"
+                )
             # Meteor's JVM spends seconds loading its paraphrase table: start it first, ask it last.
             names = [m for m in ("meteor", "rouge_l", "cider") if m in self.metrics and (java or m != "meteor")]
             scorers = {name: self._coco_scorer(name) for name in names}

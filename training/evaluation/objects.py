@@ -19,8 +19,20 @@ from pathlib import Path
 
 from training.errors import UserInputError
 
-NUMBERS = {"zero": 0, "no": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
-           "eight": 8, "nine": 9, "ten": 10}
+NUMBERS = {
+    "zero": 0,
+    "no": 0,
+    "one": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+}
 SHAPE_WORDS = {"shape", "shapes", "object", "objects"}  # "three shapes": a count of everything shown
 
 
@@ -28,7 +40,9 @@ def load_scenes(path: str | Path) -> dict[str, list[dict]]:
     """{image_id: [object, ...]} from a scenes file; a clear error names the file when it cannot be used."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"scenes_file not found: {path} (point 'scenes_file' at the data set's scenes.json, or set it to null)")
+        raise FileNotFoundError(
+            f"scenes_file not found: {path} (point 'scenes_file' at the data set's scenes.json, or set it to null)"
+        )
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
         scenes = {image_id: list(scene["objects"]) for image_id, scene in raw.items()}
@@ -36,7 +50,9 @@ def load_scenes(path: str | Path) -> dict[str, list[dict]]:
             for o in objects:
                 str(o["color"]), str(o["shape"])
     except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise UserInputError(f"{path}: expected {{image_id: {{\"objects\": [{{\"color\": ..., \"shape\": ...}}]}}}} ({error!r})") from None
+        raise UserInputError(
+            f'{path}: expected {{image_id: {{"objects": [{{"color": ..., "shape": ...}}]}}}} ({error!r})'
+        ) from None
     return scenes
 
 
@@ -87,8 +103,11 @@ class ObjectMentions:
                 total = sum(present.values())
                 right += all(n == (present.get(kind, 0) if kind else total) for n, kind in counts)
         ratio = lambda a, b: a / b if b else None  # noqa: E731
-        return {"object_precision": ratio(correct, mentioned), "object_recall": ratio(recalled, shown),
-                "count_accuracy": ratio(right, counted)}
+        return {
+            "object_precision": ratio(correct, mentioned),
+            "object_recall": ratio(recalled, shown),
+            "count_accuracy": ratio(right, counted),
+        }
 
 
 def object_scores(predictions: Mapping[str, str], scenes_file: str | Path) -> dict[str, float | None]:

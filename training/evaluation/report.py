@@ -33,14 +33,27 @@ from training.artifacts import (
 from training.utils.io import atomic_path, atomic_write_text
 from training.utils.mlflow_logging import flatten_config
 
-SCORE_NAMES = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4",
-               "coco_bleu1": "BLEU-1 (coco-caption)", "coco_bleu2": "BLEU-2 (coco-caption)",
-               "coco_bleu3": "BLEU-3 (coco-caption)", "coco_bleu4": "BLEU-4 (coco-caption)",
-               "meteor": "METEOR", "rouge_l": "ROUGE-L", "cider": "CIDEr",
-               "object_precision": "object precision", "object_recall": "object recall", "count_accuracy": "count accuracy"}
-CONFIG_SUMMARY = {"data": ("images_path", "captions_file", "captions_format"),
-                  "model": ("architecture", "feature_extractor", "image_size", "hidden_dim", "num_layers"),
-                  "training": ("epochs", "batch_size", "learning_rate", "beam_size")}
+SCORE_NAMES = {
+    "bleu1": "BLEU-1",
+    "bleu2": "BLEU-2",
+    "bleu3": "BLEU-3",
+    "bleu4": "BLEU-4",
+    "coco_bleu1": "BLEU-1 (coco-caption)",
+    "coco_bleu2": "BLEU-2 (coco-caption)",
+    "coco_bleu3": "BLEU-3 (coco-caption)",
+    "coco_bleu4": "BLEU-4 (coco-caption)",
+    "meteor": "METEOR",
+    "rouge_l": "ROUGE-L",
+    "cider": "CIDEr",
+    "object_precision": "object precision",
+    "object_recall": "object recall",
+    "count_accuracy": "count accuracy",
+}
+CONFIG_SUMMARY = {
+    "data": ("images_path", "captions_file", "captions_format"),
+    "model": ("architecture", "feature_extractor", "image_size", "hidden_dim", "num_layers"),
+    "training": ("epochs", "batch_size", "learning_rate", "beam_size"),
+}
 THUMB = 256  # longest side of images drawn in the report; keeps report.html small
 STRIP_COLUMNS = 8  # panels per row of an attention strip
 PLACEHOLDER = np.full((THUMB, THUMB, 3), 200, np.uint8)  # stands in for a missing image, so layouts keep their shape
@@ -50,8 +63,11 @@ def _read_metrics(path: Path) -> dict[str, list]:
     rows = read_metrics(path)
     # An empty cell is a metric that epoch did not log: NaN, which matplotlib draws as a gap.
     # The training `stage` (xe, scst; none in runs older than SCST) is text: it splits the curves.
-    metrics = {column: [float("nan") if row.get(column) is None else float(row[column]) for row in rows]
-               for column in (rows[0] if rows else {}) if column != "stage"}
+    metrics = {
+        column: [float("nan") if row.get(column) is None else float(row[column]) for row in rows]
+        for column in (rows[0] if rows else {})
+        if column != "stage"
+    }
     metrics["stage"] = [row.get("stage") or "xe" for row in rows]
     return metrics
 
@@ -92,8 +108,10 @@ def loss_panels(metrics: dict[str, list]) -> list[tuple[str, list[float], dict[s
     """(title, epochs, curves, y label) of each stage: the cross-entropy losses, then SCST's mean reward and
     policy loss (-advantage x log-prob: negative whenever the samples beat their baseline, not a cross-entropy)."""
     panels = []
-    for stage, title, names, ylabel in (("xe", "cross-entropy", {"train_loss": "train_loss", "val_loss": "val_loss"}, "loss"),
-                                        ("scst", "SCST", {"reward": "mean reward (CIDEr-D)", "train_loss": "policy loss"}, "value")):
+    for stage, title, names, ylabel in (
+        ("xe", "cross-entropy", {"train_loss": "train_loss", "val_loss": "val_loss"}, "loss"),
+        ("scst", "SCST", {"reward": "mean reward (CIDEr-D)", "train_loss": "policy loss"}, "value"),
+    ):
         rows = [i for i, s in enumerate(metrics["stage"]) if s == stage]
         if rows:
             curves = {label: [metrics[name][i] for i in rows] for name, label in names.items() if name in metrics}
@@ -167,8 +185,15 @@ def _gallery(path: Path, records: list[dict], images: dict[str, Image.Image | No
         image = images[record["image_id"]]
         axes.imshow(image if image is not None else PLACEHOLDER)
         if image is None:
-            axes.text(0.5, 0.5, f"image missing\n{record['image_id']}", transform=axes.transAxes, ha="center",
-                      va="center", parse_math=False)
+            axes.text(
+                0.5,
+                0.5,
+                f"image missing\n{record['image_id']}",
+                transform=axes.transAxes,
+                ha="center",
+                va="center",
+                parse_math=False,
+            )
         axes.set(xticks=[], yticks=[])
         lines = [f"pred: {record.get('prediction', '')}"] + [f"ref: {r}" for r in record.get("references", [])[:2]]
         text = "\n".join(textwrap.fill(line, 38) for line in lines)
@@ -216,11 +241,16 @@ table{border-collapse:collapse;margin:8px 0} td,th{border:1px solid #ccc;padding
 
 def _card(record: dict, image: Image.Image | None, images_path: Path | None) -> str:
     image_id = record["image_id"]
-    picture = _img(image, image_id) if image is not None else (
-        f'<div class="missing">image not found: {html.escape(str((images_path or Path()) / image_id))}</div>')
+    picture = (
+        _img(image, image_id)
+        if image is not None
+        else (f'<div class="missing">image not found: {html.escape(str((images_path or Path()) / image_id))}</div>')
+    )
     refs = "".join(f'<div class="ref">ref: {html.escape(r)}</div>' for r in record.get("references", []))
-    return (f'<div class="card">{picture}<div>{html.escape(image_id)}</div>'
-            f'<div class="pred">{html.escape(record.get("prediction", ""))}</div>{refs}</div>')
+    return (
+        f'<div class="card">{picture}<div>{html.escape(image_id)}</div>'
+        f'<div class="pred">{html.escape(record.get("prediction", ""))}</div>{refs}</div>'
+    )
 
 
 def build_report(artifacts_dir: str | Path, images_path: str | Path | None = None, gallery_size: int = 12) -> Path:
@@ -243,8 +273,10 @@ def write_report(artifacts_dir: str | Path, images_path: str | Path | None = Non
     images = {r["image_id"]: _load_image(images_path, r["image_id"]) for r in records}
     body += _gallery_section(artifacts, records, images, images_path) + _attention_section(artifacts, records, images, index)
     run_name = str(((summary or {}).get("metadata") or {}).get("run_name") or artifacts.name)
-    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>Run report: {html.escape(run_name)}'
-            f"</title><style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    page = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>Run report: {html.escape(run_name)}'
+        f"</title><style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
     missing = [image_id for image_id, image in images.items() if image is None]
     return atomic_write_text(artifacts / REPORT_FILE, page), missing, images_path
 
@@ -252,11 +284,18 @@ def write_report(artifacts_dir: str | Path, images_path: str | Path | None = Non
 def _header(artifacts: Path, summary: dict | None) -> list[str]:
     meta = (summary or {}).get("metadata", {})
     run_name = str(meta.get("run_name") or artifacts.name)
-    facts = {"run id": meta.get("run_id"), "started": meta.get("started_at"), "finished": meta.get("finished_at"),
-             "wall time (s)": meta.get("wall_time_seconds"), "seed": meta.get("seed"),
-             "git commit": (meta.get("git_info") or {}).get("commit")}
-    body = [f"<h1>Run report: {html.escape(run_name)}</h1>", '<p class="meta">' +
-            " · ".join(f"{k}: {html.escape(str(v))}" for k, v in facts.items() if v is not None) + "</p>"]
+    facts = {
+        "run id": meta.get("run_id"),
+        "started": meta.get("started_at"),
+        "finished": meta.get("finished_at"),
+        "wall time (s)": meta.get("wall_time_seconds"),
+        "seed": meta.get("seed"),
+        "git commit": (meta.get("git_info") or {}).get("commit"),
+    }
+    body = [
+        f"<h1>Run report: {html.escape(run_name)}</h1>",
+        '<p class="meta">' + " · ".join(f"{k}: {html.escape(str(v))}" for k, v in facts.items() if v is not None) + "</p>",
+    ]
     if summary is None:
         body.append(_note("run_summary.json not found: the run has not finished, or this is not an artifacts_dir."))
     return body
@@ -273,8 +312,7 @@ def _score_section(predictions: dict | None, summary: dict | None, config: dict)
     if before and rows:  # two stages: the cross-entropy model's scores beside the final model's
         final = (summary.get("scst") or {}).get("final_model", "?")
         rows = [(name, _show(before.get(k)), value) for (name, value), k in zip(rows, ordered)]
-        return [f"<h2>Scores ({what}; final model: {html.escape(final)})</h2>",
-                _table(rows, ("metric", "before SCST", "final"))]
+        return [f"<h2>Scores ({what}; final model: {html.escape(final)})</h2>", _table(rows, ("metric", "before SCST", "final"))]
     return [f"<h2>Scores ({what})</h2>", _table(rows, ("metric", "value")) if rows else _note("No scores yet.")]
 
 
@@ -304,8 +342,13 @@ def _curves_section(artifacts: Path) -> list[str]:
 
 def _gallery_section(artifacts: Path, records: list[dict], images: dict, images_path: Path | None) -> list[str]:
     if not records:
-        return ["<h2>Test gallery</h2>", _note(f"No test predictions yet ({predictions_name('test')} missing or empty): "
-                                               f"run python -m training.evaluate --artifacts {artifacts}")]
+        return [
+            "<h2>Test gallery</h2>",
+            _note(
+                f"No test predictions yet ({predictions_name('test')} missing or empty): "
+                f"run python -m training.evaluate --artifacts {artifacts}"
+            ),
+        ]
     _gallery(artifacts / GALLERY_IMAGE, records, images)
     cards = "".join(_card(r, images[r["image_id"]], images_path) for r in records)
     return ["<h2>Test gallery</h2>", f'<div class="gallery">{cards}</div>']
@@ -320,7 +363,8 @@ def _attention_section(artifacts: Path, records: list[dict], images: dict, index
         if shape is None:
             body.append(_note(f"{image_id}: {len(attention[0])} regions do not form a known grid; no attention map."))
             continue
-        strip = _attention_strip(artifacts / attention_strip_name(image_id), images[image_id],
-                                 record.get("prediction", "").split(), attention, shape)
+        strip = _attention_strip(
+            artifacts / attention_strip_name(image_id), images[image_id], record.get("prediction", "").split(), attention, shape
+        )
         body.append(f'<div class="strip">{_img(strip, image_id)}</div>')
     return body

@@ -18,9 +18,19 @@ def features_captioner(model, tokenizer, config: Config, beam_size: int | None =
     return Captioner.from_run(model, tokenizer, config, beam_size=beam_size, extractor_weights=None)
 
 
-def evaluate_split(model, tokenizer, builder, captions: dict, config: Config, artifacts_dir, tracker=None,
-                   beam_size: int | None = None, split_name: str = "test", show: int = 5,
-                   beside_run: bool = False) -> dict:
+def evaluate_split(
+    model,
+    tokenizer,
+    builder,
+    captions: dict,
+    config: Config,
+    artifacts_dir,
+    tracker=None,
+    beam_size: int | None = None,
+    split_name: str = "test",
+    show: int = 5,
+    beside_run: bool = False,
+) -> dict:
     """Caption every image of `captions` (up to eval_max_images), score, and write the results.
 
     The run's own evaluation writes predictions_<split>.json; `beside_run` (a later evaluation)
@@ -45,15 +55,21 @@ def evaluate_split(model, tokenizer, builder, captions: dict, config: Config, ar
 
         scores.update(object_scores(predictions, config.data.scenes_file))
     write_per_image_scores(artifacts_dir, split_name, beam_size, evaluator.per_image)
-    records = [_record(image_id, result, references[image_id], position < GALLERY_SIZE)
-               for position, (image_id, result) in enumerate(zip(image_ids, results))]
+    records = [
+        _record(image_id, result, references[image_id], position < GALLERY_SIZE)
+        for position, (image_id, result) in enumerate(zip(image_ids, results))
+    ]
     name = predictions_name(split_name, beam_size if beside_run else None)
     write_predictions(artifacts_dir, name, split_name, beam_size, scores, records)
     if tracker is not None:
         tracker.log_bleu_scores(**{f"bleu{n}": scores[f"bleu{n}"] for n in range(1, 5)})
         tracker.log_scores(**{k: v for k, v in scores.items() if not k.startswith("bleu")})
-        tracker.sections["evaluation"] = {"split": split_name, "beam_size": beam_size, "images": len(image_ids),
-                                          "predictions": name}
+        tracker.sections["evaluation"] = {
+            "split": split_name,
+            "beam_size": beam_size,
+            "images": len(image_ids),
+            "predictions": name,
+        }
     for record in records[:show]:
         print(f"\n{record['image_id']}\n  predicted: {record['prediction']}")
         for reference in record["references"]:

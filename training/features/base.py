@@ -77,7 +77,9 @@ class BaseFeatureExtractor(abc.ABC):
             if len(shape) != 4:
                 raise ValueError(f"{type(self).__name__}.build_model() must output (batch, h, w, channels), got {shape}")
             if self.FEATURE_DIM and shape[-1] != self.FEATURE_DIM:
-                raise ValueError(f"{type(self).__name__}: FEATURE_DIM is {self.FEATURE_DIM} but the model gives {shape[-1]} channels")
+                raise ValueError(
+                    f"{type(self).__name__}: FEATURE_DIM is {self.FEATURE_DIM} but the model gives {shape[-1]} channels"
+                )
             self._model = model
         return self._model
 

@@ -47,14 +47,18 @@ class KerasApplicationExtractor(BaseFeatureExtractor):
         network is a UserInputError naming the key."""
         path = Path(self.weights)
         if not path.is_file():
-            raise UserInputError(f"'extractor_weights': file not found: {path} ({self.name} needs it: put it back, "
-                                 f"or point extractor_weights at its new place)")
+            raise UserInputError(
+                f"'extractor_weights': file not found: {path} ({self.name} needs it: put it back, "
+                f"or point extractor_weights at its new place)"
+            )
         try:
             return build(include_top=False, weights=str(path), input_shape=(*self.image_size, 3))
         except (ValueError, OSError) as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise UserInputError(f"'extractor_weights': {path} does not load into {self.name} ({reason}); use the "
-                                 f"{self.name} weights without the classifier ({self.WEIGHTS_FILE})") from None
+            raise UserInputError(
+                f"'extractor_weights': {path} does not load into {self.name} ({reason}); use the "
+                f"{self.name} weights without the classifier ({self.WEIGHTS_FILE})"
+            ) from None
 
     def preprocess(self, images):
         images = tf.cast(images, tf.float32)
@@ -97,10 +101,15 @@ WEIGHTS_FILES = {
 def _extractor_class(name, application, preprocessing, feature_dim, image_size, min_image_size) -> type:
     """The `<name>Extractor` class of one BACKBONES row, registered under `name`."""
     attributes = {
-        "NAME": name, "APPLICATION": application, "PREPROCESSING": preprocessing, "FEATURE_DIM": feature_dim,
+        "NAME": name,
+        "APPLICATION": application,
+        "PREPROCESSING": preprocessing,
+        "FEATURE_DIM": feature_dim,
         "WEIGHTS_FILE": WEIGHTS_FILES[name],
-        "DEFAULT_IMAGE_SIZE": image_size, "MIN_IMAGE_SIZE": min_image_size,
-        "__module__": __name__, "__qualname__": f"{name}Extractor",
+        "DEFAULT_IMAGE_SIZE": image_size,
+        "MIN_IMAGE_SIZE": min_image_size,
+        "__module__": __name__,
+        "__qualname__": f"{name}Extractor",
         "__doc__": f"keras.applications.{application} without its classifier head, as a feature extractor.",
     }
     return register_extractor(name)(type(f"{name}Extractor", (KerasApplicationExtractor,), attributes))

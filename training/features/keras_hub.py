@@ -34,8 +34,10 @@ def _keras_hub():
     try:
         import keras_hub
     except ImportError as error:
-        raise UserInputError(f"'feature_extractor': keras_hub extractors need keras-hub ({error}); "
-                             "install it: pip install -e '.[keras-hub]' (see the README's Configuration)") from None
+        raise UserInputError(
+            f"'feature_extractor': keras_hub extractors need keras-hub ({error}); "
+            "install it: pip install -e '.[keras-hub]' (see the README's Configuration)"
+        ) from None
     return keras_hub
 
 
@@ -53,9 +55,11 @@ def vision_tokens(backbone) -> tuple:
         return images, encoder.output, encoder.post_layer_norm.output, encoder.patch_size
     if isinstance(encoder, models.DINOV2Backbone):
         tokens = encoder.output  # class token, register tokens, then the patches
-        return images, tokens[:, 0], tokens[:, 1 + encoder.num_register_tokens:], encoder.patch_size
-    raise UserInputError(f"'feature_extractor': {type(backbone).__name__} is not a vision encoder this pipeline "
-                         "reads; keras_hub extractors take CLIP, SigLIP and DINOv2 presets")
+        return images, tokens[:, 0], tokens[:, 1 + encoder.num_register_tokens :], encoder.patch_size
+    raise UserInputError(
+        f"'feature_extractor': {type(backbone).__name__} is not a vision encoder this pipeline "
+        "reads; keras_hub extractors take CLIP, SigLIP and DINOv2 presets"
+    )
 
 
 class KerasHubExtractor(BaseFeatureExtractor):
@@ -65,8 +69,14 @@ class KerasHubExtractor(BaseFeatureExtractor):
     CLASS_TOKEN: bool = False
     MIN_IMAGE_SIZE = 8
 
-    def __init__(self, image_size=None, weights: str | None = "imagenet", batch_size: int = 32,
-                 backbone: dict | None = None, converter: dict | None = None):
+    def __init__(
+        self,
+        image_size=None,
+        weights: str | None = "imagenet",
+        batch_size: int = 32,
+        backbone: dict | None = None,
+        converter: dict | None = None,
+    ):
         # backbone, converter: their serialized configs (spec()), to rebuild the network without its preset.
         self._backbone_config, self._converter_config = backbone, converter
         self._converter = keras.saving.deserialize_keras_object(converter) if converter and _keras_hub() else None
@@ -84,7 +94,8 @@ class KerasHubExtractor(BaseFeatureExtractor):
             except (ValueError, FileNotFoundError, OSError) as error:
                 raise UserInputError(
                     f"'feature_extractor': {self.name}: no image converter in the preset ({error}); a local preset "
-                    "folder needs the encoder's image_converter.json (image_converter.save_to_preset(folder))") from None
+                    "folder needs the encoder's image_converter.json (image_converter.save_to_preset(folder))"
+                ) from None
         return self._converter
 
     def preprocess(self, images):
@@ -117,22 +128,28 @@ class KerasHubExtractor(BaseFeatureExtractor):
             raise UserInputError(f"'feature_extractor': {self.name}: cannot load the preset ({error})") from None
         if is_weights_file(self.weights):
             if not Path(self.weights).is_file():
-                raise UserInputError(f"'extractor_weights': file not found: {self.weights} ({self.name} needs it: "
-                                     "put it back, or point extractor_weights at its new place)")
+                raise UserInputError(
+                    f"'extractor_weights': file not found: {self.weights} ({self.name} needs it: "
+                    "put it back, or point extractor_weights at its new place)"
+                )
             try:
                 backbone.load_weights(self.weights)
             except (ValueError, OSError) as error:
                 reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                raise UserInputError(f"'extractor_weights': {self.weights} does not load into {self.name} "
-                                     f"({reason}); save it from the same backbone (backbone.save_weights)") from None
+                raise UserInputError(
+                    f"'extractor_weights': {self.weights} does not load into {self.name} "
+                    f"({reason}); save it from the same backbone (backbone.save_weights)"
+                ) from None
         return backbone
 
     def build_model(self) -> keras.Model:
         images, class_token, patches, patch_size = vision_tokens(self.load_backbone())
         size = tuple(int(side) for side in images.shape[1:3])
         if size != self.image_size:
-            raise UserInputError(f"'image_size': {self.name} takes {list(size)} px images, not {list(self.image_size)}: "
-                                 f"set image_size: {list(size)}")
+            raise UserInputError(
+                f"'image_size': {self.name} takes {list(size)} px images, not {list(self.image_size)}: "
+                f"set image_size: {list(size)}"
+            )
         # The grid from the image and patch sizes: keras-hub 0.32 gives SigLIP's patches a static length one too many.
         rows, cols, channels = size[0] // patch_size, size[1] // patch_size, patches.shape[-1]
         if self.CLASS_TOKEN:  # one row: the patches, then the class token
@@ -154,8 +171,13 @@ def extractor_class(name: str, preset: str) -> type:
     folder = Path(preset).expanduser()
     if folder.is_dir():
         preset = str(folder.resolve())
-    attributes = {"NAME": name, "PRESET": preset, "CLASS_TOKEN": name.startswith(f"{CLASS_TOKEN_PREFIX}:"),
-                  "__module__": __name__, "__qualname__": "KerasHubExtractor"}
+    attributes = {
+        "NAME": name,
+        "PRESET": preset,
+        "CLASS_TOKEN": name.startswith(f"{CLASS_TOKEN_PREFIX}:"),
+        "__module__": __name__,
+        "__qualname__": "KerasHubExtractor",
+    }
     return type("KerasHubExtractor", (KerasHubExtractor,), attributes)
 
 

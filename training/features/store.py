@@ -170,7 +170,7 @@ class FeatureStore:
         state, features = _resume(directory, wanted)
         if state is not None:
             logger.info("resuming feature extraction in %s at row %d of %d", directory, state["rows_done"], len(features))
-            resumed = set(state["image_ids"][state["rows_done"]:])
+            resumed = set(state["image_ids"][state["rows_done"] :])
             extracted += len(resumed)
             _fill(features, state, extractor, images_path, directory, chunk_size, verbose)
             del features  # unmaps the file before it is renamed
@@ -200,7 +200,10 @@ class FeatureStore:
         store.extracted, store.skipped = extracted, bad
         logger.info(
             "feature store %s (%s): %d image(s) reused, %d extracted%s",
-            directory, extractor.name, store.reused, store.extracted,
+            directory,
+            extractor.name,
+            store.reused,
+            store.extracted,
             f", {len(bad)} unreadable skipped" if bad else "",
         )
         return store
@@ -278,7 +281,12 @@ def _start(directory: Path, wanted: dict, extractor, old: FeatureStore | None, n
     save_json({k: v for k, v in state.items() if k != "rows_done"}, directory / PARTIAL_STATE_FILE)
     save_json({"fingerprint": state["fingerprint"], "rows_done": len(old_ids)}, directory / PARTIAL_ROWS_FILE)
     if old_ids:
-        logger.info("copied the %d rows of %s into a larger file for %d new image(s)", len(old_ids), directory / FEATURES_FILE, len(new_ids))
+        logger.info(
+            "copied the %d rows of %s into a larger file for %d new image(s)",
+            len(old_ids),
+            directory / FEATURES_FILE,
+            len(new_ids),
+        )
     return state, features
 
 
@@ -313,8 +321,13 @@ def _resume(directory: Path, wanted: dict):
     except (ValueError, OSError):  # damaged partial files: start over rather than trust them
         return None, None
     if any(state.get(key) != wanted[key] for key in RECIPE_KEYS):
-        raise _conflict(directory, "an unfinished feature extraction", state, wanted,
-                        [PARTIAL_FEATURES_FILE, PARTIAL_STATE_FILE, PARTIAL_ROWS_FILE])
+        raise _conflict(
+            directory,
+            "an unfinished feature extraction",
+            state,
+            wanted,
+            [PARTIAL_FEATURES_FILE, PARTIAL_STATE_FILE, PARTIAL_ROWS_FILE],
+        )
     try:
         _reserve(paths[2])  # a partial file of an older version may still be sparse
         features = np.lib.format.open_memmap(paths[2], mode="r+")

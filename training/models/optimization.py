@@ -60,12 +60,15 @@ def learning_rate_schedule(training: TrainingConfig, steps_per_epoch: int | None
     total = t.epochs * steps_per_epoch
     warmup = min(t.warmup_steps, total)
     return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0, decay_steps=max(1, total - warmup), alpha=t.min_learning_rate / t.learning_rate,
-        warmup_target=t.learning_rate, warmup_steps=warmup)
+        initial_learning_rate=0.0,
+        decay_steps=max(1, total - warmup),
+        alpha=t.min_learning_rate / t.learning_rate,
+        warmup_target=t.learning_rate,
+        warmup_steps=warmup,
+    )
 
 
-def compile_caption_model(model: keras.Model, config: Config | TrainingConfig,
-                          steps_per_epoch: int | None = None) -> keras.Model:
+def compile_caption_model(model: keras.Model, config: Config | TrainingConfig, steps_per_epoch: int | None = None) -> keras.Model:
     """Compile as training does: FusedAdam with the config's learning rate (or warmup_cosine schedule, which
     needs `steps_per_epoch`) and clipnorm, the masked cross-entropy (label-smoothed with label_smoothing),
     masked accuracy, XLA if use_xla. `config` is a Config or its TrainingConfig. Returns the model.

@@ -75,10 +75,12 @@ def pack_samples(sequences, advantages, samples: int, start_id: int):
     def per_image(ragged):  # (images * samples, None) -> (images, None): an image's samples end to end
         return tf.RaggedTensor.from_uniform_row_length(ragged, samples).merge_dims(1, 2).to_tensor()
 
-    return (per_image(tf.RaggedTensor.from_tensor(inputs, lengths=lengths)),
-            per_image(tf.RaggedTensor.from_tensor(sequences, lengths=lengths)),
-            per_image(tf.ragged.range(lengths)),
-            per_image(tf.RaggedTensor.from_row_lengths(tf.repeat(weights, lengths), lengths)))
+    return (
+        per_image(tf.RaggedTensor.from_tensor(inputs, lengths=lengths)),
+        per_image(tf.RaggedTensor.from_tensor(sequences, lengths=lengths)),
+        per_image(tf.ragged.range(lengths)),
+        per_image(tf.RaggedTensor.from_row_lengths(tf.repeat(weights, lengths), lengths)),
+    )
 
 
 def scst_train_step(model, sampler):
@@ -90,8 +92,13 @@ def scst_train_step(model, sampler):
     samples, start_id = sampler.samples, sampler.tokenizer.start_id
 
     # Traced once: any number of images, and packed rows of any length.
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.float32), tf.TensorSpec([None, None], tf.int32),
-                                  tf.TensorSpec([None], tf.float32)])
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None, None], tf.float32),
+            tf.TensorSpec([None, None], tf.int32),
+            tf.TensorSpec([None], tf.float32),
+        ]
+    )
     def train_step(features, sequences, advantages):
         inputs, targets, positions, weights = pack_samples(sequences, advantages, samples, start_id)
         with tf.GradientTape() as tape:
@@ -115,8 +122,17 @@ def compile_for_scst(model, learning_rate: float, clipnorm: float | None) -> Non
 class SelfCriticalTrainer:
     """Runs the SCST stage of a run in `artifacts_dir`; `run(xe_model, xe_epochs)` returns (final model, facts)."""
 
-    def __init__(self, config, artifacts_dir, tokenizer, builder, train_captions: dict, validation, tracker=None,
-                 callbacks: list | None = None):
+    def __init__(
+        self,
+        config,
+        artifacts_dir,
+        tokenizer,
+        builder,
+        train_captions: dict,
+        validation,
+        tracker=None,
+        callbacks: list | None = None,
+    ):
         from training.evaluation.inference import CaptionSampler  # noqa: F401 - fail early if missing
 
         self.config, self.artifacts_dir = config, Path(artifacts_dir)
@@ -187,14 +203,23 @@ class SelfCriticalTrainer:
             log.info("SCST: resuming from %s: %d of %d epoch(s) done", folder, state["epoch"], t.scst_epochs)
             return keras.saving.load_model(folder / STATE_MODEL_FILE), state
         if latest:
-            log.warning("SCST: the saved SCST state followed %s cross-entropy epochs, this run has %d: SCST starts again",
-                        latest[1].get("xe_epochs"), xe_epochs)
+            log.warning(
+                "SCST: the saved SCST state followed %s cross-entropy epochs, this run has %d: SCST starts again",
+                latest[1].get("xe_epochs"),
+                xe_epochs,
+            )
         xe_val = self.validation.score(xe_model)
         log.info("SCST: cross-entropy model val BLEU-4 %.4f, CIDEr-D %.4f", xe_val["val_bleu4"], xe_val["val_cider"])
         model = keras.saving.load_model(self.artifacts_dir / XE_MODEL)  # a copy: the XE model stays as it is
         compile_for_scst(model, t.scst_learning_rate, t.clipnorm)
-        state = {"epoch": 0, "xe_epochs": xe_epochs, "xe_val_cider": xe_val["val_cider"],
-                 "xe_val_bleu4": xe_val["val_bleu4"], "best_val_cider": -math.inf, "best_epoch": None}
+        state = {
+            "epoch": 0,
+            "xe_epochs": xe_epochs,
+            "xe_val_cider": xe_val["val_cider"],
+            "xe_val_bleu4": xe_val["val_bleu4"],
+            "best_val_cider": -math.inf,
+            "best_epoch": None,
+        }
         return model, state
 
     # -- the stage ---------------------------------------------------------------------------------
@@ -208,15 +233,25 @@ class SelfCriticalTrainer:
         else:
             log.info("SCST: %d of %d epoch(s) already done", state["epoch"], t.scst_epochs)
         improved = state["best_epoch"] is not None and state["best_val_cider"] > state["xe_val_cider"]
-        facts = {"final_model": "scst" if improved else "xe", "scst_epochs": state["epoch"],
-                 "xe_val_cider": state["xe_val_cider"], "scst_best_val_cider": state["best_val_cider"],
-                 "scst_best_epoch": state["best_epoch"]}
+        facts = {
+            "final_model": "scst" if improved else "xe",
+            "scst_epochs": state["epoch"],
+            "xe_val_cider": state["xe_val_cider"],
+            "scst_best_val_cider": state["best_val_cider"],
+            "scst_best_epoch": state["best_epoch"],
+        }
         if improved:
-            log.info("SCST: final model is the SCST one (val CIDEr-D %.4f > %.4f of the cross-entropy model)",
-                     state["best_val_cider"], state["xe_val_cider"])
+            log.info(
+                "SCST: final model is the SCST one (val CIDEr-D %.4f > %.4f of the cross-entropy model)",
+                state["best_val_cider"],
+                state["xe_val_cider"],
+            )
             return keras.saving.load_model(self.artifacts_dir / SCST_CHECKPOINT), facts
-        log.info("SCST: final model is the cross-entropy one (its val CIDEr-D %.4f; SCST's best %.4f)",
-                 state["xe_val_cider"], state["best_val_cider"])
+        log.info(
+            "SCST: final model is the cross-entropy one (its val CIDEr-D %.4f; SCST's best %.4f)",
+            state["xe_val_cider"],
+            state["best_val_cider"],
+        )
         return xe_model, facts
 
     def train(self, model, state: dict, sampler) -> None:
@@ -234,12 +269,14 @@ class SelfCriticalTrainer:
                 if callbacks:
                     callbacks.on_epoch_begin(epoch)
                 order = np.random.default_rng([seed, epoch]).permutation(len(image_ids))
-                batches = [order[i:i + self.images_per_batch] for i in range(0, len(order), self.images_per_batch)]
+                batches = [order[i : i + self.images_per_batch] for i in range(0, len(order), self.images_per_batch)]
                 losses, rewards = [], []
                 batch_ids = [[image_ids[i] for i in batch] for batch in batches]
                 # The next batch's features are read from the store on a thread while this one trains.
                 upcoming = prefetch.submit(self.features, batch_ids[0])
-                bar = tqdm(batches, desc=f"SCST epoch {epoch + 1}", unit="batch", leave=False, disable=not draws_progress(sys.stderr))
+                bar = tqdm(
+                    batches, desc=f"SCST epoch {epoch + 1}", unit="batch", leave=False, disable=not draws_progress(sys.stderr)
+                )
                 for number, _ in enumerate(bar):
                     ids, features = batch_ids[number], upcoming.result()
                     if number + 1 < len(batches):
@@ -250,13 +287,21 @@ class SelfCriticalTrainer:
                     if callbacks:
                         callbacks.on_train_batch_end(number, {"loss": losses[-1], "reward": rewards[-1]})
                 values = self.validation.score(model)
-                logs = {"train_loss": float(np.mean(losses)), "reward": float(np.mean(rewards)), **values,
-                        "learning_rate": float(t.scst_learning_rate),
-                        "epoch_time_seconds": round(time.perf_counter() - started, 3)}
+                logs = {
+                    "train_loss": float(np.mean(losses)),
+                    "reward": float(np.mean(rewards)),
+                    **values,
+                    "learning_rate": float(t.scst_learning_rate),
+                    "epoch_time_seconds": round(time.perf_counter() - started, 3),
+                }
                 saved = values["val_cider"] > state["best_val_cider"]
                 if saved:
-                    log.debug("SCST: val_cider improved from %.4f to %.4f: saving %s", state["best_val_cider"],
-                              values["val_cider"], self.artifacts_dir / SCST_CHECKPOINT)
+                    log.debug(
+                        "SCST: val_cider improved from %.4f to %.4f: saving %s",
+                        state["best_val_cider"],
+                        values["val_cider"],
+                        self.artifacts_dir / SCST_CHECKPOINT,
+                    )
                     with atomic_path(self.artifacts_dir / SCST_CHECKPOINT) as tmp:
                         model.save(tmp)
                     state.update(best_val_cider=values["val_cider"], best_epoch=epoch + 1)
@@ -264,10 +309,18 @@ class SelfCriticalTrainer:
                     self.tracker.log_metrics(epoch=epoch + 1, stage="scst", **logs)
                 state["epoch"] += 1
                 self.save_state(model, state)
-                log.info("SCST epoch %d/%d (run epoch %d) | reward %.4f | loss %.4f | val_bleu4 %.4f | val_cider %.4f | %.1fs%s",
-                         state["epoch"], t.scst_epochs, epoch + 1, logs["reward"], logs["train_loss"],
-                         values["val_bleu4"], values["val_cider"], logs["epoch_time_seconds"],
-                         f" | saved {SCST_CHECKPOINT}" if saved else "")
+                log.info(
+                    "SCST epoch %d/%d (run epoch %d) | reward %.4f | loss %.4f | val_bleu4 %.4f | val_cider %.4f | %.1fs%s",
+                    state["epoch"],
+                    t.scst_epochs,
+                    epoch + 1,
+                    logs["reward"],
+                    logs["train_loss"],
+                    values["val_bleu4"],
+                    values["val_cider"],
+                    logs["epoch_time_seconds"],
+                    f" | saved {SCST_CHECKPOINT}" if saved else "",
+                )
                 if callbacks:
                     callbacks.on_epoch_end(epoch, logs)
         except KeyboardInterrupt as interrupt:

@@ -50,10 +50,17 @@ class CallbackFactory:
         return keras.callbacks.EarlyStopping(monitor=monitor, patience=patience, verbose=1, mode=mode)
 
     @staticmethod
-    def reduce_lr(factor: float = 0.5, patience: int = 2, min_lr: float = 1e-6, monitor: str = "val_loss", mode: str = "min",
-                  verbose: int = 1):
-        return keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=factor, patience=patience, min_lr=min_lr,
-                                                 verbose=verbose, mode=mode)
+    def reduce_lr(
+        factor: float = 0.5,
+        patience: int = 2,
+        min_lr: float = 1e-6,
+        monitor: str = "val_loss",
+        mode: str = "min",
+        verbose: int = 1,
+    ):
+        return keras.callbacks.ReduceLROnPlateau(
+            monitor=monitor, factor=factor, patience=patience, min_lr=min_lr, verbose=verbose, mode=mode
+        )
 
     @staticmethod
     def tensorboard(log_dir) -> keras.callbacks.TensorBoard:
@@ -111,8 +118,13 @@ class Trainer:
     # -- model -----------------------------------------------------------------------------------
     def _resume_state(self, tracked=None, directory=None) -> ResumeState:
         directory = directory or self.output_dir / RESUME_DIR
-        return ResumeState(directory, identity_fingerprint(self.identity), tracked or {},
-                           identity=self.identity, epochs=self.config.training.epochs)
+        return ResumeState(
+            directory,
+            identity_fingerprint(self.identity),
+            tracked or {},
+            identity=self.identity,
+            epochs=self.config.training.epochs,
+        )
 
     def build_model(self, vocab_size: int, max_length: int, embedding_matrix=None):
         """A compiled model: resumed from the last completed epoch when allowed, else new."""
@@ -124,8 +136,10 @@ class Trainer:
                 model_path, state = latest
                 changed = differences(state.get("identity") or {}, self.identity)
                 if changed:  # the training command refuses this before writing anything; a library caller gets the same
-                    raise RunConflict(f"{model_path.parent} was trained with other settings: {'; '.join(changed)}. "
-                                      "Use another artifacts_dir, or set resume: false (--fresh).")
+                    raise RunConflict(
+                        f"{model_path.parent} was trained with other settings: {'; '.join(changed)}. "
+                        "Use another artifacts_dir, or set resume: false (--fresh)."
+                    )
                 model = keras.saving.load_model(model_path)
                 self.initial_epoch, self._resume_from = state["epoch"], state
                 log.info("resuming from %s: %d epoch(s) done", model_path.parent, state["epoch"])
@@ -150,8 +164,9 @@ class Trainer:
             callbacks.append(caption_metrics)
         callbacks += [checkpoint, early_stopping]
         if t.lr_schedule == "plateau":  # under warmup_cosine the schedule alone sets the learning rate
-            tracked["reduce_lr"] = CallbackFactory.reduce_lr(t.reduce_lr_factor, t.reduce_lr_patience, t.min_learning_rate,
-                                                             verbose=0, **monitored)
+            tracked["reduce_lr"] = CallbackFactory.reduce_lr(
+                t.reduce_lr_factor, t.reduce_lr_patience, t.min_learning_rate, verbose=0, **monitored
+            )
             callbacks.append(tracked["reduce_lr"])
         if self.is_chief:
             callbacks.append(CallbackFactory.tensorboard(self.output_dir / LOGS_DIR))
@@ -162,8 +177,15 @@ class Trainer:
         resume.restore_from = self._resume_from
         return callbacks + [resume], resume
 
-    def train(self, model, train_dataset, val_dataset, callbacks: list | None = None,
-              verbose: int | str = "auto", steps_per_epoch: int | None = None) -> keras.callbacks.History | None:
+    def train(
+        self,
+        model,
+        train_dataset,
+        val_dataset,
+        callbacks: list | None = None,
+        verbose: int | str = "auto",
+        steps_per_epoch: int | None = None,
+    ) -> keras.callbacks.History | None:
         """model.fit from `initial_epoch` to `epochs` with the standard callbacks plus `callbacks`.
 
         `train_dataset` is either one epoch of batches, or an endless stream of epochs starting at

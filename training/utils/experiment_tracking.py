@@ -22,7 +22,6 @@ from training.utils.io import ensure_dir, save_json
 logger = logging.getLogger(__name__)
 
 
-
 def set_global_seed(seed: int, deterministic_ops: bool = True) -> None:
     """Seed Python, NumPy and the Keras/TF backend; with deterministic_ops, two CPU runs give identical losses."""
     import keras
@@ -141,8 +140,9 @@ class ExperimentTracker:
         self.rows = [r for r in self.rows if r["epoch"] < epoch] + [row]
         write_metrics(self.metrics_path, self.rows)
 
-    def log_bleu_scores(self, bleu1: float | None = None, bleu2: float | None = None,
-                        bleu3: float | None = None, bleu4: float | None = None) -> None:
+    def log_bleu_scores(
+        self, bleu1: float | None = None, bleu2: float | None = None, bleu3: float | None = None, bleu4: float | None = None
+    ) -> None:
         values = {"test_bleu1": bleu1, "test_bleu2": bleu2, "test_bleu3": bleu3, "test_bleu4": bleu4}
         self.bleu_scores.update({k: _to_jsonable(v) for k, v in values.items() if v is not None})
 
@@ -157,8 +157,9 @@ class ExperimentTracker:
         """Images that could not be read and were skipped: {"image", "path", "reason"} dicts, or image names."""
         for image in images:
             entry = image if isinstance(image, dict) else {"image": str(image)}
-            self.bad_images.append(_to_jsonable({"image": entry.get("image"), "path": entry.get("path"),
-                                                 "reason": entry.get("reason")}))
+            self.bad_images.append(
+                _to_jsonable({"image": entry.get("image"), "path": entry.get("path"), "reason": entry.get("reason")})
+            )
 
     def summary(self) -> dict[str, Any]:
         final_metrics = _to_jsonable({k: v for k, v in self.rows[-1].items() if v is not None} if self.rows else {})

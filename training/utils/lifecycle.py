@@ -34,17 +34,26 @@ from training.configs import Config, ConfigError
 from training.configs.training_config import is_weights_file
 
 # Keys a rerun may change without being refused. Later training stages add their epoch budgets here.
-EXTENDING_KEYS = frozenset({
-    "epochs", "early_stopping_patience",  # a larger budget extends or reopens the run
-    "beam_size", "eval_max_images",  # evaluation settings
-    "scst_epochs",  # a larger SCST budget continues a finished run with (more) SCST epochs
-    "val_caption_images", "eval_every", "scenes_file",  # caption metrics measured during and after training
-    "run_name", "resume",  # naming and logging the run, and how it is started
-    "use_mixed_precision",  # how this machine computes (the policy depends on the machine anyway)
-    # Where things lie: moving a data set or a run folder must not block a resume. The images
-    # reach training only through the feature store, which is keyed by image id.
-    "artifacts_dir", "images_path", "features_dir",
-})
+EXTENDING_KEYS = frozenset(
+    {
+        "epochs",
+        "early_stopping_patience",  # a larger budget extends or reopens the run
+        "beam_size",
+        "eval_max_images",  # evaluation settings
+        "scst_epochs",  # a larger SCST budget continues a finished run with (more) SCST epochs
+        "val_caption_images",
+        "eval_every",
+        "scenes_file",  # caption metrics measured during and after training
+        "run_name",
+        "resume",  # naming and logging the run, and how it is started
+        "use_mixed_precision",  # how this machine computes (the policy depends on the machine anyway)
+        # Where things lie: moving a data set or a run folder must not block a resume. The images
+        # reach training only through the feature store, which is keyed by image id.
+        "artifacts_dir",
+        "images_path",
+        "features_dir",
+    }
+)
 # The files of a local keras-hub preset folder that shape its features.
 PRESET_FILES = ("config.json", "image_converter.json", "model.weights.h5")
 # Data files compared by contents (size and sha256), not by path.
@@ -214,20 +223,26 @@ def training_left(state: dict | None, config: Config) -> tuple[bool, str]:
     t, done = config.training, int(state["epoch"])
     ended = state.get("ended")
     if ended == "nan":
-        return False, (f"the run ended when the loss became NaN in epoch {done + 1}; it is not continued. "
-                       "To train again, rerun with --fresh and a lower learning_rate (or set clipnorm)")
+        return False, (
+            f"the run ended when the loss became NaN in epoch {done + 1}; it is not continued. "
+            "To train again, rerun with --fresh and a lower learning_rate (or set clipnorm)"
+        )
     reopened = False
     if ended == "early_stopping":
         patience = int(state["early_stopping_patience"])
         if t.early_stopping_patience <= patience:
-            return False, (f"the run ended by early stopping after epoch {done} (early_stopping_patience {patience}); "
-                           "a larger early_stopping_patience reopens it")
+            return False, (
+                f"the run ended by early stopping after epoch {done} (early_stopping_patience {patience}); "
+                "a larger early_stopping_patience reopens it"
+            )
         reopened = True
     if done >= t.epochs:
         return False, f"training already complete ({done} of {t.epochs} epochs): nothing to fit; a larger epochs extends it"
     if reopened:
-        return True, (f"reopening the early-stopped run (early_stopping_patience {state['early_stopping_patience']} -> "
-                      f"{t.early_stopping_patience}): epochs {done + 1} to {t.epochs}")
+        return True, (
+            f"reopening the early-stopped run (early_stopping_patience {state['early_stopping_patience']} -> "
+            f"{t.early_stopping_patience}): epochs {done + 1} to {t.epochs}"
+        )
     budget = state.get("epochs")
     if budget is not None and done >= budget:
         return True, f"extending the finished run from {budget} to {t.epochs} epochs: epochs {done + 1} to {t.epochs}"
@@ -272,8 +287,10 @@ def check_resume_files(artifacts_dir: str | Path) -> None:
             continue
         earlier = [p.name for p in latest[0].parent.glob("epoch_*") if p.name < latest[0].name and (p / STATE_FILE).is_file()]
         way = f"delete {latest[0]} to continue from {max(earlier)}, or " if earlier else ""
-        raise ConfigError(f"{model_file} is damaged ({problem}); nothing was changed. To go on, {way}rerun with --fresh "
-                          "to train from the first epoch (this run is moved to previous_runs/, the feature store stays)")
+        raise ConfigError(
+            f"{model_file} is damaged ({problem}); nothing was changed. To go on, {way}rerun with --fresh "
+            "to train from the first epoch (this run is moved to previous_runs/, the feature store stays)"
+        )
 
 
 def keep_aside(artifacts_dir: str | Path) -> Path | None:

@@ -98,8 +98,12 @@ def matmul_rates(size: int = PROBE_SIZE, repeats: int = PROBE_REPEATS, dtypes=("
 def probe_matmul_rates() -> dict[str, float]:
     """Median float32 and bfloat16 matmul GFLOP/s, measured in a subprocess, so that this process's
     TensorFlow runtime is not started (a multi-worker strategy must be created before it is)."""
-    done = subprocess.run([sys.executable, "-m", "training.utils.mixed_precision"], capture_output=True, text=True,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    done = subprocess.run(
+        [sys.executable, "-m", "training.utils.mixed_precision"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     if done.returncode:
         raise RuntimeError(f"the matmul probe failed (exit {done.returncode}): {done.stderr.strip()[-500:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -118,8 +122,9 @@ def cached_matmul_rates(path: Path | None = None, probe: Callable[[], dict] = pr
     from training.utils.io import load_json, save_json
 
     path = path or probe_cache_path()
-    key = hashlib.sha256(json.dumps([cpu_model(), sorted(cpu_flags()), os.cpu_count(), version("keras"),
-                                     _tensorflow_version()]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps([cpu_model(), sorted(cpu_flags()), os.cpu_count(), version("keras"), _tensorflow_version()]).encode()
+    ).hexdigest()[:16]
     try:
         cache = load_json(path) if path.is_file() else {}
     except (OSError, ValueError):
@@ -165,8 +170,10 @@ def choose_policy(setting, gpus: list, flags: set, onednn: bool, rates: Callable
         return "mixed_bfloat16", "auto: the CPU has AMX, whose bfloat16 matmuls are several times float32's"
     measured = rates()
     speedup = measured["bfloat16"] / measured["float32"]
-    how = (f"bfloat16 matmuls {measured['bfloat16']:.0f} GFLOP/s against {measured['float32']:.0f} for float32 "
-           f"({speedup:.2f}x, measured {measured.get('measured_at', 'now')})")
+    how = (
+        f"bfloat16 matmuls {measured['bfloat16']:.0f} GFLOP/s against {measured['float32']:.0f} for float32 "
+        f"({speedup:.2f}x, measured {measured.get('measured_at', 'now')})"
+    )
     if speedup >= BFLOAT16_MIN_SPEEDUP:
         return "mixed_bfloat16", f"auto: AVX512-BF16 without AMX, {how}"
     return "float32", f"auto: AVX512-BF16 without AMX, but {how}, under {BFLOAT16_MIN_SPEEDUP}x"
@@ -188,8 +195,7 @@ def configure_precision(use_mixed_precision: bool | str = "auto") -> str:
     from training.utils.keras_private import onednn_enabled
 
     gpus = configure_gpus()
-    policy, why = choose_policy(use_mixed_precision, gpus, cpu_flags(), onednn_enabled(),
-                                lambda: cached_matmul_rates()[0])
+    policy, why = choose_policy(use_mixed_precision, gpus, cpu_flags(), onednn_enabled(), lambda: cached_matmul_rates()[0])
     # Set float32 explicitly too: the policy is process-global and an earlier run may have changed it.
     keras.mixed_precision.set_global_policy(policy)
     logger.info("Keras precision policy: %s (%s)", policy, why)

@@ -51,8 +51,12 @@ def _finite(value) -> bool:
 
 
 def _epoch_metrics(path: Path) -> list[tuple[str, float, int]]:
-    return [(key, float(value), row["epoch"]) for row in read_metrics(path)
-            for key, value in row.items() if key != "epoch" and _finite(value)]
+    return [
+        (key, float(value), row["epoch"])
+        for row in read_metrics(path)
+        for key, value in row.items()
+        if key != "epoch" and _finite(value)
+    ]
 
 
 def _final_scores(summary: dict) -> dict[str, float]:
@@ -61,8 +65,9 @@ def _final_scores(summary: dict) -> dict[str, float]:
     return {k: float(v) for k, v in scores.items() if _finite(v)}
 
 
-def log_run_to_mlflow(artifacts_dir: str | Path, tracking_uri: str | None = None,
-                      experiment_name: str = "image-captioning") -> bool:
+def log_run_to_mlflow(
+    artifacts_dir: str | Path, tracking_uri: str | None = None, experiment_name: str = "image-captioning"
+) -> bool:
     """Log the run in `artifacts_dir` as one MLflow run; False (and a debug log) when MLflow is not set up."""
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not tracking_uri:
@@ -93,7 +98,7 @@ def log_run_to_mlflow(artifacts_dir: str | Path, tracking_uri: str | None = None
         metrics = [Metric(k, v, now, step) for k, v, step in _epoch_metrics(artifacts / METRICS_FILE)]
         metrics += [Metric(k, v, now, 0) for k, v in _final_scores(summary).items()]
         for start in range(0, max(len(params), len(metrics)), 100):  # MLflow caps a batch at 100 params
-            client.log_batch(run_id, metrics=metrics[start:start + 100], params=params[start:start + 100])
+            client.log_batch(run_id, metrics=metrics[start : start + 100], params=params[start : start + 100])
         for pattern in REPORT_FILES:
             for path in sorted(artifacts.glob(pattern)):
                 client.log_artifact(run_id, str(path), "report")

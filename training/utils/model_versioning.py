@@ -126,9 +126,7 @@ class ModelVersionManager:
             raise FileExistsError(_exists_message(version, self.root))
         # Every top-level JSON beside the vocabulary (tokenizer metadata, config snapshot, run summary) belongs
         # to the run; registry.json / manifest.json are skipped because they would clash with ours.
-        vocab_files = sorted(
-            p for p in vocab_dir.glob("*.json") if p.is_file() and p.name not in (REGISTRY_FILE, MANIFEST_FILE)
-        )
+        vocab_files = sorted(p for p in vocab_dir.glob("*.json") if p.is_file() and p.name not in (REGISTRY_FILE, MANIFEST_FILE))
         if model_path.name in {p.name for p in vocab_files} | {MANIFEST_FILE}:
             raise ValueError(f"model file name '{model_path.name}' clashes with a vocabulary/manifest file name")
 

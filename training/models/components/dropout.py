@@ -43,8 +43,9 @@ class Dropout(keras.layers.Dropout):
         # Stateless ops take int32 seeds; Keras' own TensorFlow dropout folds its int64 state the same way.
         seed = tf.cast(tf.math.floormod(self.seed_generator.next(), tf.int32.max - 1), tf.int32)
         size = tf.size(inputs)
-        words = tf.random.stateless_uniform([(size + per_word - 1) // per_word], seed=seed, minval=None, maxval=None,
-                                            dtype=tf.uint32)
+        words = tf.random.stateless_uniform(
+            [(size + per_word - 1) // per_word], seed=seed, minval=None, maxval=None, dtype=tf.uint32
+        )
         values = tf.reshape(tf.reshape(tf.bitcast(words, unsigned), [-1])[:size], tf.shape(inputs))
         scale = tf.constant(2**bits / (2**bits - threshold), inputs.dtype)
         mask = tf.where(values >= tf.constant(threshold, unsigned), scale, tf.zeros([], inputs.dtype))

@@ -174,8 +174,10 @@ class TransformerDecoderBlock(keras.layers.Layer):
         # The cache grows by one position per step: appending copies only the steps so far, and
         # attention reads only them (a buffer of max_length slots written in place cost ~3 passes
         # over all its slots per step, most of them masked out).
-        keys, values = (ops.concatenate([cached, ops.cast(new, cached.dtype)], axis=2)
-                        for cached, new in zip(cache_kv, (new_keys, new_values)))
+        keys, values = (
+            ops.concatenate([cached, ops.cast(new, cached.dtype)], axis=2)
+            for cached, new in zip(cache_kv, (new_keys, new_values))
+        )
         out, _ = self.self_attention.attend(h, keys, values, training=False)
         x = x + out
         # region_kv may hold one image per k consecutive rows (beam search: its k hypotheses). The
@@ -257,7 +259,6 @@ class LSTMAttentionDecoder(keras.layers.Layer):
         config = super().get_config()
         config.update(hidden_dim=self.hidden_dim)
         return config
-
 
 
 @keras.saving.register_keras_serializable(package="training")

@@ -25,11 +25,17 @@ def _layer_norm(x, gamma, beta, epsilon: float):
         def grad(upstream):
             upstream = tf.cast(upstream, tf.float32)
             scaled = upstream * gamma
-            dx = inverse_std * (scaled - tf.reduce_mean(scaled, axis=-1, keepdims=True)
-                                - normalized * tf.reduce_mean(scaled * normalized, axis=-1, keepdims=True))
+            dx = inverse_std * (
+                scaled
+                - tf.reduce_mean(scaled, axis=-1, keepdims=True)
+                - normalized * tf.reduce_mean(scaled * normalized, axis=-1, keepdims=True)
+            )
             flat = [-1, tf.shape(upstream)[-1]]
-            return (tf.cast(dx, x.dtype), tf.reduce_sum(tf.reshape(upstream * normalized, flat), axis=0),
-                    tf.reduce_sum(tf.reshape(upstream, flat), axis=0))
+            return (
+                tf.cast(dx, x.dtype),
+                tf.reduce_sum(tf.reshape(upstream * normalized, flat), axis=0),
+                tf.reduce_sum(tf.reshape(upstream, flat), axis=0),
+            )
 
         return tf.cast(normalized * gamma + beta, x.dtype), grad
 
@@ -46,8 +52,12 @@ class LayerNormalization(keras.layers.LayerNormalization):
 
     def call(self, inputs):
         last = len(inputs.shape) - 1
-        if (keras.backend.backend() != "tensorflow" or self.rms_scaling or not (self.center and self.scale)
-                or [axis % (last + 1) for axis in self.axis] != [last]):
+        if (
+            keras.backend.backend() != "tensorflow"
+            or self.rms_scaling
+            or not (self.center and self.scale)
+            or [axis % (last + 1) for axis in self.axis] != [last]
+        ):
             return super().call(inputs)
         # Read outside the custom gradient, which would otherwise have to handle the variables itself.
         gamma, beta = ops.cast(self.gamma, "float32"), ops.cast(self.beta, "float32")
