@@ -52,7 +52,7 @@ BENCH_EPOCHS = 3  # short and fixed: see the module doc on why that is honest, a
 
 
 def finished_run(artifacts: Path) -> bool:
-    from training.artifacts import FINAL_MODEL
+    from training.run.artifacts import FINAL_MODEL
 
     names = (FINAL_MODEL, "config_snapshot.json", "wordtoix.json", "ixtoword.json", "features.npy", "features_index.json")
     return all((artifacts / name).is_file() for name in names)

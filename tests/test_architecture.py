@@ -80,8 +80,8 @@ def test_the_checker_finds_a_cycle_and_reads_imports_inside_functions(tmp_path):
     graph = package_graph()
     # training.captioner imports training.evaluation.loading only inside Captioner.from_artifacts.
     assert "training.evaluation.loading" in graph["training.captioner"]
-    assert "training.artifacts" in graph["training.utils.lifecycle"]
-    assert "training.utils" in graph["training.artifacts"]  # through training.utils.io
+    assert "training.run.artifacts" in graph["training.run.lifecycle"]
+    assert "training.utils" in graph["training.run.artifacts"]  # through training.utils.io
 
 
 def test_no_import_cycle_between_the_package_modules():
@@ -107,7 +107,7 @@ def test_commands_are_imported_by_no_other_module():
 
 
 def test_the_report_reads_the_feature_index_the_store_writes():
-    from training.artifacts import FEATURES_INDEX
     from training.features.store import INDEX_FILE
+    from training.run.artifacts import FEATURES_INDEX
 
     assert FEATURES_INDEX == INDEX_FILE

@@ -150,7 +150,7 @@ def test_a_moved_keras_hub_preset_keeps_its_feature_store(tmp_path):
 
 def test_a_moved_weights_file_or_preset_folder_is_the_same_run(tmp_path, monkeypatch):
     from training.configs import load_config
-    from training.utils.lifecycle import run_identity
+    from training.run.lifecycle import run_identity
 
     def identity(weights, extractor):
         return run_identity(

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import REPO, run_python
 
-from training.artifacts import FINAL_MODEL
+from training.run.artifacts import FINAL_MODEL
 
 IMAGES = 240  # 0.6 of them train: ~720 captions, 11+ batches of 64, past the bench's 10 warm-up steps
 

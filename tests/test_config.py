@@ -142,7 +142,7 @@ def test_config_from_dict_round_trips_and_paths_become_absolute(tmp_path):
 
 
 def test_run_identity_does_not_depend_on_where_the_files_lie(tmp_path):
-    from training.utils.lifecycle import run_identity
+    from training.run.lifecycle import run_identity
 
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from helpers import REPO, child_env, run_python, tiny_config
 
-from training.utils.lifecycle import KEPT_BY_FRESH
+from training.run.lifecycle import KEPT_BY_FRESH
 
 # Determinism on CPU: deterministic kernels, and no oneDNN (its kernels may sum in a thread-dependent
 # order). Like every run of helpers.run_python, the evaluation finds no Java and skips METEOR.
@@ -274,7 +274,7 @@ def test_on_a_terminal_keras_draws_its_bar_and_the_interrupt_message_begins_a_li
 # -- what a rerun may change, without training -------------------------------------------------
 def test_only_keys_that_shape_the_weights_change_a_runs_identity(demo_data, tmp_path):
     from training.configs import config_from_dict
-    from training.utils.lifecycle import EXTENDING_KEYS, differences, run_identity
+    from training.run.lifecycle import EXTENDING_KEYS, differences, run_identity
 
     base = tiny_config(demo_data, tmp_path / "a")
     identity = run_identity(config_from_dict(base))
@@ -302,7 +302,7 @@ def test_only_keys_that_shape_the_weights_change_a_runs_identity(demo_data, tmp_
 
 def test_only_an_early_stop_or_a_nan_loss_ends_a_run(demo_data, tmp_path):
     from training.configs import config_from_dict
-    from training.utils.lifecycle import training_left
+    from training.run.lifecycle import training_left
 
     config = config_from_dict(tiny_config(demo_data, tmp_path, epochs=5, early_stopping_patience=2))
     assert training_left({"epoch": 3, "epochs": 3}, config)[0]  # a finished 3-epoch run extends to 5

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from training.report import build_report, main
-from training.utils.experiment_tracking import ExperimentTracker
+from training.run.experiment_tracking import ExperimentTracker
+from training.run.mlflow_logging import log_run_to_mlflow
 from training.utils.io import load_json, save_json
-from training.utils.mlflow_logging import log_run_to_mlflow
 
 REPO = Path(__file__).resolve().parents[1]
 SCORES = {

@@ -86,7 +86,7 @@ def test_features_are_reused_across_seeds_splits_and_runs(demo_data, tmp_path):
 
 HOLD = """
 import sys, time
-from training.utils.run_lock import hold_run_folder
+from training.run.run_lock import hold_run_folder
 with hold_run_folder(sys.argv[1]):
     print("holding", flush=True)
     time.sleep(600)

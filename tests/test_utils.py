@@ -13,8 +13,8 @@ import pytest
 from helpers import assert_readme_shows
 
 from training.configs import Config
+from training.run.experiment_tracking import git_info
 from training.utils import ExperimentTracker, configure_precision, set_global_seed, setup_logging
-from training.utils.experiment_tracking import git_info
 
 REPO = Path(__file__).resolve().parents[1]
 

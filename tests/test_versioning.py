@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from helpers import assert_readme_shows
 
-from training.utils.model_versioning import ModelIntegrityError, ModelVersionManager, semver_key
+from training.run.model_versioning import ModelIntegrityError, ModelVersionManager, semver_key
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -198,7 +198,7 @@ def test_promote_keeps_one_production_version(tmp_path):
 WRITER = """
 import sys, time
 from pathlib import Path
-from training.utils.model_versioning import ModelVersionManager
+from training.run.model_versioning import ModelVersionManager
 root, artifacts, major, ready, go = sys.argv[1:]
 Path(ready).touch()
 while not Path(go).exists():  # start both writers together so their registrations really interleave

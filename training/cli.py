@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 
 from training.errors import UserInputError
-from training.utils.lifecycle import Terminated
+from training.run.lifecycle import Terminated
 from training.utils.logging import end_progress_line, import_tensorflow_quietly, setup_logging
 
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 from training import cli
-from training.artifacts import PER_IMAGE_SCORES, SPLITS_FILE, predictions_name
 from training.errors import UserInputError
 from training.evaluation.loading import load_trained
 from training.evaluation.split import evaluate_split, features_captioner  # noqa: F401 - their home before
+from training.run.artifacts import PER_IMAGE_SCORES, SPLITS_FILE, predictions_name
 
 
 def evaluate_run(artifacts_dir: Path, split: str, beam_size: int | None = None) -> tuple[dict, int, Path]:

@@ -16,13 +16,12 @@ import time
 from pathlib import Path
 
 from training import cli
-from training.artifacts import CHECKPOINT, FINAL_MODEL, RESUME_DIR, SPLITS_FILE, XE_MODEL
 from training.configs import Config, ConfigError, load_config
 from training.configs.training_config import BUILT_IN_EXTRACTORS, BUILT_IN_FAMILIES, check_weights_file, is_weights_file
 from training.errors import unknown_extractor
-from training.utils import ExperimentTracker, ensure_dir, save_json, set_global_seed
-from training.utils.io import atomic_path, remove_stale_temporaries
-from training.utils.lifecycle import (
+from training.run.artifacts import CHECKPOINT, FINAL_MODEL, RESUME_DIR, SPLITS_FILE, XE_MODEL
+from training.run.experiment_tracking import ExperimentTracker
+from training.run.lifecycle import (
     check_rerun,
     check_resume_files,
     finished_and_unchanged,
@@ -30,7 +29,9 @@ from training.utils.lifecycle import (
     latest_state,
     raise_terminated,
 )
+from training.utils.io import atomic_path, ensure_dir, remove_stale_temporaries, save_json
 from training.utils.logging import draws_progress, import_tensorflow_quietly
+from training.utils.seeds import set_global_seed
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +240,7 @@ class TrainingPipeline:
 
     def run(self) -> dict:
         """The whole run, holding artifacts_dir (RunFolderBusy at once when another run holds it)."""
-        from training.utils.run_lock import hold_run_folder
+        from training.run.run_lock import hold_run_folder
 
         self.check_inputs()  # before the lock creates the folder: a mistyped path leaves nothing behind
         self.check_extractor_name()
@@ -354,7 +355,7 @@ class TrainingPipeline:
 
         from training.evaluation.report import build_report
         from training.evaluation.split import evaluate_split
-        from training.utils.mlflow_logging import log_run_to_mlflow
+        from training.run.mlflow_logging import log_run_to_mlflow
 
         c = self.config
         checkpoint = self.artifacts_dir / CHECKPOINT

@@ -11,9 +11,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from training.artifacts import STATE_FILE, STATE_MODEL_FILE
+from training.run.artifacts import STATE_FILE, STATE_MODEL_FILE
+from training.run.lifecycle import latest_state
 from training.utils.io import atomic_path, save_json
-from training.utils.lifecycle import latest_state
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from training.artifacts import FEATURES_INDEX
 from training.errors import UserInputError
+from training.run.artifacts import FEATURES_INDEX
 
 
 def check_bad_fraction(bad_images: list[dict], total: int, max_bad_fraction: float) -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.artifacts import IXTOWORD_FILE, WORDTOIX_FILE
 from training.errors import UserInputError
+from training.run.artifacts import IXTOWORD_FILE, WORDTOIX_FILE
 from training.utils.io import load_json, save_json
 
 logger = logging.getLogger(__name__)

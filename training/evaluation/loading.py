@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.artifacts import FINAL_MODEL, SNAPSHOT_FILE, read_snapshot
 from training.configs import Config, ConfigError
+from training.run.artifacts import FINAL_MODEL, SNAPSHOT_FILE, read_snapshot
 
 
 def require_run_folder(artifacts_dir: str | Path, holding: str = "a finished run") -> Path:

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image, UnidentifiedImageError
 
-from training.artifacts import (
+from training.run.artifacts import (
     CAPTION_METRICS_CURVE,
     GALLERY_IMAGE,
     LOSS_CURVE,
@@ -30,8 +30,8 @@ from training.artifacts import (
     read_snapshot,
     read_summary,
 )
+from training.run.mlflow_logging import flatten_config
 from training.utils.io import atomic_path, atomic_write_text
-from training.utils.mlflow_logging import flatten_config
 
 SCORE_NAMES = {
     "bleu1": "BLEU-1",

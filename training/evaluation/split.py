@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.artifacts import predictions_name, write_per_image_scores, write_predictions
 from training.configs import Config, ConfigError
 from training.evaluation.metrics import strip_wrappers
+from training.run.artifacts import predictions_name, write_per_image_scores, write_predictions
 
 GALLERY_SIZE = 12  # images whose attention maps are kept for the report
 

@@ -12,7 +12,7 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from training.features.images import find_bad_images, image_dataset
-from training.utils.lifecycle import weights_identity
+from training.run.lifecycle import weights_identity
 
 
 class BaseFeatureExtractor(abc.ABC):

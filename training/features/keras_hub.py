@@ -25,7 +25,7 @@ from training.configs.training_config import is_weights_file
 from training.errors import UserInputError
 from training.features.base import BaseFeatureExtractor
 from training.features.registry import register_family
-from training.utils.lifecycle import extractor_identity
+from training.run.lifecycle import extractor_identity
 
 PREFIX, CLASS_TOKEN_PREFIX = "keras_hub", "keras_hub_cls"
 

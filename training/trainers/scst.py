@@ -27,11 +27,11 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from training.artifacts import SCST_CHECKPOINT, SCST_RESUME_DIR, STATE_FILE, STATE_MODEL_FILE, XE_MODEL
 from training.evaluation.cider import BatchCiderD, CiderD
 from training.evaluation.metrics import strip_wrappers
+from training.run.artifacts import SCST_CHECKPOINT, SCST_RESUME_DIR, STATE_FILE, STATE_MODEL_FILE, XE_MODEL
+from training.run.lifecycle import Terminated, latest_state
 from training.utils.io import atomic_path, save_json
-from training.utils.lifecycle import Terminated, latest_state
 from training.utils.logging import draws_progress
 
 log = logging.getLogger(__name__)

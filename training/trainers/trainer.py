@@ -12,15 +12,15 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from training.artifacts import CHECKPOINT, LOGS_DIR, RESUME_DIR
 from training.callbacks.caption_metrics import CaptionMetricsCallback
 from training.callbacks.checkpoint import BestModelCheckpoint, EpochSeeds, ResumeState
 from training.callbacks.metrics import MetricsCallback, ProgressCallback
 from training.configs import Config, ConfigError
 from training.models import build_caption_model
 from training.models.optimization import compile_caption_model
+from training.run.artifacts import CHECKPOINT, LOGS_DIR, RESUME_DIR
+from training.run.lifecycle import RunConflict, Terminated, differences, identity_fingerprint, run_identity, training_left
 from training.utils import keras_private
-from training.utils.lifecycle import RunConflict, Terminated, differences, identity_fingerprint, run_identity, training_left
 from training.utils.logging import draws_progress
 
 log = logging.getLogger(__name__)

@@ -1,21 +1,19 @@
-"""Utilities: file I/O, logging, precision, experiment tracking and model versioning (no TensorFlow at import).
+"""Utilities that know nothing of runs: file I/O, logging, precision, seeds, private Keras (no TensorFlow at import).
 
-The names below load on first use, so that importing one module of this package (say training.utils.io,
-which training.artifacts needs) does not import the others (experiment_tracking needs training.artifacts).
+`ExperimentTracker` lives in training.run.experiment_tracking; it stays importable from here, the path the
+project's first README showed, and loads on first use (PEP 562), so importing this package never imports run's.
 """
 
-from training.lazy import lazy_names
+from training.utils.logging import setup_logging
+from training.utils.mixed_precision import configure_precision
+from training.utils.seeds import set_global_seed
 
-_EXPORTS = {
-    "ExperimentTracker": "experiment_tracking",
-    "set_global_seed": "experiment_tracking",
-    "atomic_path": "io",
-    "ensure_dir": "io",
-    "load_json": "io",
-    "save_json": "io",
-    "setup_logging": "logging",
-    "configure_precision": "mixed_precision",
-}
-__all__ = sorted(_EXPORTS)
+__all__ = ["ExperimentTracker", "configure_precision", "set_global_seed", "setup_logging"]
 
-__getattr__ = lazy_names(__name__, _EXPORTS)
+
+def __getattr__(name: str):
+    if name == "ExperimentTracker":
+        from training.run.experiment_tracking import ExperimentTracker
+
+        return ExperimentTracker
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

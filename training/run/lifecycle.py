@@ -18,7 +18,9 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-from training.artifacts import (
+from training.configs import Config, ConfigError
+from training.configs.training_config import is_weights_file
+from training.run.artifacts import (
     FINAL_MODEL,
     METRICS_FILE,
     PREVIOUS_RUNS,
@@ -30,8 +32,6 @@ from training.artifacts import (
     SUMMARY_FILE,
     TRAINED_RUN_FILES,
 )
-from training.configs import Config, ConfigError
-from training.configs.training_config import is_weights_file
 
 # Keys a rerun may change without being refused. Later training stages add their epoch budgets here.
 EXTENDING_KEYS = frozenset(

@@ -1,4 +1,4 @@
-"""Experiment tracking: seeds, per-epoch metrics.csv, config snapshot and run_summary.json for one run."""
+"""Experiment tracking: per-epoch metrics.csv, config snapshot and run_summary.json for one run."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import logging
 import math
 import os
 import platform
-import random
 import secrets
 import subprocess
 import sys
@@ -16,27 +15,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from training.artifacts import METRICS_FILE, SNAPSHOT_FILE, SUMMARY_FILE, read_metrics, write_metrics
+from training.run.artifacts import METRICS_FILE, SNAPSHOT_FILE, SUMMARY_FILE, read_metrics, write_metrics
 from training.utils.io import ensure_dir, save_json
 
 logger = logging.getLogger(__name__)
-
-
-def set_global_seed(seed: int, deterministic_ops: bool = True) -> None:
-    """Seed Python, NumPy and the Keras/TF backend; with deterministic_ops, two CPU runs give identical losses."""
-    import keras
-    import numpy as np
-
-    # Only reaches subprocesses (this interpreter's hash seed is fixed at start-up), e.g. data workers.
-    os.environ["PYTHONHASHSEED"] = str(seed)
-    random.seed(seed)
-    np.random.seed(seed)
-    keras.utils.set_random_seed(seed)
-    if deterministic_ops and keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        # Without this, some kernels (reductions, scatter, cuDNN) pick non-deterministic algorithms.
-        tf.config.experimental.enable_op_determinism()
 
 
 def _plain(value: Any) -> Any:

@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from training.artifacts import (
+from training.run.artifacts import (
     FINAL_MODEL,
     IXTOWORD_FILE,
     METRICS_FILE,

@@ -15,7 +15,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from training.artifacts import IXTOWORD_FILE, WORDTOIX_FILE
+from training.run.artifacts import IXTOWORD_FILE, WORDTOIX_FILE
 from training.utils.io import ensure_dir, load_json, save_json
 
 logger = logging.getLogger(__name__)
