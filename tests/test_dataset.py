@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from training.data.dataset import DatasetBuilder
+from training.data.dataset import DatasetBuilder, pool_regions
 from training.data.tokenizer import Tokenizer
-from training.features import pool_regions
 
 WORDS = [f"w{i}" for i in range(12)]
 IMAGES = 23

@@ -19,9 +19,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from training.data.dataset import pool_regions
 from training.data.tokenizer import Tokenizer
 from training.evaluation.inference import BeamSearchDecoder, Caption
-from training.features import get_feature_extractor, pool_regions
+from training.features import get_feature_extractor
 from training.features.images import decode_image, resize_image
 from training.models.caption_model import CaptionModel
 

@@ -8,8 +8,6 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from training.features.base import pool_regions
-
 
 @dataclass(frozen=True)
 class TrainingSample:
@@ -17,6 +15,15 @@ class TrainingSample:
 
     image_id: str
     tokens: tuple[int, ...]
+
+
+def pool_regions(grid) -> tf.Tensor:
+    """Mean over regions, summed in float32: (..., regions, channels) -> (..., 1, channels) float32 tensor.
+
+    The one pooling op of a `use_regions: false` run: training batches, evaluation, the Captioner
+    and its exported graph all call it, so they all see the very same pooled vector.
+    """
+    return tf.reduce_mean(tf.cast(grid, tf.float32), axis=-2, keepdims=True)
 
 
 def pool_features(features: np.ndarray, chunk_size: int = 128) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 # Imported for their registrations: each module registers its extractors by name.
 from training.features import efficientnet, keras_hub, patches  # noqa: E402,F401
-from training.features.base import BaseFeatureExtractor, pool_regions
+from training.features.base import BaseFeatureExtractor
 from training.features.registry import (
     FeatureExtractorRegistry,
     available_extractors,
@@ -17,6 +17,5 @@ __all__ = [
     "FeatureStore",
     "available_extractors",
     "get_feature_extractor",
-    "pool_regions",
     "register_extractor",
 ]

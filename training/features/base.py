@@ -163,12 +163,3 @@ class BaseFeatureExtractor(abc.ABC):
                 row += len(batch)
                 progress.update(len(batch))
         return features
-
-
-def pool_regions(grid) -> tf.Tensor:
-    """Mean over regions, summed in float32: (..., regions, channels) -> (..., 1, channels) float32 tensor.
-
-    The one pooling op of a `use_regions: false` run: training batches, evaluation, the Captioner
-    and its exported graph all call it, so they all see the very same pooled vector.
-    """
-    return tf.reduce_mean(tf.cast(grid, tf.float32), axis=-2, keepdims=True)

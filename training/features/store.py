@@ -30,8 +30,9 @@ import numpy as np
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
-from training.data.image_files import check_bad_fraction  # noqa: F401 - also importable from here
-from training.features.base import BaseFeatureExtractor, pool_regions
+from training.data.dataset import pool_regions
+from training.data.image_files import check_bad_fraction
+from training.features.base import BaseFeatureExtractor
 from training.features.images import find_bad_images
 from training.utils.io import ensure_dir, load_json, save_json
 
