@@ -21,21 +21,13 @@ import tensorflow as tf
 
 from training.data.dataset import pool_regions
 from training.data.tokenizer import Tokenizer
+from training.evaluation.batches import BATCH_SIZES, batch_sizes, decode_padded
 from training.evaluation.inference import BeamSearchDecoder, Caption
 from training.features import get_feature_extractor
 from training.features.images import decode_image, resize_image
 from training.models.caption_model import CaptionModel
 
-# A batch is padded to the next of these (larger ones are split). Few, as each costs a trace of ~1-3 s,
-# while padding costs little: a decode step is a chain of small ops, so 16 images take far less than
-# 4 times what 4 do.
-BATCH_SIZES = (1, 4, 16, 64)
 VOCABULARY_ASSET = "vocabulary.txt"
-
-
-def batch_sizes(largest: int) -> tuple[int, ...]:
-    """The padded sizes up to `largest`: those of BATCH_SIZES below it, and itself."""
-    return tuple(b for b in BATCH_SIZES if b < largest) + (int(largest),)
 
 
 @keras.saving.register_keras_serializable(package="training")
@@ -231,13 +223,7 @@ class Captioner(keras.Model):
             raise ValueError(f"region features must be (images, regions, channels), got shape {features.shape}")
         if not self.use_regions and features.shape[1] > 1:  # the run attends over the pooled vector only
             features = pool_regions(features).numpy()
-        count = len(features)
-        if count == 0:
-            return []
-        padded = next(size for size in sizes if size >= count)
-        if padded > count:
-            features = np.concatenate([features, np.zeros((padded - count, *features.shape[1:]), features.dtype)])
-        return self.decoder(beam_size, padded, alternatives).decode(features)[:count]
+        return decode_padded(lambda size: self.decoder(beam_size, size, alternatives), features, sizes)
 
     def warm_up(self, beam_size: int | None = None, max_batch: int = BATCH_SIZES[-1]) -> None:
         """Trace the feature graph and the search of every padded batch size, so no request pays for it."""
