@@ -14,7 +14,7 @@ from pathlib import Path
 from training import cli
 from training.errors import UserInputError
 from training.evaluation.loading import load_trained
-from training.evaluation.split import evaluate_split, features_captioner  # noqa: F401 - their home before
+from training.evaluation.split import evaluate_split, score_table
 from training.run.artifacts import PER_IMAGE_SCORES, SPLITS_FILE, predictions_name
 
 
@@ -68,8 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 def _evaluate(args) -> int:
     scores, beam_size, written = evaluate_run(args.artifacts, args.split, args.beam)
     print(f"\n{args.split} split, beam {beam_size}:")
-    for name, value in scores.items():
-        print(f"{name:>8}: {value:.4f}" if value is not None else f"{name:>8}: n/a (nothing to count)")
+    print(score_table(scores))
     print(f"\nwrote {written} and the ({args.split}, beam {beam_size}) rows of {args.artifacts / PER_IMAGE_SCORES}")
     return 0
 

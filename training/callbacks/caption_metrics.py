@@ -1,67 +1,28 @@
 """Caption metrics while training: greedy captions of validation images -> val_bleu4 and val_cider, no Java.
 
-BLEU-4 is NLTK's corpus BLEU on the cleaned tokens (as `bleu4` of the test scores); CIDEr-D takes its
-document frequencies from the validation references being scored, as the reported `cider` does.
+The captions and scores come from the evaluator (`training.evaluation.evaluator`); this adds them to
+an epoch's logs, agreed across the workers of a multi-worker run.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
-import warnings
 
 import keras
 import numpy as np
 
-from training.evaluation.cider import CiderD
-from training.evaluation.metrics import strip_wrappers
+from training.evaluation.evaluator import Evaluator, split_images
 
 log = logging.getLogger(__name__)
 
 
-class CaptionValidation:
-    """The validation images and references to caption, and how to score them."""
+class CaptionValidation(Evaluator):
+    """A run's validation images, the first `max_images` of `captions` ({image_id: [caption, ...]}), whose
+    greedy captions `score` rates each time a stage asks."""
 
     def __init__(self, tokenizer, builder, captions: dict[str, list[str]], max_images: int, batch_size: int = 128):
-        self.image_ids = list(captions)[:max_images]
-        self.tokenizer, self.batch_size = tokenizer, batch_size
-        self.references = [[strip_wrappers(c) for c in captions[i]] for i in self.image_ids]
-        self.features = builder.image_features(self.image_ids) if self.image_ids else None
-        self._decoders: dict[int, object] = {}
-        self._scores: dict[str, dict[str, float]] = {}  # weights digest -> scores
-
-    def __len__(self) -> int:
-        return len(self.image_ids)
-
-    def score(self, model) -> dict[str, float]:
-        """val_bleu4 and val_cider of `model`'s greedy captions.
-
-        A model with the weights of one scored before (the best checkpoint, loaded again for the next
-        stage) gets that one's scores: decoding again would trace another search for the same captions."""
-        from training.evaluation import BLEUScore, GreedyDecoder
-
-        digest = weights_digest(model)
-        if digest in self._scores:
-            return dict(self._scores[digest])
-        decoder = self._decoders.get(id(model))
-        if decoder is None:  # one decoder per model: its compiled search is traced once and reused every epoch
-            decoder = self._decoders[id(model)] = GreedyDecoder(model, self.tokenizer, batch_size=self.batch_size)
-        texts = [c.text for c in decoder.decode(self.features)]
-        with warnings.catch_warnings():  # NLTK warns at every epoch whose captions share no 4-gram with the references
-            warnings.simplefilter("ignore", UserWarning)
-            bleu = BLEUScore(smoothing=None).corpus_score(self.references, texts)["bleu4"]
-        cider, _ = CiderD.corpus_score(texts, self.references)
-        self._scores[digest] = {"val_bleu4": float(bleu), "val_cider": float(cider)}
-        return dict(self._scores[digest])
-
-
-def weights_digest(model) -> str:
-    """A hash of the model's weights: milliseconds, next to the seconds of a decode."""
-    digest = hashlib.blake2b(digest_size=16)
-    for weight in model.weights:
-        digest.update(np.ascontiguousarray(np.asarray(weight)).tobytes())
-    return digest.hexdigest()
+        super().__init__(tokenizer, *split_images(builder, captions, max_images), batch_size=batch_size)
 
 
 def agree_across_workers(values: dict[str, float], strategy) -> dict[str, float]:

@@ -1,21 +1,18 @@
-"""Evaluating a split: caption its images with the run's Captioner, score them, write the results beside the run's."""
+"""Evaluating a split of a run: the evaluator's captions and scores, then what is written beside the run's.
+
+The writers are functions of the `Evaluation`: the predictions file, the per-image rows of
+logs/bleu_scores.csv, the run's tracker, a few examples and the score table on the console.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from training.configs import Config, ConfigError
-from training.evaluation.metrics import strip_wrappers
+from training.evaluation.evaluator import Evaluation, Evaluator, split_images
 from training.run.artifacts import predictions_name, write_per_image_scores, write_predictions
 
 GALLERY_SIZE = 12  # images whose attention maps are kept for the report
-
-
-def features_captioner(model, tokenizer, config: Config, beam_size: int | None = None):
-    """The run's Captioner for precomputed features: its CNN is built without loading weights, as it never runs."""
-    from training.captioner import Captioner
-
-    return Captioner.from_run(model, tokenizer, config, beam_size=beam_size, extractor_weights=None)
 
 
 def evaluate_split(
@@ -37,48 +34,64 @@ def evaluate_split(
     writes predictions_<split>_beam<k>.json instead, so the run's results are never replaced.
     Per-image scores go to logs/bleu_scores.csv under (split, beam).
     """
-    from training.evaluation.metrics import CaptionEvaluator
-
-    artifacts_dir = Path(artifacts_dir)
-    beam_size = beam_size or config.training.beam_size
-    image_ids = list(captions)[: config.training.eval_max_images]
-    if not image_ids:
+    evaluator = Evaluator(tokenizer, *split_images(builder, captions, config.training.eval_max_images))
+    if not len(evaluator):
         raise ConfigError(f"the {split_name} split has no images to evaluate: check the split ratios")
-    results = features_captioner(model, tokenizer, config, beam_size).caption(builder.image_features(image_ids), attention=True)
-    predictions = {image_id: result.text for image_id, result in zip(image_ids, results)}
-    references = {image_id: [strip_wrappers(c) for c in captions[image_id]] for image_id in image_ids}
-
-    evaluator = CaptionEvaluator()
-    scores = evaluator.evaluate(predictions, references)
-    if config.data.scenes_file:  # right about the image: colour+shape mentions and counts against the scenes
-        from training.evaluation.objects import object_scores
-
-        scores.update(object_scores(predictions, config.data.scenes_file))
-    write_per_image_scores(artifacts_dir, split_name, beam_size, evaluator.per_image)
-    records = [
-        _record(image_id, result, references[image_id], position < GALLERY_SIZE)
-        for position, (image_id, result) in enumerate(zip(image_ids, results))
-    ]
-    name = predictions_name(split_name, beam_size if beside_run else None)
-    write_predictions(artifacts_dir, name, split_name, beam_size, scores, records)
+    result = evaluator.evaluate(model, beam_size or config.training.beam_size, config.data.scenes_file)
+    write_per_image_rows(result, artifacts_dir, split_name)
+    name = write_predictions_file(result, artifacts_dir, split_name, beside_run).name
     if tracker is not None:
-        tracker.log_bleu_scores(**{f"bleu{n}": scores[f"bleu{n}"] for n in range(1, 5)})
-        tracker.log_scores(**{k: v for k, v in scores.items() if not k.startswith("bleu")})
-        tracker.sections["evaluation"] = {
-            "split": split_name,
-            "beam_size": beam_size,
-            "images": len(image_ids),
-            "predictions": name,
-        }
-    for record in records[:show]:
-        print(f"\n{record['image_id']}\n  predicted: {record['prediction']}")
-        for reference in record["references"]:
+        record_in_tracker(result, tracker, split_name, name)
+    print_examples(result, show)
+    return result.scores
+
+
+def write_per_image_rows(result: Evaluation, artifacts_dir, split: str) -> Path:
+    """The (split, beam) rows of logs/bleu_scores.csv: each image's prediction and scores."""
+    return write_per_image_scores(Path(artifacts_dir), split, result.beam_size, result.per_image)
+
+
+def write_predictions_file(result: Evaluation, artifacts_dir, split: str, beside_run: bool = False) -> Path:
+    """predictions_<split>.json, or predictions_<split>_beam<k>.json `beside_run`: scores and each image's caption
+    (with its attention for the first GALLERY_SIZE images, which the report draws)."""
+    records = [
+        _record(image_id, caption, references, position < GALLERY_SIZE)
+        for position, (image_id, caption, references) in enumerate(zip(result.image_ids, result.captions, result.references))
+    ]
+    name = predictions_name(split, result.beam_size if beside_run else None)
+    return write_predictions(Path(artifacts_dir), name, split, result.beam_size, result.scores, records)
+
+
+def record_in_tracker(result: Evaluation, tracker, split: str, predictions: str) -> None:
+    """The scores into the run summary, and what was evaluated into its `evaluation` section."""
+    tracker.log_bleu_scores(**{f"bleu{n}": result.scores[f"bleu{n}"] for n in range(1, 5)})
+    tracker.log_scores(**{k: v for k, v in result.scores.items() if not k.startswith("bleu")})
+    tracker.sections["evaluation"] = {
+        "split": split,
+        "beam_size": result.beam_size,
+        "images": len(result.image_ids),
+        "predictions": predictions,
+    }
+
+
+def print_examples(result: Evaluation, show: int = 5) -> None:
+    """The first `show` images' predicted caption and references."""
+    for image_id, caption, references in list(zip(result.image_ids, result.captions, result.references))[:show]:
+        print(f"\n{image_id}\n  predicted: {caption.text}")
+        for reference in references:
             print(f"  reference: {reference}")
-    return scores
 
 
-def _record(image_id: str, result, references: list[str], with_attention: bool) -> dict:
-    record = {"image_id": image_id, "prediction": result.text, "score": float(result.score), "references": references}
-    if with_attention and result.attention is not None:
-        record["attention"] = [[round(float(a), 4) for a in row] for row in result.attention]
+def score_table(scores: dict, indent: str = "") -> str:
+    """One line per score, right-aligned names, 4 decimals; a score with nothing to count reads n/a."""
+    return "\n".join(
+        f"{indent}{name:>8}: {value:.4f}" if value is not None else f"{indent}{name:>8}: n/a (nothing to count)"
+        for name, value in scores.items()
+    )
+
+
+def _record(image_id: str, caption, references: list[str], with_attention: bool) -> dict:
+    record = {"image_id": image_id, "prediction": caption.text, "score": float(caption.score), "references": references}
+    if with_attention and caption.attention is not None:
+        record["attention"] = [[round(float(a), 4) for a in row] for row in caption.attention]
     return record
