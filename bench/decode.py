@@ -151,8 +151,7 @@ def main() -> None:
     artifacts, made = choose_model(args.model, args.artifacts)
     setup_s = time.perf_counter() - started
 
-    from training.evaluation import BeamSearchDecoder, GreedyDecoder
-    from training.evaluation.inference import MIN_SHARD_IMAGES, cpu_cores
+    from training.evaluation.inference import MIN_SHARD_IMAGES, BeamSearchDecoder, GreedyDecoder, cpu_cores
     from training.evaluation.loading import load_trained
     from training.features import FeatureStore
 

@@ -10,8 +10,8 @@ from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-from training.evaluation import CaptionEvaluator
 from training.evaluation.cider import CiderD
+from training.evaluation.metrics import CaptionEvaluator
 from training.evaluation.objects import ObjectMentions, load_scenes, object_scores
 
 

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from training.evaluation import BeamSearchDecoder, Caption, GreedyDecoder
-from training.evaluation.inference import length_penalty
+from training.evaluation.inference import BeamSearchDecoder, Caption, GreedyDecoder, length_penalty
 
 PAD, START, END, UNK = 0, 1, 2, 3
 

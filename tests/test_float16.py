@@ -112,7 +112,7 @@ def test_float16_resume_restores_the_loss_scale_state(float16_run):
 def test_float16_model_decodes_batches_as_single_images(float16_run, beam_size):
     import keras
 
-    from training.evaluation import BeamSearchDecoder
+    from training.evaluation.inference import BeamSearchDecoder
     from training.evaluation.loading import load_trained
     from training.features import FeatureStore
 

@@ -13,7 +13,7 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-from training.evaluation import BLEUScore, CaptionEvaluator
+from training.evaluation.metrics import BLEUScore, CaptionEvaluator
 
 REFERENCES = {
     "dog.jpg": [

@@ -1,15 +1,5 @@
-"""Evaluation stage: decode captions for images (greedy, beam search) and score them (BLEU, METEOR, ROUGE-L, CIDEr)."""
+"""Evaluation: decode captions for images (greedy, beam search; `inference`, `batches`), score them (BLEU, METEOR,
+ROUGE-L, CIDEr; `metrics`, `cider`, `objects`) through one `evaluator`, and write a split's results (`split`).
 
-from training.lazy import lazy_names
-
-# Lazy, so that scoring captions does not import TensorFlow and decoding does not import NLTK.
-_EXPORTS = {
-    "Caption": "inference",
-    "GreedyDecoder": "inference",
-    "BeamSearchDecoder": "inference",
-    "BLEUScore": "metrics",
-    "CaptionEvaluator": "metrics",
-}
-__all__ = list(_EXPORTS)
-
-__getattr__ = lazy_names(__name__, _EXPORTS)
+No names here: scoring captions must not import TensorFlow, nor decoding NLTK; import from the modules.
+"""
