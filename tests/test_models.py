@@ -357,7 +357,7 @@ def test_packed_rows_train_as_captions_one_per_row():
 
 
 def test_gelu_is_keras_gelu():
-    from training.models.components.encoders import gelu
+    from training.models.components.decoders import gelu
 
     x = np.linspace(-6, 6, 2001, dtype="float32")
     np.testing.assert_allclose(gelu(x), keras.activations.gelu(x, approximate=False), rtol=1e-6, atol=1e-6)
