@@ -44,13 +44,14 @@ class TransformerDecoderBlock(keras.layers.Layer):
         self.ff_out = Dense(hidden_dim, name="ff_out")
         self.dropout_layer = Dropout(dropout)
 
-    def build(self, input_shape, regions_shape):
+    def build(self, x_shape, regions_shape):
+        """Named after `call`'s arguments, so that a first call builds the block (Keras matches them by name)."""
         for norm in (self.self_norm, self.cross_norm, self.ff_norm):
-            norm.build(input_shape)
-        self.self_attention.build(input_shape, input_shape)
-        self.cross_attention.build(input_shape, regions_shape)
-        self.ff_in.build(input_shape)
-        self.ff_out.build(tuple(input_shape[:-1]) + (self.ff_dim,))
+            norm.build(x_shape)
+        self.self_attention.build(x_shape, x_shape)
+        self.cross_attention.build(x_shape, regions_shape)
+        self.ff_in.build(x_shape)
+        self.ff_out.build(tuple(x_shape[:-1]) + (self.ff_dim,))
         self.built = True
 
     def _feed_forward(self, x, training=None):
