@@ -202,3 +202,31 @@ def serving(run, *args):
         if process.poll() is None:
             process.kill()
         process.wait()
+
+
+def saved_model_captions(saved_model: Path, paths) -> list[list]:
+    """[caption, score] of each image file from an exported SavedModel, loaded in a process that cannot import
+    `training` (BLOCK_TRAINING)."""
+    import json
+
+    code = (
+        BLOCK_TRAINING
+        + f"""
+import json
+import tensorflow as tf
+serve = tf.saved_model.load({str(saved_model)!r}).signatures["serving_default"]
+out = serve(images=tf.constant([open(p, "rb").read() for p in {list(paths)!r}], tf.string))
+print(json.dumps([[c.decode(), float(s)] for c, s in zip(out["captions"].numpy(), out["scores"].numpy())]))
+"""
+    )
+    return json.loads(run_python(code).stdout.splitlines()[-1])
+
+
+def served_captions(url: str, paths, content_type: str) -> list[dict]:
+    """The service's answer to a POST /caption of each image file, one request at a time."""
+    import httpx
+
+    return [
+        httpx.post(url + "/caption", content=Path(p).read_bytes(), headers={"Content-Type": content_type}, timeout=60).json()
+        for p in paths
+    ]

@@ -11,10 +11,9 @@ features.
 import json
 import shutil
 
-import httpx
 import numpy as np
 import pytest
-from helpers import BLOCK_TRAINING, REPO, run_python, save_keras_application, serving, write_config
+from helpers import REPO, run_python, save_keras_application, saved_model_captions, served_captions, serving, write_config
 from PIL import Image
 
 keras_hub = pytest.importorskip("keras_hub", reason="keras-hub is installed by `make install` (pyproject.toml)")
@@ -267,26 +266,13 @@ print(json.dumps(dict(files=[c.text for c in captioner.caption({images!r})], sto
     loaded = json.loads(run_python(code).stdout.splitlines()[-1])
     assert loaded["files"] == texts and loaded["store"] == texts  # the backbone in the .keras file is the store's
 
-    code = (
-        BLOCK_TRAINING
-        + f"""
-import json
-import tensorflow as tf
-serve = tf.saved_model.load({str(out / "saved_model")!r}).signatures["serving_default"]
-out = serve(images=tf.constant([open(p, "rb").read() for p in {images!r}], tf.string))
-print(json.dumps([[c.decode(), float(s)] for c, s in zip(out["captions"].numpy(), out["scores"].numpy())]))
-"""
-    )
-    saved = json.loads(run_python(code).stdout.splitlines()[-1])
+    saved = saved_model_captions(out / "saved_model", images)
     assert [text for text, _ in saved] == texts
     assert [score for _, score in saved] == pytest.approx([reference[p][1] for p in images], abs=1e-4)
 
     shutil.move(tmp_path / "away", weights)  # the service loads the run, which needs it
     with serving(run, "--max-batch", "4") as (url, _):
-        answers = [
-            httpx.post(url + "/caption", content=open(p, "rb").read(), headers={"Content-Type": "image/jpeg"}, timeout=60).json()
-            for p in images
-        ]
+        answers = served_captions(url, images, "image/jpeg")
     assert [a["caption"] for a in answers] == texts
     assert [a["score"] for a in answers] == pytest.approx([reference[p][1] for p in images], abs=1e-4)
 

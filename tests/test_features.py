@@ -27,7 +27,7 @@ from training.features import (
     register_extractor,
 )
 from training.features import registry as registry_module
-from training.features.efficientnet import EfficientNetB3Extractor
+from training.features.applications import EfficientNetB3Extractor
 from training.features.images import find_bad_images
 from training.features.patches import PatchGridExtractor
 from training.features.store import FeatureStoreConflict

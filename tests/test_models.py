@@ -145,6 +145,22 @@ def test_padding_changes_neither_loss_nor_real_logits(architecture):
     assert float(masked_accuracy(targets, shifted)) == pytest.approx(hits)
 
 
+def test_label_smoothing_is_the_masked_loss_against_smoothed_targets():
+    from training.models.losses import MaskedLabelSmoothingCrossEntropy
+
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(2, 4, VOCAB)).astype("float32")
+    targets = np.array([[3, 4, 0, 0], [5, 6, 7, 0]], "int32")
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    smoothed = np.full(logits.shape, 0.1 / VOCAB) + 0.9 * np.eye(VOCAB)[targets]
+    expected = -(smoothed * log_probs).sum(-1)[targets > 0].mean()  # the mean over real tokens
+    loss = MaskedLabelSmoothingCrossEntropy(0.1)
+    assert float(loss(targets, logits)) == pytest.approx(expected, rel=1e-5)
+    plain = -np.take_along_axis(log_probs, targets[..., None], -1)[..., 0][targets > 0].mean()
+    assert float(MaskedLabelSmoothingCrossEntropy(0.0)(targets, logits)) == pytest.approx(plain, rel=1e-5)
+    assert batch_loss((targets, logits)) == pytest.approx(plain, rel=1e-5)
+
+
 def batch_loss(args):
     """The loss Keras reports for a batch: the mean of the weighted per-token values."""
     return float(np.mean(keras.ops.convert_to_numpy(masked_sparse_categorical_crossentropy(*args))))
@@ -357,7 +373,7 @@ def test_packed_rows_train_as_captions_one_per_row():
 
 
 def test_gelu_is_keras_gelu():
-    from training.models.components.encoders import gelu
+    from training.models.components.decoders import gelu
 
     x = np.linspace(-6, 6, 2001, dtype="float32")
     np.testing.assert_allclose(gelu(x), keras.activations.gelu(x, approximate=False), rtol=1e-6, atol=1e-6)

@@ -17,7 +17,8 @@ from training.run.lifecycle import Terminated
 from training.utils.logging import end_progress_line, import_tensorflow_quietly, setup_logging
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-MAX_BEAM = 20  # --beam of the commands that caption
+# The widest beam a command that captions takes (--beam); the service allows half (serve.MAX_REQUEST_BEAM).
+MAX_BEAM = 20
 
 
 def parser(prog: str, doc: str | None) -> argparse.ArgumentParser:

@@ -32,12 +32,15 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from training.cli import MAX_BEAM
 from training.data.image_files import DEFAULT_MAX_PIXELS, oversized
 
 log = logging.getLogger(__name__)
 
 IMAGE_TYPES = ("image/jpeg", "image/png")
-MAX_BEAM = 10
+# A request's beam search holds the decoding thread for every request queued behind it, and each new beam
+# value traces its searches on first use; half the commands' limit bounds what one request costs the others.
+MAX_REQUEST_BEAM = MAX_BEAM // 2
 # Images up to this size are checked on the event loop, larger ones on a thread: checking took 0.5 ms
 # for a 64 px demo PNG and 9 ms for an 83 KB 300 px JPEG (on a busy 2-core machine), and a thread
 # hand-off per small request costs about what the check does.
@@ -197,7 +200,7 @@ def create_app(
     add_page(app)
 
     @app.post("/caption")
-    async def caption(request: Request, beam: int | None = Query(None, ge=1, le=MAX_BEAM), details: bool = False):
+    async def caption(request: Request, beam: int | None = Query(None, ge=1, le=MAX_REQUEST_BEAM), details: bool = False):
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in IMAGE_TYPES:
             return error(415, f"Content-Type must be image/jpeg or image/png, got {content_type or 'none'!r}")

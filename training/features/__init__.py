@@ -1,7 +1,7 @@
 """Image features: extractor registry, keras.applications backbones, the on-disk feature store."""
 
 # Imported for their registrations: each module registers its extractors by name.
-from training.features import efficientnet, keras_hub, patches  # noqa: E402,F401
+from training.features import applications, keras_hub, patches  # noqa: E402,F401
 from training.features.base import BaseFeatureExtractor
 from training.features.registry import (
     FeatureExtractorRegistry,

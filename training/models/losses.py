@@ -9,17 +9,26 @@ from keras import ops
 
 
 @keras.saving.register_keras_serializable(package="training")
-def masked_sparse_categorical_crossentropy(y_true, y_pred):
+def masked_sparse_categorical_crossentropy(y_true, y_pred, label_smoothing: float = 0.0):
     """Per-token cross-entropy (from logits), weighted so that Keras' mean is over real tokens only.
 
     Padding gets weight 0 and real tokens B*T / count(real), as Keras does for masks: the mean
     Keras takes (over B*T) is then the mean over the batch's real tokens, independent of how
     far the batch is padded. Returning (B, T) values rather than a scalar lets Keras scale the
     loss correctly across replicas under a distribution strategy.
+
+    With `label_smoothing` the target is smoothed towards uniform: (1 - label_smoothing) on the true
+    word, label_smoothing spread over the whole vocabulary.
     """
     y_true = ops.cast(y_true, "int32")
+    logits = ops.cast(y_pred, "float32")
     is_token = ops.cast(ops.not_equal(y_true, 0), "float32")
-    per_token = keras.losses.sparse_categorical_crossentropy(y_true, ops.cast(y_pred, "float32"), from_logits=True)
+    if label_smoothing:
+        log_probs = ops.log_softmax(logits, axis=-1)
+        true_word = -ops.squeeze(ops.take_along_axis(log_probs, ops.expand_dims(y_true, -1), axis=-1), -1)
+        per_token = (1.0 - label_smoothing) * true_word - label_smoothing * ops.mean(log_probs, axis=-1)
+    else:  # one fused kernel
+        per_token = keras.losses.sparse_categorical_crossentropy(y_true, logits, from_logits=True)
     total = ops.cast(ops.size(is_token), "float32")
     return per_token * is_token * (total / ops.maximum(ops.sum(is_token), 1.0))
 
@@ -49,14 +58,7 @@ class MaskedLabelSmoothingCrossEntropy(keras.losses.Loss):
         self.label_smoothing = float(label_smoothing)
 
     def call(self, y_true, y_pred):
-        y_true = ops.cast(y_true, "int32")
-        is_token = ops.cast(ops.not_equal(y_true, 0), "float32")
-        log_probs = ops.log_softmax(ops.cast(y_pred, "float32"), axis=-1)
-        true_word = -ops.squeeze(ops.take_along_axis(log_probs, ops.expand_dims(y_true, -1), axis=-1), -1)
-        uniform = -ops.mean(log_probs, axis=-1)
-        per_token = (1.0 - self.label_smoothing) * true_word + self.label_smoothing * uniform
-        total = ops.cast(ops.size(is_token), "float32")
-        return per_token * is_token * (total / ops.maximum(ops.sum(is_token), 1.0))
+        return masked_sparse_categorical_crossentropy(y_true, y_pred, self.label_smoothing)
 
     def get_config(self):
         return {**super().get_config(), "label_smoothing": self.label_smoothing}

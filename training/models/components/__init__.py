@@ -1,15 +1,10 @@
-"""Model stage, layers: attention, projections, embeddings and decoder cores."""
+"""Model stage, layers: attention, projections, input encoders and decoder cores."""
 
 from training.models.components.attention import BahdanauAttention, CachedMultiHeadAttention, MultiHeadCrossAttention
+from training.models.components.decoders import LSTMAttentionDecoder, LSTMEncoder, TransformerDecoderBlock
 from training.models.components.dense import Dense
 from training.models.components.dropout import Dropout
-from training.models.components.encoders import (
-    ImageProjection,
-    LSTMAttentionDecoder,
-    LSTMEncoder,
-    TextEmbedding,
-    TransformerDecoderBlock,
-)
+from training.models.components.encoders import ImageProjection, TextEmbedding
 from training.models.components.normalization import LayerNormalization
 
 __all__ = [
