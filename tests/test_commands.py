@@ -127,3 +127,42 @@ def test_saved_models_load_in_a_fresh_process(run, tmp_path):
     assert done.stdout.split() == ["CaptionModel", "CaptionModel"]
     code = "import sys, keras\nimport training.captioner\nprint(type(keras.saving.load_model(sys.argv[1])).__name__)\n"
     assert run_python(["-c", code, str(run / "image_caption_model_final.keras")]).stdout.split() == ["CaptionModel"]
+
+
+def test_the_evaluator_writes_and_prints_nothing_and_captions_as_the_captioner_does(run, tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    from training.captioner import Captioner
+    from training.data.caption_loader import CaptionLoader
+    from training.data.dataset import DatasetBuilder
+    from training.data.preprocessor import CaptionPreprocessor
+    from training.evaluation.evaluator import Evaluator, split_images
+    from training.evaluation.loading import load_trained
+    from training.evaluation.split import evaluate_split, write_per_image_rows, write_predictions_file
+    from training.features import FeatureStore
+
+    monkeypatch.chdir(tmp_path)
+    config, model, tokenizer = load_trained(run)
+    store = FeatureStore.open(run)
+    captions = CaptionPreprocessor().process(CaptionLoader(config.data.captions_format).load(config.data.captions_file))
+    test = {i: captions[i] for i in json.loads((run / "splits.json").read_text())["test"]}
+    builder = DatasetBuilder(store.features, store.index, tokenizer, model.max_length)
+    features, references = split_images(builder, test)
+    folder = {path: path.stat().st_mtime_ns for path in run.rglob("*")}
+    capsys.readouterr()
+
+    evaluator = Evaluator(tokenizer, features, references)
+    result = evaluator.evaluate(model, beam_size=2)
+    assert capsys.readouterr().out == "" and not any(tmp_path.iterdir())
+    assert {path: path.stat().st_mtime_ns for path in run.rglob("*")} == folder
+    # The Captioner pads its batches the same way, so `training.caption` gives the very captions the scores rate.
+    captioner = Captioner.from_run(model, tokenizer, config, beam_size=2, extractor_weights=None)
+    expected = captioner.caption(features, attention=True)
+    assert [(c.text, c.score) for c in result.captions] == [(c.text, c.score) for c in expected]
+    assert all(np.array_equal(a.attention, b.attention) for a, b in zip(result.captions, expected))
+    # A run's final scores are the evaluator's result and its writers: the same files, byte for byte.
+    evaluate_split(model, tokenizer, builder, test, config, tmp_path / "run", beam_size=2, show=0)
+    write_predictions_file(result, tmp_path / "mine", "test")
+    write_per_image_rows(result, tmp_path / "mine", "test")
+    for name in ("predictions_test.json", "logs/bleu_scores.csv"):
+        assert (tmp_path / "mine" / name).read_bytes() == (tmp_path / "run" / name).read_bytes()
