@@ -319,3 +319,18 @@ def test_an_scst_state_of_the_earlier_format_starts_scst_again(scst_run, demo_da
     assert re.search(r"SCST epoch 3/3 \(run epoch 5\)", output)
     assert [p.name for p in (artifacts / "resume_scst").iterdir()] == ["epoch_00005"]
     assert json.loads((artifacts / "resume_scst" / "epoch_00005" / "state.json").read_text())["stage"] == "scst"
+
+
+def test_sigterm_in_the_scst_stage_exits_143_and_the_resumed_run_writes_the_uninterrupted_metrics(scst_run, demo_data, tmp_path):
+    from test_long_runs import interrupt_mid_epoch
+
+    _, reference, _ = scst_run
+    config = write_config(tmp_path / "config.yaml", demo_data, tmp_path / "artifacts")
+    code, output = interrupt_mid_epoch(config, signal.SIGTERM, epoch=3)  # SCST epoch 2, half done
+    assert code == 143, output[-3000:]
+    assert "Traceback" not in output
+    assert re.search(
+        r"^error: SIGTERM in SCST epoch 2; nothing was saved from that epoch\. The resume point is SCST epoch 1's", output, re.M
+    )
+    run_python(["-m", "training.train", "--config", str(config)], env=ENV)
+    assert metrics(tmp_path / "artifacts") == metrics(reference)
