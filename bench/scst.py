@@ -9,7 +9,7 @@ training images (2000: 10,000 captions). Each stage runs in its own process, so 
 peak memory:
   - `xe`: one cross-entropy epoch with model.fit as Trainer runs it (packed rows, no validation);
     the model is saved for the next stage;
-  - `scst`: that model, one SCST epoch through SelfCriticalTrainer.train (5 samples per image,
+  - `scst`: that model, one SCST epoch through SelfCriticalTrainer.train (the epoch engine; 5 samples per image,
     scst_learning_rate 1e-5 as the config's default), its validation on `--val-images`
     validation images after the epoch (not timed as training).
 Each stage reports its epoch's training seconds (first batch to last, tracing included: a
@@ -17,8 +17,10 @@ callback's batch-end times), its steady captions trained per second (after the f
 for SCST a caption trained is a sample), tokens per caption trained (SCST's samples are as long as
 the model makes them), and peak RssAnon (sampled every 20 ms) and VmHWM up to its last step
 (`training_memory`; the SCST stage's `memory` also covers its validation and checkpoint). The
-SCST stage also reports the share of its steps spent reading features (on a thread, overlapped),
-sampling, computing the reward and updating (steady steps), and its mean reward over the first and last 20 steps.
+SCST stage also reports the seconds its steady steps spent reading features (in the tf.data
+pipeline, overlapped) and computing the reward, the reward's share of the steady steps (sampling
+and update run in one compiled step and are not told apart), and its mean reward over the first
+and last 20 steps.
 Targets (the SCST stage's): epoch seconds <= 2x the cross-entropy epoch's, peak RssAnon <= 1.5x.
 """
 
@@ -26,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -118,7 +119,6 @@ def run_scst(args) -> dict:
     import keras
 
     from training.callbacks.caption_metrics import CaptionValidation
-    from training.evaluation.inference import CaptionSampler
     from training.trainers.scst import SelfCriticalTrainer, compile_for_scst
     from training.utils import configure_precision, set_global_seed
 
@@ -138,19 +138,20 @@ def run_scst(args) -> dict:
     )
     set_global_seed(config.data.seed)
     policy = configure_precision(config.training.use_mixed_precision)
-    model = keras.saving.load_model(args.model)
+    model = keras.saving.load_model(args.model, compile=False)
     compile_for_scst(model, config.training.scst_learning_rate, config.training.clipnorm)
-    times, rewards, warm, training_memory = w1.StepTimes(), [], {}, {}
+    times, means, rewards, warm, training_memory = w1.StepTimes(), [], [], {}, {}
 
     class Rewards(keras.callbacks.Callback):  # the epoch's start and its batches' rewards
         def on_epoch_begin(self, epoch, logs=None):
             times.begin = time.perf_counter()
 
         def on_train_batch_end(self, batch, logs=None):
-            rewards.append(logs["reward"])
+            means.append(logs["reward"])  # the epoch's mean so far: step k's own is k * mean_k - (k - 1) * mean_k-1
+            rewards.append(len(means) * means[-1] - (len(means) - 1) * (means[-2] if len(means) > 1 else 0.0))
             training_memory.update(sampler_memory.snapshot())  # the peak up to the last step: validation left out
             if len(rewards) == WARMUP:  # the steps after it are the steady ones (tracing done)
-                warm.update(trainer.step_seconds)
+                warm.update(trainer.step.step_seconds)
 
     with tempfile.TemporaryDirectory(prefix="bench-scst-") as artifacts:
         trainer = SelfCriticalTrainer(
@@ -162,20 +163,13 @@ def run_scst(args) -> dict:
             CaptionValidation(tokenizer, builder, val, args.val_images),
             callbacks=[Rewards(), times.callback],
         )
-        state = {
-            "epoch": 0,
-            "xe_epochs": 1,
-            "xe_val_cider": 0.0,
-            "xe_val_bleu4": 0.0,
-            "best_val_cider": -math.inf,
-            "best_epoch": None,
-        }
+        state = {"stage": "scst", "epoch": 1, "xe_epochs": 1, "xe_val_cider": 0.0, "xe_val_bleu4": 0.0, "callbacks": {}}
         w1.log(f"scst: one epoch on {len(train)} images ({trainer.samples} samples each, policy {policy})")
         started = time.perf_counter()
-        trainer.train(model, state, CaptionSampler(model, tokenizer, trainer.samples))
+        trainer.train(model, state)
         stage_seconds = time.perf_counter() - started
-    seconds = {k: v - warm.get(k, 0.0) for k, v in trainer.step_seconds.items()}
-    step_total = sum(seconds[k] for k in ("sampling", "reward", "update"))
+    seconds = {k: v - warm.get(k, 0.0) for k, v in trainer.step.step_seconds.items()}
+    step_total = times.ends[-1] - times.ends[min(WARMUP, len(times.ends) - 1) - 1]  # the steady steps' seconds
     per_batch = [
         trainer.samples * len(ids)
         for ids in (list(train)[i : i + trainer.images_per_batch] for i in range(0, len(train), trainer.images_per_batch))
@@ -185,14 +179,14 @@ def run_scst(args) -> dict:
         **timing(times, per_batch),
         "images_per_batch": trainer.images_per_batch,
         "samples_per_image": trainer.samples,
-        "steady_step_share": {k: round(seconds[k] / step_total, 3) for k in ("sampling", "reward", "update")},
+        "steady_step_share": {"reward": round(seconds["reward"] / step_total, 3)},
         "steady_step_seconds": {k: round(v, 2) for k, v in seconds.items()},
-        "features_note": "read on a thread while the previous step trains (not part of the step share)",
+        "features_note": "read by the tf.data pipeline while the previous step trains (not part of the step share)",
         "mean_reward_first_and_last_20_steps": [
             round(statistics.mean(rewards[:20]), 4),
             round(statistics.mean(rewards[-20:]), 4),
         ],
-        "tokens_per_caption": round(trainer.tokens_trained / sum(per_batch), 2),
+        "tokens_per_caption": round(trainer.step.tokens_trained / sum(per_batch), 2),
         "epoch_with_validation_seconds": round(stage_seconds, 1),
         "training_memory": training_memory,
         "memory": sampler_memory.snapshot(),

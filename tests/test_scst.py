@@ -76,7 +76,8 @@ def test_one_scst_step_raises_the_probability_of_samples_better_than_their_basel
     from training.data.tokenizer import Tokenizer
     from training.evaluation.inference import CaptionSampler
     from training.models import build_caption_model
-    from training.trainers.scst import compile_for_scst, scst_train_step, self_critical_advantages, sequence_log_probs
+    from training.models.optimization import FusedAdam
+    from training.trainers.scst import SelfCriticalStep, compile_for_scst, self_critical_advantages, sequence_log_probs
 
     keras.utils.set_random_seed(0)
     words = "a red blue green circle square triangle and of left right".split()
@@ -87,6 +88,7 @@ def test_one_scst_step_raises_the_probability_of_samples_better_than_their_basel
         8,
     )
     compile_for_scst(model, learning_rate=0.001, clipnorm=None)
+    assert isinstance(model.optimizer, FusedAdam)  # as in the cross-entropy stage
     sampler = CaptionSampler(model, tokenizer, samples=6)
     features = tf.constant(np.random.default_rng(0).normal(size=(2, 5, 12)), tf.float32)
     sequences = sampler.sample(features, (0, 1))
@@ -104,7 +106,8 @@ def test_one_scst_step_raises_the_probability_of_samples_better_than_their_basel
     banned = sampler.banned_mask(tokenizer.vocab_size)
     rows = tf.repeat(features, 6, axis=0)
     before = sequence_log_probs(model, rows, sequences, tokenizer.start_id, banned).numpy()
-    loss = scst_train_step(model, sampler)(features, tf.constant(sequences), tf.constant(advantages, tf.float32))
+    step = SelfCriticalStep(model, sampler, None, [], images_per_batch=2)
+    loss = tf.function(step.update)(features, tf.constant(sequences), tf.constant(advantages, tf.float32))
     after = sequence_log_probs(model, rows, sequences, tokenizer.start_id, banned).numpy()
     assert float(loss) == pytest.approx(-np.mean(advantages * before), rel=1e-4)  # the loss the step minimised
     gained = after - before
@@ -256,6 +259,30 @@ def test_scst_continues_the_epochs_and_the_summary_says_which_model_is_final(scs
     assert re.search(r"\| \d+\.\ds \(val captions \d+\.\ds\) \|", output)  # the cost of the caption metrics
 
 
+def tensorboard_steps(folder) -> dict[str, list[int]]:
+    """tag -> the steps it was written at, from every TensorBoard event file in `folder`."""
+    import tensorflow as tf
+
+    steps: dict[str, list[int]] = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                steps.setdefault(value.tag, []).append(event.step)
+    return {tag: sorted(found) for tag, found in steps.items()}
+
+
+def test_both_stages_train_with_fused_adam_and_write_to_tensorboard(scst_run):
+    from training.models.optimization import FusedAdam
+
+    _, artifacts, _ = scst_run
+    for name in ("checkpoint_scst.keras", "image_caption_model_xe.keras", "resume_scst/epoch_00004/model.keras"):
+        model = keras.saving.load_model(artifacts / name)
+        assert type(model.optimizer) is FusedAdam and int(model.optimizer.iterations) > 0, name
+    train, validation = tensorboard_steps(artifacts / "logs" / "train"), tensorboard_steps(artifacts / "logs" / "validation")
+    assert train["epoch_loss"] == [0, 1, 2, 3]  # the run's epochs, SCST's numbered after the cross-entropy ones
+    assert train["epoch_reward"] == [2, 3] and validation["epoch_cider"] == [0, 1, 2, 3]
+
+
 def test_a_kill_in_the_scst_stage_resumes_in_that_stage(scst_run, demo_data, tmp_path):
     _, reference, _ = scst_run
     config = write_config(tmp_path / "config.yaml", demo_data, tmp_path / "artifacts")
@@ -273,3 +300,37 @@ def test_a_kill_in_the_scst_stage_resumes_in_that_stage(scst_run, demo_data, tmp
     rows = metrics(artifacts)
     assert rows[:4] == metrics(reference)  # the epochs, stages and values of the uninterrupted run
     assert (rows[4]["epoch"], rows[4]["stage"]) == ("5", "scst")
+
+
+def test_an_scst_state_of_the_earlier_format_starts_scst_again(scst_run, demo_data, tmp_path):
+    import shutil
+
+    _, reference, _ = scst_run
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(reference, artifacts)
+    # As the earlier SCST loop wrote it: its own epoch count, no stage, no callback counters.
+    (artifacts / "resume_scst" / "epoch_00004").rename(artifacts / "resume_scst" / "epoch_00002")
+    old = {"epoch": 2, "xe_epochs": 2, "xe_val_cider": 0.1, "xe_val_bleu4": 0.0, "best_val_cider": 0.2, "best_epoch": 4}
+    (artifacts / "resume_scst" / "epoch_00002" / "state.json").write_text(json.dumps(old))
+    config = write_config(tmp_path / "config.yaml", demo_data, artifacts)
+    done = run_python(["-m", "training.train", "--config", str(config), "--set", "scst_epochs=3"], env=ENV)
+    output = done.stdout + done.stderr
+    assert "was written by an earlier version of this program: SCST starts again" in output
+    assert re.search(r"SCST epoch 3/3 \(run epoch 5\)", output)
+    assert [p.name for p in (artifacts / "resume_scst").iterdir()] == ["epoch_00005"]
+    assert json.loads((artifacts / "resume_scst" / "epoch_00005" / "state.json").read_text())["stage"] == "scst"
+
+
+def test_sigterm_in_the_scst_stage_exits_143_and_the_resumed_run_writes_the_uninterrupted_metrics(scst_run, demo_data, tmp_path):
+    from test_long_runs import interrupt_mid_epoch
+
+    _, reference, _ = scst_run
+    config = write_config(tmp_path / "config.yaml", demo_data, tmp_path / "artifacts")
+    code, output = interrupt_mid_epoch(config, signal.SIGTERM, epoch=3)  # SCST epoch 2, half done
+    assert code == 143, output[-3000:]
+    assert "Traceback" not in output
+    assert re.search(
+        r"^error: SIGTERM in SCST epoch 2; nothing was saved from that epoch\. The resume point is SCST epoch 1's", output, re.M
+    )
+    run_python(["-m", "training.train", "--config", str(config)], env=ENV)
+    assert metrics(tmp_path / "artifacts") == metrics(reference)

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from training.run.artifacts import STATE_FILE, STATE_MODEL_FILE
-from training.run.lifecycle import latest_state
+from training.run.lifecycle import latest_state, state_folder, state_folders
 from training.utils.io import atomic_path, save_json
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,8 @@ class ResumeState(keras.callbacks.Callback):
     so the resume point never claims more than was trained. Put this callback last: it records
     what the callbacks before it decided at the end of the epoch. `identity` (the settings that
     shaped the weights) and `epochs` (the budget) are stored with each state so a rerun can
-    tell a changed config from an extended one.
+    tell a changed config from an extended one; `facts` are the stage's own (a later stage's
+    starting point), stored as they are.
     """
 
     STATE_FILE = STATE_FILE
@@ -68,6 +69,7 @@ class ResumeState(keras.callbacks.Callback):
         tracked: dict[str, keras.callbacks.Callback],
         identity: dict | None = None,
         epochs: int | None = None,
+        facts: dict | None = None,
     ):
         super().__init__()
         self.directory = Path(directory)
@@ -75,6 +77,7 @@ class ResumeState(keras.callbacks.Callback):
         self.tracked = tracked  # name -> callback whose counters are saved
         self.identity = identity
         self.epochs = epochs
+        self.facts = dict(facts or {})
         self.restore_from: dict | None = None
         self.last_saved_epoch = 0
 
@@ -96,7 +99,8 @@ class ResumeState(keras.callbacks.Callback):
     def _callback_counters(self) -> dict:
         counters = {}
         for name, callback in self.tracked.items():
-            values = {a: getattr(callback, a) for a in ("wait", "best", "best_epoch", "cooldown_counter") if hasattr(callback, a)}
+            counted = ("wait", "best", "best_epoch", "cooldown_counter", "saved_epoch")
+            values = {a: getattr(callback, a) for a in counted if hasattr(callback, a)}
             counters[name] = {
                 a: (float(v) if isinstance(v, float) or hasattr(v, "dtype") else v) for a, v in values.items() if v is not None
             }
@@ -104,8 +108,8 @@ class ResumeState(keras.callbacks.Callback):
 
     def save(self, epoch: int) -> Path:
         """Write the state of a run whose first `epoch` epochs are complete."""
-        name = f"epoch_{epoch:05d}"
-        final, tmp = self.directory / name, self.directory / f"{name}.tmp"
+        final = state_folder(self.directory, epoch)
+        tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         self.model.save(tmp / self.MODEL_FILE)
@@ -115,11 +119,12 @@ class ResumeState(keras.callbacks.Callback):
             "epoch": epoch,
             "epochs": self.epochs,
             "callbacks": self._callback_counters(),
+            **self.facts,
         }
         save_json(state, tmp / self.STATE_FILE)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        for old in self.directory.glob("epoch_*"):
+        for old in state_folders(self.directory):
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)
         self.last_saved_epoch = epoch

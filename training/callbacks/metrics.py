@@ -18,7 +18,11 @@ def current_learning_rate(model) -> float:
 
 
 class MetricsCallback(keras.callbacks.Callback):
-    """Writes epoch,train_loss,val_loss,learning_rate,epoch_time_seconds (+ other logs) through the tracker."""
+    """Writes epoch,train_loss,val_loss,learning_rate,epoch_time_seconds (+ other logs) through the tracker.
+
+    Other logs are written as train_<name>, val_ ones and those in AS_IS (SCST's reward) as they are."""
+
+    AS_IS = ("reward",)
 
     def __init__(self, tracker, stage: str | None = None):
         super().__init__()
@@ -39,7 +43,7 @@ class MetricsCallback(keras.callbacks.Callback):
             "learning_rate": learning_rate if learning_rate is not None else current_learning_rate(self.model),
             "epoch_time_seconds": round(time.perf_counter() - self._started, 3),
         }
-        row.update({("train_" + k if not k.startswith("val_") else k): v for k, v in logs.items()})
+        row.update({(k if k.startswith("val_") or k in self.AS_IS else "train_" + k): v for k, v in logs.items()})
         stage = {"stage": self.stage} if self.stage else {}
         self.tracker.log_metrics(epoch=epoch + 1, **{k: float(v) for k, v in row.items() if v is not None}, **stage)
 
@@ -49,11 +53,13 @@ class ProgressCallback(keras.callbacks.Callback):
     whether the checkpoint was saved. In a log file it is the whole progress (no bar is drawn there), so
     the callbacks that report an epoch tell it here instead of on lines of their own: put it after them."""
 
-    SHOWN = ("loss", "masked_accuracy", "val_loss", "val_masked_accuracy", "val_bleu4", "val_cider")
+    SHOWN = ("reward", "loss", "masked_accuracy", "val_loss", "val_masked_accuracy", "val_bleu4", "val_cider")
 
-    def __init__(self, epochs: int, checkpoint=None, caption_metrics=None):
+    def __init__(self, epochs: int, checkpoint=None, caption_metrics=None, stage: str = "", earlier_epochs: int = 0):
         super().__init__()
-        self.epochs = epochs
+        self.epochs = epochs  # this stage's
+        self.stage = stage  # a later stage's name ("SCST"): its epochs are numbered from 1 and the run's epoch is shown
+        self.earlier_epochs = earlier_epochs  # the run's epochs before this stage
         self.checkpoint = checkpoint  # BestModelCheckpoint: "saved <file>" on the epochs it saves
         self.caption_metrics = caption_metrics  # CaptionMetricsCallback: the time its captions took
         self._started = 0.0
@@ -66,8 +72,14 @@ class ProgressCallback(keras.callbacks.Callback):
         logs = logs or {}
         self._epoch_times.append(time.perf_counter() - self._started)
         mean = sum(self._epoch_times) / len(self._epoch_times)
-        left = mean * (self.epochs - epoch - 1)
-        parts = [f"epoch {epoch + 1}/{self.epochs}"] + [f"{k} {logs[k]:.4f}" for k in self.SHOWN if k in logs]
+        own = epoch - self.earlier_epochs
+        left = mean * (self.epochs - own - 1)
+        title = (
+            f"{self.stage} epoch {own + 1}/{self.epochs} (run epoch {epoch + 1})"
+            if self.stage
+            else f"epoch {own + 1}/{self.epochs}"
+        )
+        parts = [title] + [f"{k} {logs[k]:.4f}" for k in self.SHOWN if k in logs]
         # ReduceLROnPlateau puts the rate the epoch used in the logs, then may lower it for the next one.
         now = current_learning_rate(self.model)
         used = logs.get("learning_rate", now)

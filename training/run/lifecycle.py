@@ -147,12 +147,25 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 # -- what the folder holds ---------------------------------------------------------------------
+STATE_FOLDER_PREFIX = "epoch_"  # a resume folder's states: epoch_00003 holds the state after 3 epochs
+
+
+def state_folder(directory: str | Path, epoch: int) -> Path:
+    """The folder in `directory` (resume/, resume_scst/) that holds the state after `epoch` epochs."""
+    return Path(directory) / f"{STATE_FOLDER_PREFIX}{epoch:05d}"
+
+
+def state_folders(directory: str | Path) -> list[Path]:
+    """Every state folder in `directory`, complete or not (a `.tmp` one is being written), oldest first."""
+    return sorted(Path(directory).glob(STATE_FOLDER_PREFIX + "*"))
+
+
 def latest_state(directory: str | Path) -> tuple[Path, dict] | None:
     """The newest complete epoch state in a resume/ folder: (its folder, the state), or None."""
     directory = Path(directory)
     if not directory.is_dir():
         return None
-    for folder in sorted(directory.glob("epoch_*"), reverse=True):
+    for folder in reversed(state_folders(directory)):
         state_file = folder / STATE_FILE
         if folder.name.endswith(".tmp") or not state_file.is_file():
             continue
@@ -285,7 +298,7 @@ def check_resume_files(artifacts_dir: str | Path) -> None:
             problem = f"{error.strerror or error}" if isinstance(error, OSError) else f"not a whole .keras file ({error})"
         if problem is None:
             continue
-        earlier = [p.name for p in latest[0].parent.glob("epoch_*") if p.name < latest[0].name and (p / STATE_FILE).is_file()]
+        earlier = [p.name for p in state_folders(latest[0].parent) if p.name < latest[0].name and (p / STATE_FILE).is_file()]
         way = f"delete {latest[0]} to continue from {max(earlier)}, or " if earlier else ""
         raise ConfigError(
             f"{model_file} is damaged ({problem}); nothing was changed. To go on, {way}rerun with --fresh "

@@ -1,13 +1,7 @@
-"""Training: Trainer, DistributedTrainer, CallbackFactory."""
+"""Training: the epoch engine every stage runs through, Trainer, DistributedTrainer, CallbackFactory."""
 
-from training.trainers.trainer import (
-    CallbackFactory,
-    DistributedTrainer,
-    NonFiniteLoss,
-    Trainer,
-    TrainingInterrupted,
-    config_fingerprint,
-)
+from training.trainers.engine import NonFiniteLoss, TrainingInterrupted
+from training.trainers.trainer import CallbackFactory, DistributedTrainer, Trainer, config_fingerprint
 
 __all__ = [
     "CallbackFactory",

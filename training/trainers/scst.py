@@ -5,33 +5,36 @@ compiled pass (`CaptionSampler`), rewards each with its CIDEr-D against the imag
 (document frequencies of the training split, computed once; the project's own tokens, no Java;
 the whole batch at once in numpy, `BatchCiderD`), takes as each sample's baseline the mean reward
 of the image's other samples, and minimises -(reward - baseline) * (sum of the sample's log-probs),
-computed on each image's samples packed in one row (`pack_samples`). Epochs continue the cross-entropy stage's
-numbering in metrics.csv (stage `scst`); after each one the validation CIDEr-D decides whether
-`checkpoint_scst.keras` is replaced, and the state in `resume_scst/` lets a killed run continue.
+computed on each image's samples packed in one row (`pack_samples`). The stage trains through the
+same epoch engine as cross-entropy (`engine.py`: Keras `fit` and its callbacks), with
+`SelfCriticalStep` as the model's `train_step`. Epochs continue the cross-entropy stage's
+numbering in metrics.csv (stage `scst`) and TensorBoard; after each one the validation CIDEr-D
+decides whether `checkpoint_scst.keras` is replaced, and the state in `resume_scst/` lets a killed
+run continue.
 The run's final model is the SCST one only if its best val_cider beats the cross-entropy model's.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
-import os
-import shutil
-import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
-from tqdm.auto import tqdm
 
+from training.callbacks.caption_metrics import CaptionMetricsCallback
+from training.callbacks.checkpoint import BestModelCheckpoint, ResumeState
+from training.callbacks.metrics import ProgressCallback
 from training.evaluation.cider import BatchCiderD, CiderD
 from training.evaluation.metrics import strip_wrappers
-from training.run.artifacts import SCST_CHECKPOINT, SCST_RESUME_DIR, STATE_FILE, STATE_MODEL_FILE, XE_MODEL
-from training.run.lifecycle import Terminated, latest_state
-from training.utils.io import atomic_path, save_json
+from training.models.optimization import FusedAdam
+from training.run.artifacts import LOGS_DIR, SCST_CHECKPOINT, SCST_RESUME_DIR, STATE_MODEL_FILE, XE_MODEL
+from training.run.lifecycle import identity_fingerprint, latest_state, run_identity
+from training.trainers.engine import epoch_callbacks, fit_epochs
 from training.utils.logging import draws_progress
 
 log = logging.getLogger(__name__)
@@ -83,40 +86,69 @@ def pack_samples(sequences, advantages, samples: int, start_id: int):
     )
 
 
-def scst_train_step(model, sampler):
-    """A compiled step: (image features, their sampled captions, advantages) -> one optimizer update; returns the loss.
+def compile_for_scst(model, learning_rate: float, clipnorm: float | None) -> None:
+    """Give the model its SCST optimizer, FusedAdam as in cross-entropy (saved with it, so a resumed stage
+    keeps Adam's moments). No loss: `SelfCriticalStep` computes it."""
+    model.compile(optimizer=FusedAdam(learning_rate=learning_rate, clipnorm=clipnorm))
+    model.optimizer.build(model.trainable_variables)
 
-    The loss is -mean(advantage * `sequence_log_probs`), computed on packed rows (`pack_samples`): each
-    image's regions are projected once for its samples, and no sample is padded to max_length."""
-    banned = sampler.banned_mask(model.vocab_size)
-    samples, start_id = sampler.samples, sampler.tokenizer.start_id
 
-    # Traced once: any number of images, and packed rows of any length.
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec([None, None, None], tf.float32),
-            tf.TensorSpec([None, None], tf.int32),
-            tf.TensorSpec([None], tf.float32),
-        ]
-    )
-    def train_step(features, sequences, advantages):
-        inputs, targets, positions, weights = pack_samples(sequences, advantages, samples, start_id)
+class SelfCriticalStep(keras.callbacks.Callback):
+    """What one SCST step does, as the caption model's `train_step` under `fit`: sample `samples` captions
+    per image (the sampler's compiled pass), reward them (BatchCiderD, in numpy through tf.numpy_function),
+    and take the packed policy-gradient step. A batch is (image features, their indices in `image_ids`,
+    the sampler's seed). As a callback it starts the epoch's mean loss and reward afresh.
+    `step_seconds` sums the reward's and the feature reads' seconds; `tokens_trained` the sampled tokens."""
+
+    def __init__(self, policy, sampler, batch_cider: BatchCiderD, image_ids: list[str], images_per_batch: int):
+        super().__init__()
+        self.policy, self.sampler, self.batch_cider = policy, sampler, batch_cider  # `model` is fit's, as on any callback
+        self.image_ids, self.images_per_batch = image_ids, images_per_batch
+        self.samples, self.start_id = sampler.samples, sampler.tokenizer.start_id
+        self.banned = sampler.banned_mask(policy.vocab_size)
+        self.means = {"loss": keras.metrics.Mean(name="loss"), "reward": keras.metrics.Mean(name="reward")}
+        self.step_seconds = {"features": 0.0, "reward": 0.0}
+        self.tokens_trained = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for mean in self.means.values():
+            mean.reset_state()
+
+    def rewards(self, sequences: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(advantage per sample, mean reward): CIDEr-D of each sample against its image's references."""
+        started = time.perf_counter()
+        reward = self.batch_cider.scores(sequences, [self.image_ids[i] for i in indices for _ in range(self.samples)])
+        advantage, _ = self_critical_advantages(reward, self.samples)
+        self.tokens_trained += int(np.count_nonzero(sequences))
+        self.step_seconds["reward"] += time.perf_counter() - started
+        return advantage.astype(np.float32), np.float32(reward.mean())
+
+    def update(self, features, sequences, advantages):
+        """One optimizer update on -mean(advantage * `sequence_log_probs`), computed on packed rows (`pack_samples`):
+        each image's regions are projected once for its samples, and no sample is padded to max_length."""
+        inputs, targets, positions, weights = pack_samples(sequences, advantages, self.samples, self.start_id)
         with tf.GradientTape() as tape:
-            logits = tf.cast(model((features, inputs, positions), training=False), tf.float32)
-            log_probs = tf.nn.log_softmax(logits + banned, axis=-1)
+            logits = tf.cast(self.policy((features, inputs, positions), training=False), tf.float32)
+            log_probs = tf.nn.log_softmax(logits + self.banned, axis=-1)
             picked = tf.gather(log_probs, targets, batch_dims=2)
             loss = -tf.reduce_sum(tf.where(weights != 0, weights * picked, 0.0))
-        gradients = tape.gradient(loss, model.trainable_variables)
-        model.optimizer.apply(gradients, model.trainable_variables)
+        gradients = tape.gradient(loss, self.policy.trainable_variables)
+        self.policy.optimizer.apply(gradients, self.policy.trainable_variables)
         return loss
 
-    return train_step
-
-
-def compile_for_scst(model, learning_rate: float, clipnorm: float | None) -> None:
-    """Give the model its SCST optimizer (saved with it, so a resumed stage keeps Adam's moments)."""
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate, clipnorm=clipnorm))
-    model.optimizer.build(model.trainable_variables)
+    def train_step(self, data):
+        features, indices, seed = data
+        count = tf.shape(features)[0]
+        # The epoch's last, smaller batch is sampled at the full batch's shape (the sampler is traced once); the extra rows are dropped.
+        full = tf.pad(features, [[0, self.images_per_batch - count], [0, 0], [0, 0]])
+        full = tf.ensure_shape(full, [self.images_per_batch, *features.shape[1:]])
+        sequences = self.sampler._sample(full, seed)[: count * self.samples]
+        advantages, reward = tf.numpy_function(self.rewards, [sequences, indices], [tf.float32, tf.float32])
+        advantages.set_shape([None])
+        reward.set_shape([])
+        self.means["loss"].update_state(self.update(features, sequences, advantages))
+        self.means["reward"].update_state(reward)
+        return {name: mean.result() for name, mean in self.means.items()}
 
 
 class SelfCriticalTrainer:
@@ -141,200 +173,144 @@ class SelfCriticalTrainer:
         self.references = {i: [strip_wrappers(c) for c in captions] for i, captions in train_captions.items()}
         self.cider = CiderD.from_references(self.references)  # training-split document frequencies, once
         self.batch_cider = BatchCiderD(self.cider, tokenizer.vocabulary, tokenizer.end_id, self.references)
-        self.step_seconds = {"features": 0.0, "sampling": 0.0, "reward": 0.0, "update": 0.0}  # summed over steps
-        self.tokens_trained = 0  # sampled tokens (words and endseq) the updates trained on
         self.samples = config.training.scst_samples
         self.images_per_batch = max(1, config.training.batch_size // self.samples)
         self.directory = self.artifacts_dir / SCST_RESUME_DIR
+        self.step: SelfCriticalStep | None = None  # the last `train`'s
 
-    # -- one step ----------------------------------------------------------------------------------
-    def rewards(self, sequences: np.ndarray, image_ids: list[str]) -> np.ndarray:
-        """CIDEr-D of each sample against its image's references (BatchCiderD: CiderD.score, vectorised)."""
-        return self.batch_cider.scores(sequences, [i for i in image_ids for _ in range(self.samples)])
+    # -- data --------------------------------------------------------------------------------------
+    def batches(self, first_epoch: int) -> tf.data.Dataset:
+        """Endless (features, image indices, sampler seed) batches from run epoch `first_epoch` (0-based) on:
+        each epoch's images in the order drawn from (seed, epoch), its batch k sampled with seed
+        (seed, epoch * 100000 + k). The features are read from the store while the step before trains."""
+        seed, image_ids = self.config.data.seed, list(self.references)
+        shape = np.shape(self.builder.image_features(image_ids[:1]))[1:]
 
-    def step(self, train_step, sampler, ids: list[str], features, seed) -> tuple[float, float]:
-        """One SCST step on images `ids` (their features already gathered): (loss, mean reward).
-        Adds the seconds of sampling, reward and update to `step_seconds`."""
-        times, count = [time.perf_counter()], len(ids)
-        full = features
-        if count < self.images_per_batch:  # the epoch's last, smaller batch: sampled at the full batch's shape
-            extra = tf.zeros((self.images_per_batch - count,) + tuple(features.shape[1:]), features.dtype)
-            full = tf.concat([features, extra], axis=0)  # so the sampler is traced once; the extra rows are dropped
-        sequences = sampler.sample(full, seed)[: count * self.samples]
-        times.append(time.perf_counter())
-        reward = self.rewards(sequences, ids)
-        advantage, _ = self_critical_advantages(reward, self.samples)
-        times.append(time.perf_counter())
-        loss = float(train_step(features, sequences, advantage.astype(np.float32)))
-        times.append(time.perf_counter())
-        self.tokens_trained += int(np.count_nonzero(sequences))
-        for name, begin, end in zip(("sampling", "reward", "update"), times, times[1:]):
-            self.step_seconds[name] += end - begin
-        return loss, float(reward.mean())
+        def epochs():
+            for epoch in itertools.count(first_epoch):
+                order = np.random.default_rng([seed, epoch]).permutation(len(image_ids)).astype(np.int32)
+                for number, begin in enumerate(range(0, len(order), self.images_per_batch)):
+                    indices = order[begin : begin + self.images_per_batch]
+                    started = time.perf_counter()
+                    features = np.asarray(self.builder.image_features([image_ids[i] for i in indices]), np.float32)
+                    if self.step is not None:
+                        self.step.step_seconds["features"] += time.perf_counter() - started
+                    yield features, indices, np.array([seed, epoch * 100_000 + number], np.int64)
 
-    def features(self, ids: list[str]):
-        started = time.perf_counter()
-        features = tf.constant(self.builder.image_features(ids), tf.float32)
-        self.step_seconds["features"] += time.perf_counter() - started
-        return features
+        signature = (
+            tf.TensorSpec([None, *shape], tf.float32),
+            tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([2], tf.int64),
+        )
+        return tf.data.Dataset.from_generator(epochs, output_signature=signature).prefetch(1)
 
     # -- state -------------------------------------------------------------------------------------
-    def save_state(self, model, state: dict) -> None:
-        """Model + optimizer + counters of `state['epoch']` completed SCST epochs; the previous state is
-        replaced only once this one is complete (as the cross-entropy stage's resume/)."""
-        name = f"epoch_{state['epoch']:05d}"
-        final, tmp = self.directory / name, self.directory / f"{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        model.save(tmp / STATE_MODEL_FILE)
-        save_json(state, tmp / STATE_FILE)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in self.directory.glob("epoch_*"):
-            if old != final:
-                shutil.rmtree(old, ignore_errors=True)
-
     def start(self, xe_model, xe_epochs: int):
-        """(model, state) to continue from: the saved SCST state of this run, or the cross-entropy model."""
+        """(model, state) to continue from: the saved SCST state of this run, or the cross-entropy model with
+        a state of none done. A state's `epoch` counts the run's epochs, the cross-entropy ones included."""
         t = self.config.training
         latest = latest_state(self.directory) if t.resume else None
-        if latest and latest[1].get("xe_epochs") == xe_epochs:
+        if latest and latest[1].get("stage") == "scst" and latest[1].get("xe_epochs") == xe_epochs:
             folder, state = latest
-            log.info("SCST: resuming from %s: %d of %d epoch(s) done", folder, state["epoch"], t.scst_epochs)
+            log.info("SCST: resuming from %s: %d of %d epoch(s) done", folder, state["epoch"] - xe_epochs, t.scst_epochs)
             return keras.saving.load_model(folder / STATE_MODEL_FILE), state
         if latest:
             log.warning(
-                "SCST: the saved SCST state followed %s cross-entropy epochs, this run has %d: SCST starts again",
-                latest[1].get("xe_epochs"),
-                xe_epochs,
+                "SCST: the saved SCST state in %s %s: SCST starts again",
+                latest[0],
+                f"followed {latest[1].get('xe_epochs')} cross-entropy epochs, this run has {xe_epochs}"
+                if latest[1].get("stage") == "scst"
+                else "was written by an earlier version of this program",
             )
         xe_val = self.validation.score(xe_model)
         log.info("SCST: cross-entropy model val BLEU-4 %.4f, CIDEr-D %.4f", xe_val["val_bleu4"], xe_val["val_cider"])
-        model = keras.saving.load_model(self.artifacts_dir / XE_MODEL)  # a copy: the XE model stays as it is
+        # A copy (the XE model stays as it is), without the cross-entropy loss and metrics: SelfCriticalStep has its own.
+        model = keras.saving.load_model(self.artifacts_dir / XE_MODEL, compile=False)
         compile_for_scst(model, t.scst_learning_rate, t.clipnorm)
-        state = {
-            "epoch": 0,
-            "xe_epochs": xe_epochs,
-            "xe_val_cider": xe_val["val_cider"],
-            "xe_val_bleu4": xe_val["val_bleu4"],
-            "best_val_cider": -math.inf,
-            "best_epoch": None,
-        }
-        return model, state
+        state = {"stage": "scst", "epoch": xe_epochs, "xe_epochs": xe_epochs, "callbacks": {}}
+        return model, dict(state, xe_val_cider=xe_val["val_cider"], xe_val_bleu4=xe_val["val_bleu4"])
 
     # -- the stage ---------------------------------------------------------------------------------
     def run(self, xe_model, xe_epochs: int):
-        from training.evaluation.inference import CaptionSampler
-
         t = self.config.training
         model, state = self.start(xe_model, xe_epochs)
-        if state["epoch"] < t.scst_epochs:
-            self.train(model, state, CaptionSampler(model, self.tokenizer, self.samples))
+        if state["epoch"] < xe_epochs + t.scst_epochs and not state.get("ended"):
+            self.train(model, state)
+            state = latest_state(self.directory)[1]
         else:
-            log.info("SCST: %d of %d epoch(s) already done", state["epoch"], t.scst_epochs)
-        improved = state["best_epoch"] is not None and state["best_val_cider"] > state["xe_val_cider"]
+            log.info("SCST: %d of %d epoch(s) already done", state["epoch"] - xe_epochs, t.scst_epochs)
+        best = state["callbacks"].get("checkpoint", {})
+        best_val_cider, best_epoch = best.get("best", -math.inf), best.get("saved_epoch")
+        improved = best_epoch is not None and best_val_cider > state["xe_val_cider"]
         facts = {
             "final_model": "scst" if improved else "xe",
-            "scst_epochs": state["epoch"],
+            "scst_epochs": state["epoch"] - xe_epochs,
             "xe_val_cider": state["xe_val_cider"],
-            "scst_best_val_cider": state["best_val_cider"],
-            "scst_best_epoch": state["best_epoch"],
+            "scst_best_val_cider": best_val_cider,
+            "scst_best_epoch": None if best_epoch is None else best_epoch + 1,
         }
         if improved:
             log.info(
                 "SCST: final model is the SCST one (val CIDEr-D %.4f > %.4f of the cross-entropy model)",
-                state["best_val_cider"],
+                best_val_cider,
                 state["xe_val_cider"],
             )
             return keras.saving.load_model(self.artifacts_dir / SCST_CHECKPOINT), facts
         log.info(
             "SCST: final model is the cross-entropy one (its val CIDEr-D %.4f; SCST's best %.4f)",
             state["xe_val_cider"],
-            state["best_val_cider"],
+            best_val_cider,
         )
         return xe_model, facts
 
-    def train(self, model, state: dict, sampler) -> None:
-        t, seed = self.config.training, self.config.data.seed
-        train_step = scst_train_step(model, sampler)
-        image_ids = list(self.references)
-        callbacks = keras.callbacks.CallbackList(self.callbacks, model=model) if self.callbacks else None
-        if callbacks:
-            callbacks.on_train_begin()
-        prefetch = ThreadPoolExecutor(1, thread_name_prefix="scst-features")
-        try:
-            while state["epoch"] < t.scst_epochs:
-                epoch = state["xe_epochs"] + state["epoch"]  # 0-based, continuing the cross-entropy epochs
-                started = time.perf_counter()
-                if callbacks:
-                    callbacks.on_epoch_begin(epoch)
-                order = np.random.default_rng([seed, epoch]).permutation(len(image_ids))
-                batches = [order[i : i + self.images_per_batch] for i in range(0, len(order), self.images_per_batch)]
-                losses, rewards = [], []
-                batch_ids = [[image_ids[i] for i in batch] for batch in batches]
-                # The next batch's features are read from the store on a thread while this one trains.
-                upcoming = prefetch.submit(self.features, batch_ids[0])
-                bar = tqdm(
-                    batches, desc=f"SCST epoch {epoch + 1}", unit="batch", leave=False, disable=not draws_progress(sys.stderr)
-                )
-                for number, _ in enumerate(bar):
-                    ids, features = batch_ids[number], upcoming.result()
-                    if number + 1 < len(batches):
-                        upcoming = prefetch.submit(self.features, batch_ids[number + 1])
-                    loss, reward = self.step(train_step, sampler, ids, features, (seed, epoch * 100_000 + number))
-                    losses.append(loss)
-                    rewards.append(reward)
-                    if callbacks:
-                        callbacks.on_train_batch_end(number, {"loss": losses[-1], "reward": rewards[-1]})
-                values = self.validation.score(model)
-                logs = {
-                    "train_loss": float(np.mean(losses)),
-                    "reward": float(np.mean(rewards)),
-                    **values,
-                    "learning_rate": float(t.scst_learning_rate),
-                    "epoch_time_seconds": round(time.perf_counter() - started, 3),
-                }
-                saved = values["val_cider"] > state["best_val_cider"]
-                if saved:
-                    log.debug(
-                        "SCST: val_cider improved from %.4f to %.4f: saving %s",
-                        state["best_val_cider"],
-                        values["val_cider"],
-                        self.artifacts_dir / SCST_CHECKPOINT,
-                    )
-                    with atomic_path(self.artifacts_dir / SCST_CHECKPOINT) as tmp:
-                        model.save(tmp)
-                    state.update(best_val_cider=values["val_cider"], best_epoch=epoch + 1)
-                if self.tracker is not None:
-                    self.tracker.log_metrics(epoch=epoch + 1, stage="scst", **logs)
-                state["epoch"] += 1
-                self.save_state(model, state)
-                log.info(
-                    "SCST epoch %d/%d (run epoch %d) | reward %.4f | loss %.4f | val_bleu4 %.4f | val_cider %.4f | %.1fs%s",
-                    state["epoch"],
-                    t.scst_epochs,
-                    epoch + 1,
-                    logs["reward"],
-                    logs["train_loss"],
-                    values["val_bleu4"],
-                    values["val_cider"],
-                    logs["epoch_time_seconds"],
-                    f" | saved {SCST_CHECKPOINT}" if saved else "",
-                )
-                if callbacks:
-                    callbacks.on_epoch_end(epoch, logs)
-        except KeyboardInterrupt as interrupt:
-            from training.trainers.trainer import TrainingInterrupted
+    def train(self, model, state: dict) -> None:
+        """SCST epochs from `state` to `scst_epochs` through the epoch engine; each epoch's state goes to resume_scst/."""
+        from training.evaluation.inference import CaptionSampler
 
-            done = state["epoch"]
-            what = "SIGTERM" if isinstance(interrupt, Terminated) else "interrupted"
-            raise TrainingInterrupted(
+        t, xe_epochs = self.config.training, state["xe_epochs"]
+        sampler = CaptionSampler(model, self.tokenizer, self.samples)
+        self.step = SelfCriticalStep(model, sampler, self.batch_cider, list(self.references), self.images_per_batch)
+        model.train_step = self.step.train_step  # this model object is the SCST stage's alone
+        checkpoint = BestModelCheckpoint(self.artifacts_dir / SCST_CHECKPOINT, monitor="val_cider", mode="max")
+        identity = run_identity(self.config)
+        facts = {k: state[k] for k in ("stage", "xe_epochs", "xe_val_cider", "xe_val_bleu4")}
+        resume = ResumeState(
+            self.directory, identity_fingerprint(identity), {"checkpoint": checkpoint}, identity, xe_epochs + t.scst_epochs, facts
+        )
+        resume.restore_from = state
+        caption_metrics = CaptionMetricsCallback(self.validation)
+        progress = ProgressCallback(t.scst_epochs, checkpoint, caption_metrics, stage="SCST", earlier_epochs=xe_epochs)
+        callbacks = epoch_callbacks(
+            self.config.data.seed,
+            checkpoint,
+            resume,
+            progress,
+            caption_metrics=caption_metrics,
+            logs_dir=self.artifacts_dir / LOGS_DIR,
+            tracker=self.tracker,
+            stage="scst",
+        )
+
+        def interrupted(what: str, saved: int) -> str:
+            done = saved - xe_epochs
+            return (
                 f"{what} in SCST epoch {done + 1}; nothing was saved from that epoch. The resume point is "
                 + (f"SCST epoch {done}'s state in {self.directory}" if done else "the end of the cross-entropy stage")
-                + f". Run the same command again to continue (SCST epoch {done + 1} is trained again).",
-                terminated=isinstance(interrupt, Terminated),
-            ) from None
-        finally:
-            prefetch.shutdown(cancel_futures=True)
-        if callbacks:
-            callbacks.on_train_end()
+                + f". Run the same command again to continue (SCST epoch {done + 1} is trained again)."
+            )
+
+        fit_epochs(
+            model,
+            self.batches(state["epoch"]),
+            resume,
+            interrupted,
+            lambda epoch: (
+                f"the loss became NaN or infinite in SCST epoch {epoch - xe_epochs}; the best SCST model so far is "
+                f"{checkpoint.filepath}. Lower scst_learning_rate or set clipnorm."
+            ),
+            initial_epoch=state["epoch"],
+            epochs=xe_epochs + t.scst_epochs,
+            steps_per_epoch=math.ceil(len(self.references) / self.images_per_batch),
+            callbacks=[self.step, *self.callbacks, *callbacks],  # the step first: it starts the epoch's means
+            verbose=1 if draws_progress() else 0,
+        )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -13,29 +12,18 @@ import keras
 import tensorflow as tf
 
 from training.callbacks.caption_metrics import CaptionMetricsCallback
-from training.callbacks.checkpoint import BestModelCheckpoint, EpochSeeds, ResumeState
+from training.callbacks.checkpoint import BestModelCheckpoint, ResumeState
 from training.callbacks.metrics import MetricsCallback, ProgressCallback
 from training.configs import Config, ConfigError
 from training.models import build_caption_model
 from training.models.optimization import compile_caption_model
 from training.run.artifacts import CHECKPOINT, LOGS_DIR, RESUME_DIR
-from training.run.lifecycle import RunConflict, Terminated, differences, identity_fingerprint, run_identity, training_left
+from training.run.lifecycle import RunConflict, differences, identity_fingerprint, run_identity, training_left
+from training.trainers.engine import epoch_callbacks, fit_epochs
 from training.utils import keras_private
 from training.utils.logging import draws_progress
 
 log = logging.getLogger(__name__)
-
-
-class TrainingInterrupted(RuntimeError):
-    """Ctrl-C (or SIGTERM) during training: the last completed epoch stays the resume point."""
-
-    def __init__(self, message: str, terminated: bool = False):
-        super().__init__(message)
-        self.terminated = terminated
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 class CallbackFactory:
@@ -156,26 +144,28 @@ class Trainer:
         checkpoint = CallbackFactory.model_checkpoint(self.checkpoint_path, verbose=0, **monitored)
         early_stopping = CallbackFactory.early_stopping(t.early_stopping_patience, **monitored)
         tracked = {"checkpoint": checkpoint, "early_stopping": early_stopping}
-        # Keras' bar (drawn only on a terminal, see `train`) ends its line before the callbacks after it log.
-        callbacks = [EpochSeeds(self.config.data.seed), keras.callbacks.TerminateOnNaN(), keras.callbacks.ProgbarLogger()]
         caption_metrics = None
-        if self.caption_validation is not None and len(self.caption_validation):  # before what reads its values
+        if self.caption_validation is not None and len(self.caption_validation):
             caption_metrics = CaptionMetricsCallback(self.caption_validation, t.eval_every, self.strategy)
-            callbacks.append(caption_metrics)
-        callbacks += [checkpoint, early_stopping]
         if t.lr_schedule == "plateau":  # under warmup_cosine the schedule alone sets the learning rate
             tracked["reduce_lr"] = CallbackFactory.reduce_lr(
                 t.reduce_lr_factor, t.reduce_lr_patience, t.min_learning_rate, verbose=0, **monitored
             )
-            callbacks.append(tracked["reduce_lr"])
-        if self.is_chief:
-            callbacks.append(CallbackFactory.tensorboard(self.output_dir / LOGS_DIR))
-            callbacks.append(CallbackFactory.progress(t.epochs, checkpoint, caption_metrics))
-            if self.tracker is not None:
-                callbacks.append(CallbackFactory.metrics(self.tracker, stage="xe"))
         resume = self._resume_state(tracked)
         resume.restore_from = self._resume_from
-        return callbacks + [resume], resume
+        callbacks = epoch_callbacks(
+            self.config.data.seed,
+            checkpoint,
+            resume,
+            CallbackFactory.progress(t.epochs, checkpoint, caption_metrics),
+            decisions=[tracked[name] for name in ("early_stopping", "reduce_lr") if name in tracked],
+            caption_metrics=caption_metrics,
+            chief=self.is_chief,
+            logs_dir=self.output_dir / LOGS_DIR,
+            tracker=self.tracker,
+            stage="xe",
+        )
+        return callbacks, resume
 
     def train(
         self,
@@ -203,34 +193,26 @@ class Trainer:
             return None
         standard, resume = self.create_callbacks()
         callbacks = list(callbacks or []) + standard  # user callbacks first: the resume state comes last
-        resume.last_saved_epoch = self.initial_epoch
-        try:
-            history = model.fit(
-                train_dataset,
-                validation_data=val_dataset,
-                epochs=epochs,
-                initial_epoch=self.initial_epoch,
-                steps_per_epoch=steps_per_epoch,
-                callbacks=callbacks,
-                shuffle=False,  # the tf.data pipeline shuffles, by seed
-                verbose=verbose,
-            )
-        except KeyboardInterrupt as interrupt:
-            done = resume.last_saved_epoch
-            what = "SIGTERM" if isinstance(interrupt, Terminated) else "interrupted"
-            point = f"epoch {done}'s state in {resume.directory}" if done else "none: no epoch was complete"
-            raise TrainingInterrupted(
-                f"{what} in epoch {done + 1}. The resume point is {point}; run the same command again "
-                f"to continue (the half-trained epoch {done + 1} is trained again).",
-                terminated=isinstance(interrupt, Terminated),
-            ) from None
-        losses = history.history.get("loss", []) + history.history.get("val_loss", [])
-        if model.stop_training and any(not math.isfinite(v) for v in losses):
-            resume.mark_ended("nan")
-            raise NonFiniteLoss(
-                f"the loss became NaN or infinite in epoch {len(history.epoch) + self.initial_epoch}; "
+        history = fit_epochs(
+            model,
+            train_dataset,  # the tf.data pipeline shuffles, by seed
+            resume,
+            lambda what, done: (
+                f"{what} in epoch {done + 1}. The resume point is "
+                + (f"epoch {done}'s state in {resume.directory}" if done else "none: no epoch was complete")
+                + f"; run the same command again to continue (the half-trained epoch {done + 1} is trained again)."
+            ),
+            lambda epoch: (
+                f"the loss became NaN or infinite in epoch {epoch}; "
                 f"the last good model is {self.checkpoint_path}. Lower learning_rate or set clipnorm."
-            )
+            ),
+            initial_epoch=self.initial_epoch,
+            validation_data=val_dataset,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
         if resume.tracked["early_stopping"].stopped_epoch:
             # Only an early stop ends a run for good: a larger `epochs` extends any other.
             resume.mark_ended("early_stopping", early_stopping_patience=self.config.training.early_stopping_patience)
