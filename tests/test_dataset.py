@@ -145,7 +145,6 @@ def test_image_features_in_order_and_pooled_features_are_the_mean_over_regions()
     got = builder.image_features(["c", "a", "c"])
     assert got.dtype == np.float16
     np.testing.assert_array_equal(got, features[[2, 0, 2]])
-    np.testing.assert_array_equal(builder.image_batches(["d"]), features[[3]])  # the former name still works
 
     pooled = DatasetBuilder(features, index, tokenizer, 4, pooled=True)
     assert pooled.feature_shape == (1, CHANNELS)

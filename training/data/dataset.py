@@ -217,5 +217,3 @@ class DatasetBuilder:
         """One array of the given images' features, in order, for decoding: regions in float16 as stored (a COCO
         test split in float32 would take gigabytes; the decoders convert one batch at a time), pooled in float32."""
         return self._gather(np.array([self.image_index[i] for i in image_ids], dtype=np.int64))
-
-    image_batches = image_features  # the former name, still used by callers

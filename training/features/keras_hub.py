@@ -78,7 +78,7 @@ class KerasHubExtractor(BaseFeatureExtractor):
         converter: dict | None = None,
     ):
         # backbone, converter: their serialized configs (spec()), to rebuild the network without its preset.
-        self._backbone_config, self._converter_config = backbone, converter
+        self._backbone_config = backbone
         self._converter = keras.saving.deserialize_keras_object(converter) if converter and _keras_hub() else None
         self._backbone = None
         if image_size is None:

@@ -86,16 +86,6 @@ def write_per_image_scores(artifacts_dir: str | Path, split: str, beam_size: int
     return path
 
 
-def read_per_image_scores(artifacts_dir: str | Path, split: str | None = None, beam_size: int | None = None) -> list[dict]:
-    """Rows of logs/bleu_scores.csv (cells as text), those of one split and beam when given."""
-    rows = _read_csv(Path(artifacts_dir) / PER_IMAGE_SCORES)
-    return [
-        r
-        for r in rows
-        if (split is None or r.get("split") == split) and (beam_size is None or r.get("beam") == str(int(beam_size)))
-    ]
-
-
 # -- metrics.csv -----------------------------------------------------------------------------------------
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """metrics.csv rows with numbers parsed (an empty cell, a metric that epoch did not log, is None)."""

@@ -1,7 +1,7 @@
 """Training: the epoch engine every stage runs through, Trainer, DistributedTrainer, CallbackFactory."""
 
 from training.trainers.engine import NonFiniteLoss, TrainingInterrupted
-from training.trainers.trainer import CallbackFactory, DistributedTrainer, Trainer, config_fingerprint
+from training.trainers.trainer import CallbackFactory, DistributedTrainer, Trainer
 
 __all__ = [
     "CallbackFactory",
@@ -9,5 +9,4 @@ __all__ = [
     "NonFiniteLoss",
     "Trainer",
     "TrainingInterrupted",
-    "config_fingerprint",
 ]

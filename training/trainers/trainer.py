@@ -63,11 +63,6 @@ class CallbackFactory:
         return ProgressCallback(epochs, checkpoint, caption_metrics)
 
 
-def config_fingerprint(config: Config) -> str:
-    """What must match for a saved state to be resumed: every key but those that extend or describe a run."""
-    return identity_fingerprint(run_identity(config))
-
-
 class Trainer:
     """Builds (or resumes) the caption model and fits it with the standard callbacks.
 
