@@ -19,8 +19,11 @@ the model makes them), and peak RssAnon (sampled every 20 ms) and VmHWM up to it
 (`training_memory`; the SCST stage's `memory` also covers its validation and checkpoint). The
 SCST stage also reports the seconds its steady steps spent reading features (in the tf.data
 pipeline, overlapped) and computing the reward, the reward's share of the steady steps (sampling
-and update run in one compiled step and are not told apart), and its mean reward over the first
-and last 20 steps.
+and update run in one compiled step and are not told apart), its mean reward over the first and last
+20 steps, and how its sampling loop spent its steps (`sampling`: steps per batch, mean sample length,
+the share of row-steps spent on samples that had ended while the batch's longest went on).
+Each stage also reports its epoch's CPU seconds (all threads of its process): on cores shared with other
+work, `scst_epoch_cpu_over_xe` moves less with the load than the wall-time ratio `scst_epoch_over_xe`.
 Targets (the SCST stage's): epoch seconds <= 2x the cross-entropy epoch's, peak RssAnon <= 1.5x.
 """
 
@@ -69,6 +72,64 @@ def stage_data(args):
     return config, train, val, tokenizer, builder, max_length
 
 
+class CpuSeconds:
+    """This process's CPU seconds (all its threads) from `start()` to the last `lap()`: the work an epoch
+    took, which other processes on the machine change much less than its wall time."""
+
+    def __init__(self):
+        self.begin = self.end = time.process_time()
+
+    def start(self):
+        self.begin = self.end = time.process_time()
+
+    def lap(self):
+        self.end = time.process_time()
+
+    def seconds(self) -> float:
+        return round(self.end - self.begin, 1)
+
+    def callback(self):
+        import keras
+
+        cpu = self
+
+        class Callback(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                cpu.start()
+
+            def on_train_batch_end(self, batch, logs=None):
+                cpu.lap()
+
+        return Callback()
+
+
+class RecordedSamples:
+    """The stage's BatchCiderD, which also notes, per batch, the steps the sampling loop ran (the longest
+    sample) and the samples' lengths: the reward sees every batch's samples."""
+
+    def __init__(self, batch_cider):
+        self.batch_cider, self.steps, self.lengths = batch_cider, [], []
+
+    def __getattr__(self, name):
+        return getattr(self.batch_cider, name)
+
+    def scores(self, sequences, image_ids):
+        lengths = np.count_nonzero(sequences, axis=1)
+        self.steps.append(int(lengths.max(initial=0)))
+        self.lengths.append(lengths)
+        return self.batch_cider.scores(sequences, image_ids)
+
+    def report(self) -> dict:
+        """Mean loop steps per batch, mean sample length, and the share of the loop's row-steps that
+        went to rows which had already ended (the waiting the batch's longest sample imposes)."""
+        rows_steps = sum(steps * len(lengths) for steps, lengths in zip(self.steps, self.lengths))
+        return {
+            "loop_steps_per_batch": round(float(np.mean(self.steps)), 1),
+            "sample_length_mean": round(float(np.mean(np.concatenate(self.lengths))), 2),
+            "row_steps_on_ended_rows_share": round(1 - sum(map(np.sum, self.lengths)) / rows_steps, 3),
+        }
+
+
 def timing(times, captions_per_batch: list[int]) -> dict:
     """Epoch seconds, steady captions/s and step ms from a StepTimes record."""
     batches = len(times.ends)
@@ -100,12 +161,13 @@ def run_xe(args) -> dict:
     model = build_caption_model(config.model, tokenizer.vocab_size, max_length - 1, embedding)
     compile_caption_model(model, config)
     record: list = []
-    times = w1.StepTimes()
+    times, cpu = w1.StepTimes(), CpuSeconds()
     w1.log(f"xe: one epoch on {len(train)} images ({sum(map(len, train.values()))} captions, policy {policy})")
-    model.fit(w1.tap_batches(builder.build(train), record), epochs=1, callbacks=[times.callback], verbose=0)
+    model.fit(w1.tap_batches(builder.build(train), record), epochs=1, callbacks=[times.callback, cpu.callback()], verbose=0)
     result = {
         "policy": policy,
         **timing(times, [captions for _, _, captions, _ in record]),
+        "epoch_cpu_seconds": cpu.seconds(),
         "tokens_per_caption": round(sum(t for *_, t in record) / sum(c for _, _, c, _ in record), 2),
         "loss_epoch_mean": round(times.losses[-1], 3),
         "training_memory": sampler.snapshot(),
@@ -140,13 +202,15 @@ def run_scst(args) -> dict:
     policy = configure_precision(config.training.use_mixed_precision)
     model = keras.saving.load_model(args.model, compile=False)
     compile_for_scst(model, config.training.scst_learning_rate, config.training.clipnorm)
-    times, means, rewards, warm, training_memory = w1.StepTimes(), [], [], {}, {}
+    times, means, rewards, warm, training_memory, cpu = w1.StepTimes(), [], [], {}, {}, CpuSeconds()
 
     class Rewards(keras.callbacks.Callback):  # the epoch's start and its batches' rewards
         def on_epoch_begin(self, epoch, logs=None):
             times.begin = time.perf_counter()
+            cpu.start()
 
         def on_train_batch_end(self, batch, logs=None):
+            cpu.lap()
             means.append(logs["reward"])  # the epoch's mean so far: step k's own is k * mean_k - (k - 1) * mean_k-1
             rewards.append(len(means) * means[-1] - (len(means) - 1) * (means[-2] if len(means) > 1 else 0.0))
             training_memory.update(sampler_memory.snapshot())  # the peak up to the last step: validation left out
@@ -166,6 +230,7 @@ def run_scst(args) -> dict:
         state = {"stage": "scst", "epoch": 1, "xe_epochs": 1, "xe_val_cider": 0.0, "xe_val_bleu4": 0.0, "callbacks": {}}
         w1.log(f"scst: one epoch on {len(train)} images ({trainer.samples} samples each, policy {policy})")
         started = time.perf_counter()
+        trainer.batch_cider = sampled = RecordedSamples(trainer.batch_cider)
         trainer.train(model, state)
         stage_seconds = time.perf_counter() - started
     seconds = {k: v - warm.get(k, 0.0) for k, v in trainer.step.step_seconds.items()}
@@ -177,11 +242,13 @@ def run_scst(args) -> dict:
     return {
         "policy": policy,
         **timing(times, per_batch),
+        "epoch_cpu_seconds": cpu.seconds(),
         "images_per_batch": trainer.images_per_batch,
         "samples_per_image": trainer.samples,
         "steady_step_share": {"reward": round(seconds["reward"] / step_total, 3)},
         "steady_step_seconds": {k: round(v, 2) for k, v in seconds.items()},
         "features_note": "read by the tf.data pipeline while the previous step trains (not part of the step share)",
+        "sampling": sampled.report(),
         "mean_reward_first_and_last_20_steps": [
             round(statistics.mean(rewards[:20]), 4),
             round(statistics.mean(rewards[-20:]), 4),
@@ -251,6 +318,8 @@ def main() -> None:
     xe, scst = report["xe"], report["scst"]
     ratios = {
         "scst_epoch_over_xe": round(scst["epoch_seconds"] / xe["epoch_seconds"], 2),
+        # the same in CPU seconds: less sensitive to other processes sharing the cores than the wall-time ratio
+        "scst_epoch_cpu_over_xe": round(scst["epoch_cpu_seconds"] / xe["epoch_cpu_seconds"], 2),
         "scst_rss_anon_over_xe": round(
             scst["training_memory"]["peak_rss_anon_gb"] / xe["training_memory"]["peak_rss_anon_gb"], 2
         ),

@@ -119,3 +119,38 @@ def onednn_enabled() -> bool:
         return bool(_pywrap_util_port.IsMklEnabled())
     except (ImportError, AttributeError):
         return False
+
+
+def read_variables_once(variables, dtype: str):
+    """A scope in which Keras reads each of `variables` from a tensor taken once, at entry, and already
+    cast to `dtype` where Keras' mixed precision would cast it to `dtype` at use.
+
+    Inside a `tf.while_loop` Keras reads and casts every variable at every step (a decode step of the
+    W1 model cast ~2.5M weights from float32 to bfloat16, more than its own matmuls read); read before
+    the loop, they are loop constants. The values are the same: the cast is the one Keras would make.
+    Only for code that does not assign the variables (an assignment inside would be dropped).
+
+    Private: `StatelessScope.get_current_value` as `Variable.value` calls it, `get_autocast_scope` and
+    `Variable._autocast` (keras/src/backend/common/). Can go when Keras offers a public way to hoist
+    variable reads and casts out of a loop.
+    """
+    import tensorflow as tf
+    from keras.src.backend.common.variables import get_autocast_scope, is_float_dtype, standardize_dtype
+
+    dtype = standardize_dtype(dtype)
+
+    class ReadOnce(keras.StatelessScope):
+        def __init__(self):
+            super().__init__()
+            # Not `state_mapping`: StatelessScope would cast the values back to each variable's dtype.
+            self.plain = {id(v): tf.convert_to_tensor(v.value) for v in variables}  # a read, not the variable
+            floats = {id(v) for v in variables if is_float_dtype(v.dtype)}
+            self.cast = {key: keras.ops.cast(value, dtype) for key, value in self.plain.items() if key in floats}
+
+        def get_current_value(self, variable):
+            scope = get_autocast_scope()
+            if variable._autocast and scope is not None and scope.dtype == dtype and id(variable) in self.cast:
+                return self.cast[id(variable)]
+            return self.plain.get(id(variable))
+
+    return ReadOnce()
