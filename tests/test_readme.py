@@ -28,3 +28,14 @@ def test_readme_python_examples_run_as_written():
     )
     done = run_python(script, cwd=REPO)
     assert "1536" in done.stdout and "examples ran" in done.stdout
+
+
+def test_the_readme_stays_short_and_its_architecture_names_every_module():
+    text = (REPO / "README.md").read_text()
+    assert len(text.splitlines()) <= 400, "the README grew past 400 lines: move detail to docs/ or bench/RESULTS.md"
+    tree = text.split("## Architecture")[1].split("\n## ")[0]
+    modules = sorted(p.relative_to(REPO / "training") for p in (REPO / "training").rglob("*.py") if p.name != "__init__.py")
+    missing = [str(m) for m in modules if m.name not in tree]
+    assert not missing, f"the README's Architecture tree does not name {missing}"
+    for folder in sorted({m.parts[0] for m in modules if len(m.parts) > 1}):
+        assert f"{folder}/" in tree, f"the README's Architecture tree does not show the package {folder}/"
