@@ -41,9 +41,8 @@ IMAGE_TYPES = ("image/jpeg", "image/png")
 # A request's beam search holds the decoding thread for every request queued behind it, and each new beam
 # value traces its searches on first use; half the commands' limit bounds what one request costs the others.
 MAX_REQUEST_BEAM = MAX_BEAM // 2
-# Images up to this size are checked on the event loop, larger ones on a thread: checking took 0.5 ms
-# for a 64 px demo PNG and 9 ms for an 83 KB 300 px JPEG (on a busy 2-core machine), and a thread
-# hand-off per small request costs about what the check does.
+# Images up to this size are checked on the event loop, larger ones on a thread: a small image's check
+# costs about what a thread hand-off does, a large JPEG's many times more (bench/RESULTS.md).
 INLINE_CHECK_BYTES = 16 * 1024
 
 

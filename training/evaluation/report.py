@@ -169,8 +169,8 @@ def _attention_strip(path: Path, image: Image.Image | None, words: list[str], at
         axes.imshow(heat, cmap="jet", alpha=0.5, vmin=0.0, vmax=max(float(heat.max()), 1e-8))
         axes.set_title(word, fontsize=9, parse_math=False)
     for axes in panels:
-        # No ticks at all, not only hidden ones: laying out the hidden ticks of every panel took half of
-        # a strip's drawing time (a 12-image test split: ~5 s of a run's CPU).
+        # No ticks at all, not only hidden ones: laying out the hidden ticks of every panel took about half
+        # of a strip's drawing time (figures: bench/RESULTS.md, "Choices in the code").
         axes.set(xticks=[], yticks=[])
         axes.axis("off")
     return _save(figure, path)

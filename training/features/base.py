@@ -115,8 +115,8 @@ class BaseFeatureExtractor(abc.ABC):
         if self._predict is None:
             model = self.model
 
-            # Reshape and float16 cast run inside the graph: done in NumPy they took ~20% of the model's
-            # time on 2 cores, while TensorFlow's idle worker threads spun waiting for the next batch.
+            # Reshape and float16 cast run inside the graph: done in NumPy they took a large share of the
+            # model's time, while TensorFlow's idle worker threads spun waiting for the next batch.
             @tf.function(reduce_retracing=True)
             def predict(images):
                 grid = model(images, training=False)

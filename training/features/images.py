@@ -72,7 +72,7 @@ def decode_image(encoded: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
 
 def resize_image(image: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
     """One (height, width, 3) image -> image_size, float32 in [0, 255]."""
-    # Shrinking: an area (box) filter averages every source pixel, so no aliasing, at ~40% of the CPU
+    # Shrinking: an area (box) filter averages every source pixel, so no aliasing, at a fraction of the CPU
     # of antialiased bilinear; on a CPU machine decoding competes with the CNN for the same cores.
     # Growing (or mixed): bilinear, as area would give blocky nearest-neighbour-like output.
     shrinking = tf.reduce_all(tf.shape(image)[:2] >= image_size)

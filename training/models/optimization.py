@@ -18,7 +18,7 @@ class FusedAdam(FusedClipByNorm, keras.optimizers.Adam):
 
     Same algorithm, settings, state variables and checkpoints as Keras' Adam. Keras writes the
     update as about a dozen element-wise ops per variable, each a pass over the variable and
-    its two moments; on 2 CPU cores that was ~15% of a W1 training step (bench/train.py), and
+    its two moments (a large share of a W1 training step on CPU: bench/RESULTS.md), and
     ResourceApplyAdam does it in one. Other backends, and amsgrad, use Keras' own update.
     Clipping by norm (clipnorm) likewise reads each gradient twice instead of four times.
     The Keras internals this needs are in training/utils/keras_private.py.
@@ -89,7 +89,7 @@ def _build_training_state(model) -> None:
     """Create the optimizer's, loss tracker's and metrics' variables now, from a symbolic batch.
 
     Keras otherwise creates them inside the first traced train step, and tf.function then traces
-    the whole step a second time: ~2.5 s of every run's first step on 2 CPU cores (W1).
+    the whole step a second time, which lengthens every run's first step by seconds.
     """
     tokens = np.ones((1, 2), dtype="int32")
     batch = ((np.zeros((1, 1, getattr(model, "feature_dim", 1)), "float32"), tokens), tokens)

@@ -17,7 +17,7 @@ def build_training_state(model, data_batch) -> bool:
 
     Private: `Model._symbolic_build` (keras/src/trainers/trainer.py). Keras calls it itself under a
     distribution strategy only; without one the variables are made inside the first traced train
-    step, which tf.function then traces a second time (~2.5 s per run on 2 CPU cores). Can go when
+    step, which tf.function then traces a second time (seconds per run). Can go when
     Keras builds them before the first trace in every case, or gives this a public name.
     """
     if not hasattr(model, "_symbolic_build"):

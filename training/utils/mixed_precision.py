@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 # CPU flags (Linux /proc/cpuinfo) of native bfloat16 matmuls: AMX tiles or AVX512-BF16 dot products.
 BFLOAT16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 # bfloat16 must beat float32 matmuls by this much to be chosen: the casts around the float32
-# softmaxes, layer norms and loss (~9% of a W1 step's op time) take back part of the gain.
+# softmaxes, layer norms and loss take back part of the gain (bench/RESULTS.md, "Choices in the code").
 BFLOAT16_MIN_SPEEDUP = 1.2
 PROBE_SIZE, PROBE_REPEATS = 1024, 9
 CPUINFO = "/proc/cpuinfo"

@@ -19,8 +19,7 @@ from training.models.components.normalization import LayerNormalization
 
 def gelu(x):
     """The exact GELU, x * Phi(x), written with erf: the same function as keras.activations.gelu, whose
-    TensorFlow version uses erfc, ~14x slower than erf on bfloat16 on CPU (the feed-forward's GELU was
-    ~5% of a W1 training step)."""
+    TensorFlow version uses erfc, many times slower than erf on bfloat16 on CPU (figures: bench/RESULTS.md, "Choices in the code")."""
     half = ops.cast(0.5, x.dtype)
     return x * (half + half * ops.erf(x * ops.cast(0.7071067811865476, x.dtype)))
 

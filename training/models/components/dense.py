@@ -10,9 +10,8 @@ def _bias_add(x, bias):
     """x + bias (last axis), with the bias gradient summed by tf.reduce_sum.
 
     TensorFlow computes that gradient with BiasAddGrad, whose CPU kernel (TensorFlow 2.21) adds
-    bfloat16 values in bfloat16: over the 832 tokens of a W1 batch, a sum of ~250 came out 16 to 35
-    off, and a sum of 832 ones as 256 (256 + 1 rounds to 256). reduce_sum adds in float32 and rounds
-    once, and took 0.58x BiasAddGrad's time at W1's shapes.
+    bfloat16 values in bfloat16: a sum of 832 ones comes out as 256 (256 + 1 rounds to 256). reduce_sum
+    adds in float32 and rounds once, and is faster than BiasAddGrad at W1's shapes (figures: bench/RESULTS.md, "Choices in the code").
     """
     import tensorflow as tf
 

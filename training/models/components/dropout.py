@@ -22,8 +22,8 @@ class Dropout(keras.layers.Dropout):
     scaled by the exact inverse of that keep probability.
 
     Keras' TensorFlow dropout draws a float32 uniform per value and applies it as a select forward
-    and another backward; drawing random bits was ~10% of a W1 training step on 2 CPU cores, and the
-    selects, compares and multiplies another ~10%. Here one 32-bit draw serves four values (8 bits
+    and another backward: drawing random bits, selects, compares and multiplies were a noticeable share
+    of a W1 training step on CPU (figures: bench/RESULTS.md, "Choices in the code"). Here one 32-bit draw serves four values (8 bits
     each), and the mask becomes one tensor of 0 or 1/keep in the input's dtype, so forward and
     backward are one multiply each. The rate used is round(rate * 2**bits) / 2**bits (0.1 -> 0.1016).
     Other backends, and noise_shape, use Keras' own dropout.

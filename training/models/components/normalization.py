@@ -45,7 +45,7 @@ def _layer_norm(x, gamma, beta, epsilon: float):
 @keras.saving.register_keras_serializable(package="training")
 class LayerNormalization(keras.layers.LayerNormalization):
     """keras.layers.LayerNormalization; on TensorFlow, over the last axis with both gamma and beta, its
-    gradient is written out (`_layer_norm`): the same results, and a W1 training step ~8% shorter.
+    gradient is written out (`_layer_norm`): the same results, and a shorter W1 training step (figures: bench/RESULTS.md, "Choices in the code").
 
     The same weights and names as Keras' layer, whose files it loads; other cases use Keras' own call.
     """
