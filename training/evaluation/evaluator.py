@@ -13,7 +13,6 @@ CIDEr, coco-caption BLEU, object scores against a scenes file).
 from __future__ import annotations
 
 import hashlib
-import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -85,9 +84,7 @@ class Evaluator:
         digest = weights_digest(model)
         if digest not in self._scores:
             texts = [c.text for c in self.caption(model)]
-            with warnings.catch_warnings():  # NLTK warns at every epoch whose captions share no 4-gram with the references
-                warnings.simplefilter("ignore", UserWarning)
-                bleu = BLEUScore(smoothing=None).corpus_score(self.references, texts)["bleu4"]
+            bleu = BLEUScore(smoothing=None).corpus_score(self.references, texts)["bleu4"]
             cider, _ = CiderD.corpus_score(texts, self.references)
             self._scores[digest] = {"val_bleu4": float(bleu), "val_cider": float(cider)}
         return dict(self._scores[digest])

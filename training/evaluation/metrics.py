@@ -15,9 +15,11 @@ of images it is not comparable to published figures.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import shutil
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -40,6 +42,15 @@ def clean_caption(text: str) -> str:
     return " ".join(word for word in text.lower().split() if word not in SPECIAL_WORDS)
 
 
+@contextlib.contextmanager
+def _no_overlap_warning():
+    """Unsmoothed BLEU of captions that share no n-gram with their references is 0, as the metric defines;
+    NLTK also warns, at every call (every epoch of an early model), which says nothing the score does not."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="\nThe hypothesis contains 0 counts", category=UserWarning)
+        yield
+
+
 class BLEUScore:
     """BLEU-1..max_n with NLTK: BLEU-n weights the 1..n-gram precisions equally (cumulative BLEU)."""
 
@@ -57,15 +68,18 @@ class BLEUScore:
         """references: one list of reference captions per hypothesis, or {image_id: [caption, ...]} with
         hypotheses {image_id: caption}; a caption is a string (split on whitespace) or a list of tokens."""
         refs, hyps = self._tokens(references, hypotheses)
-        scores = corpus_bleu(refs, hyps, weights=self.weights, smoothing_function=self.smoothing)
+        with _no_overlap_warning():
+            scores = corpus_bleu(refs, hyps, weights=self.weights, smoothing_function=self.smoothing)
         return self._named(scores)
 
     def sentence_scores(self, references, hypotheses) -> list[dict[str, float]]:
         """BLEU-1..max_n of each hypothesis on its own, in the order of `hypotheses`."""
         refs, hyps = self._tokens(references, hypotheses)
-        return [
-            self._named(sentence_bleu(r, h, weights=self.weights, smoothing_function=self.smoothing)) for r, h in zip(refs, hyps)
-        ]
+        with _no_overlap_warning():
+            return [
+                self._named(sentence_bleu(r, h, weights=self.weights, smoothing_function=self.smoothing))
+                for r, h in zip(refs, hyps)
+            ]
 
     def _named(self, scores) -> dict[str, float]:
         return {f"bleu{n}": float(score) for n, score in enumerate(scores, start=1)}
