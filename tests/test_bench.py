@@ -10,7 +10,6 @@ import importlib.util
 import json
 from pathlib import Path
 
-import pytest
 from helpers import REPO, run_python
 
 from training.run.artifacts import FINAL_MODEL
