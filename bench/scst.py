@@ -1,6 +1,6 @@
 """Benchmark of the SCST stage against the cross-entropy stage, on the same W1 images.
 
-Run: python bench/scst.py [--images 2000] [--captions FILE] [--data-dir DIR] [--val-images 100]
+Run: python bench/scst.py [--images 2000] [--captions FILE] [--data-dir DIR] [--val-images 100] [--scst-max-length N]
 Prints progress, then one JSON object as the last line.
 
 W1 as in bench/train.py (the Flickr8k captions, its split, vocabulary and feature store of random
@@ -20,7 +20,7 @@ the model makes them), and peak RssAnon (sampled every 20 ms) and VmHWM up to it
 SCST stage also reports the seconds its steady steps spent reading features (in the tf.data
 pipeline, overlapped) and computing the reward, the reward's share of the steady steps (sampling
 and update run in one compiled step and are not told apart), its mean reward over the first and last
-20 steps, and how its sampling loop spent its steps (`sampling`: steps per batch, mean sample length,
+20 steps, and how its sampling loop spent its steps (`sampling`: the cap on a sample's tokens, steps per batch, mean sample length,
 the share of row-steps spent on samples that had ended while the batch's longest went on).
 Each stage also reports its epoch's CPU seconds (all threads of its process): on cores shared with other
 work, `scst_epoch_cpu_over_xe` moves less with the load than the wall-time ratio `scst_epoch_over_xe`.
@@ -196,6 +196,7 @@ def run_scst(args) -> dict:
             "monitor=val_cider",
             "mode=max",
             f"val_caption_images={args.val_images}",
+            *([f"scst_max_length={args.scst_max_length}"] if args.scst_max_length else []),
         ],
     )
     set_global_seed(config.data.seed)
@@ -248,7 +249,7 @@ def run_scst(args) -> dict:
         "steady_step_share": {"reward": round(seconds["reward"] / step_total, 3)},
         "steady_step_seconds": {k: round(v, 2) for k, v in seconds.items()},
         "features_note": "read by the tf.data pipeline while the previous step trains (not part of the step share)",
-        "sampling": sampled.report(),
+        "sampling": {"max_length": trainer.step.sampler.max_length, **sampled.report()},
         "mean_reward_first_and_last_20_steps": [
             round(statistics.mean(rewards[:20]), 4),
             round(statistics.mean(rewards[-20:]), 4),
@@ -276,6 +277,7 @@ def run_worker(args, stage: str) -> dict:
         str(args.val_images),
         "--model",
         str(args.model),
+        *(["--scst-max-length", str(args.scst_max_length)] if args.scst_max_length else []),
     ]
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
     if done.returncode:
@@ -293,6 +295,12 @@ def main() -> None:
         type=Path,
         default=w1.DATA_DIR,
         help=f"where the W1 feature store is written and reused (default {w1.DATA_DIR})",
+    )
+    parser.add_argument(
+        "--scst-max-length",
+        type=int,
+        help="the SCST stage's scst_max_length (default: the config's, derived from the training captions; "
+        "the model's max_length or more: no cap)",
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)

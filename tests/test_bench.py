@@ -135,8 +135,8 @@ def test_scst_bench_runs_both_stages_on_a_small_store(flickr8k_captions, tmp_pat
     assert report["xe"]["captions_trained"] == report["scst"]["captions_trained"] == 300  # 60 images x 5
     for stage in ("xe", "scst"):
         assert report[stage]["epoch_seconds"] > 0 and report[stage]["training_memory"]["peak_rss_anon_gb"] > 0
-    # Sampling and the update run in one compiled step: the reward, in numpy, is the share told apart.
-    assert 0 < report["scst"]["steady_step_share"]["reward"] < 1
-    assert report["scst"]["sampling"]["loop_steps_per_batch"] >= report["scst"]["sampling"]["sample_length_mean"] > 0
+    assert 0 < report["scst"]["steady_step_share"]["reward"] < 1  # sampling and update share one compiled step
+    sampling = report["scst"]["sampling"]
+    assert 1 <= sampling["sample_length_mean"] <= sampling["loop_steps_per_batch"] <= sampling["max_length"]
     assert set(report["targets"]) == {"scst_epoch_over_xe", "scst_rss_anon_over_xe"}
     assert report["machine"]["cpu"] and report["machine"]["matmul_gflop_per_s_at_start"]["bfloat16"] > 0

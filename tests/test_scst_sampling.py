@@ -72,3 +72,30 @@ def test_the_weights_are_read_and_cast_once_per_batch_with_the_same_values(mixed
     assert any(node.op == "ReadVariableOp" for node in graph.as_graph_def().node)  # once, before the loop
     sequences = sampler.sample(features, (0, 1))
     assert sequences.shape == (6, 6) and np.array_equal(sequences, sampler.sample(features, (0, 1)))
+
+
+def test_samples_never_pass_the_cap_and_the_default_cap_comes_from_the_training_captions():
+    from training.configs import ConfigError, config_from_dict
+    from training.trainers.scst import pack_samples, sample_length_cap
+
+    # 95th percentile of the word counts (4) plus endseq; a set cap wins; never above the model's max_length.
+    references = {f"img{i}": ["a red circle left"] * 19 + ([" ".join(WORDS * 2)] if i == 0 else []) for i in range(5)}
+    assert sample_length_cap(references, max_length=30) == 5
+    assert sample_length_cap(references, max_length=3) == 3
+    assert sample_length_cap(references, max_length=30, configured=8) == 8
+    assert sample_length_cap(references, max_length=30, configured=99) == 30
+    with pytest.raises(ConfigError, match="'scst_max_length' must be >= 2"):
+        config_from_dict({"scst_max_length": 1})
+
+    model, tokenizer = tiny_model(max_length=6)
+    sampler = CaptionSampler(model, tokenizer, samples=50, max_length=3)
+    sequences = sampler.sample(np.random.default_rng(2).normal(size=(2, 5, 12)), (5, 6))
+    lengths = np.count_nonzero(sequences, axis=1)
+    assert sequences.shape == (100, 3) and lengths.max() == 3
+    cut = np.flatnonzero((sequences != tokenizer.end_id).all(axis=1))  # rows the cap stopped before endseq
+    assert cut.size and np.array_equal(sequences, sampler.sample(np.random.default_rng(2).normal(size=(2, 5, 12)), (5, 6)))
+    # A cut sample is trained on its own words only: no endseq target is made up for it.
+    _, targets, _, _ = pack_samples(sequences, np.ones(100, np.float32), 50, tokenizer.start_id)
+    row, at = divmod(int(cut[0]), 50)
+    begin = int(lengths[row * 50 : row * 50 + at].sum())
+    assert np.array_equal(targets.numpy()[row, begin : begin + 3], sequences[cut[0]])

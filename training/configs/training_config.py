@@ -113,6 +113,7 @@ class TrainingConfig:
     scst_epochs: int = 0  # self-critical sequence training after cross-entropy; 0 = off
     scst_samples: int = 5  # sampled captions per image; the others' mean reward is each one's baseline
     scst_learning_rate: float = 1e-5
+    scst_max_length: int | None = None  # most tokens (endseq included) a sample has; None = from the training captions
 
 
 @dataclass(frozen=True)
@@ -294,6 +295,12 @@ def _check_caption_training(t: TrainingConfig) -> None:
     _check(t.scst_epochs >= 0, "scst_epochs", ">= 0 (0 = no SCST stage)", t.scst_epochs)
     _check(t.scst_samples >= 2, "scst_samples", ">= 2 (each sample's baseline is the mean of the others)", t.scst_samples)
     _check(t.scst_learning_rate > 0, "scst_learning_rate", "> 0", t.scst_learning_rate)
+    _check(
+        t.scst_max_length is None or t.scst_max_length >= 2,
+        "scst_max_length",
+        ">= 2 (a word and endseq) or null (from the training captions)",
+        t.scst_max_length,
+    )
     if t.scst_epochs:
         _check(t.distribution == "none", "distribution", "none when scst_epochs > 0 (SCST trains in one process)", t.distribution)
         _check(

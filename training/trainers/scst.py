@@ -1,16 +1,16 @@
 """Second training stage: self-critical sequence training (SCST), a policy gradient on the CIDEr-D of sampled captions.
 
 From the best cross-entropy model, each step samples `scst_samples` captions per image in one
-compiled pass (`CaptionSampler`), rewards each with its CIDEr-D against the image's references
-(document frequencies of the training split, computed once; the project's own tokens, no Java;
-the whole batch at once in numpy, `BatchCiderD`), takes as each sample's baseline the mean reward
-of the image's other samples, and minimises -(reward - baseline) * (sum of the sample's log-probs),
-computed on each image's samples packed in one row (`pack_samples`). The stage trains through the
-same epoch engine as cross-entropy (`engine.py`: Keras `fit` and its callbacks), with
-`SelfCriticalStep` as the model's `train_step`. Epochs continue the cross-entropy stage's
-numbering in metrics.csv (stage `scst`) and TensorBoard; after each one the validation CIDEr-D
-decides whether `checkpoint_scst.keras` is replaced, and the state in `resume_scst/` lets a killed
-run continue.
+compiled pass (`CaptionSampler`; at most `scst_max_length` tokens each, see `sample_length_cap`),
+rewards each with its CIDEr-D against the image's references (document frequencies of the training
+split, computed once; the project's own tokens, no Java; the whole batch at once in numpy,
+`BatchCiderD`), takes as each sample's baseline the mean reward of the image's other samples, and
+minimises -(reward - baseline) * (sum of the sample's log-probs), computed on each image's samples
+packed in one row (`pack_samples`). The stage trains through the same epoch engine as cross-entropy
+(`engine.py`: Keras `fit` and its callbacks), with `SelfCriticalStep` as the model's `train_step`.
+Epochs continue the cross-entropy stage's numbering in metrics.csv (stage `scst`) and TensorBoard;
+after each one the validation CIDEr-D decides whether `checkpoint_scst.keras` is replaced, and the
+state in `resume_scst/` lets a killed run continue.
 The run's final model is the SCST one only if its best val_cider beats the cross-entropy model's.
 """
 
@@ -38,6 +38,25 @@ from training.trainers.engine import epoch_callbacks, fit_epochs
 from training.utils.logging import draws_progress
 
 log = logging.getLogger(__name__)
+
+
+SAMPLE_LENGTH_PERCENTILE = 95
+
+
+def sample_length_cap(references: dict, max_length: int, configured: int | None = None) -> int:
+    """Most tokens (endseq included) a sample may have: `configured` if set, else the 95th percentile of the
+    training captions' word counts plus endseq; never above the model's `max_length`.
+
+    The sampling loop runs until the batch's longest sample ends, so a few long samples set the cost of
+    every row; reference SCST implementations cap samples likewise (16-20 tokens on COCO, whose 95th
+    percentile is about there). The 95th rather than the 99th percentile: the policy imitates the
+    references, and CIDEr-D's length penalty already gives little reward to samples longer than them.
+    A sample the cap cuts has no endseq: its reward is the CIDEr-D of its words, and its loss term the
+    log-probability of those words alone, with no end term: it is trained as a caption that did not end."""
+    if configured is None:
+        lengths = [len(caption.split()) for captions in references.values() for caption in captions]
+        configured = int(np.ceil(np.percentile(lengths, SAMPLE_LENGTH_PERCENTILE))) + 1
+    return min(int(configured), int(max_length))
 
 
 def self_critical_advantages(rewards: np.ndarray, samples: int) -> tuple[np.ndarray, np.ndarray]:
@@ -268,7 +287,16 @@ class SelfCriticalTrainer:
         from training.evaluation.inference import CaptionSampler
 
         t, xe_epochs = self.config.training, state["xe_epochs"]
-        sampler = CaptionSampler(model, self.tokenizer, self.samples)
+        cap = sample_length_cap(self.references, model.max_length, t.scst_max_length)
+        log.info(
+            "SCST: samples of at most %d tokens (endseq included; %s, the model's max_length %d)",
+            cap,
+            "scst_max_length"
+            if t.scst_max_length
+            else f"the {SAMPLE_LENGTH_PERCENTILE}th percentile of the training captions + 1",
+            model.max_length,
+        )
+        sampler = CaptionSampler(model, self.tokenizer, self.samples, max_length=cap)
         self.step = SelfCriticalStep(model, sampler, self.batch_cider, list(self.references), self.images_per_batch)
         model.train_step = self.step.train_step  # this model object is the SCST stage's alone
         checkpoint = BestModelCheckpoint(self.artifacts_dir / SCST_CHECKPOINT, monitor="val_cider", mode="max")
