@@ -6,17 +6,15 @@ The model is used through a small duck-typed protocol (`encode`, `init_cache`, `
 
 Choices shared by both decoders:
 - The whole decode loop (encode, then a `tf.while_loop` over steps with the cache as a loop variable)
-  is one `tf.function`. On CPU (2 cores, 128 images, 20 steps) it beat a Python loop calling a
-  compiled step by 1.15-1.3x for a 64-wide 2-layer Transformer and tied (1.02-1.04x) at the config's
-  256 width, where compute hides the ~1 ms per-step Python dispatch and host sync.
+  is one `tf.function`: on CPU it beat a Python loop calling a compiled step for a small model and
+  tied at the config's width, where compute hides the per-step Python dispatch and host sync.
 - A batch of at least 2 x MIN_SHARD_IMAGES images is split into shards, one per CPU core, each an
   independent search in the same graph, which the executor runs side by side: a decode step is a
-  chain of small ops that one search cannot spread over the cores. On 2 cores (beam 3, 250 images,
-  the demo model) that gave 1.3-1.8x the images/s of one search while the cores were free, and no
-  change while other processes kept them busy. The captions are the same; a batch smaller than
+  chain of small ops that one search cannot spread over the cores. That gave more images/s than one
+  search while the cores were free, and no change while other processes kept them busy. The captions are the same; a batch smaller than
   2 x MIN_SHARD_IMAGES is never split.
   The ops of a step are small, so TensorFlow's intra-op threads cost more than they give: a process
-  that only decodes ran 1.3-2x faster with TF_NUM_INTRAOP_THREADS=1 (process-wide, so not set here).
+  that only decodes ran faster with TF_NUM_INTRAOP_THREADS=1 (process-wide, so not set here).
 - Images leave a search once it is over for them, in groups (see `_search_shard`), so a step
   costs what the images still searched need rather than what the slowest one does. This is why
   every leaf of the model's memory holds one image per row of its first axis.
@@ -58,7 +56,7 @@ def length_penalty(length, alpha: float):
     return ((5.0 + tf.cast(length, tf.float32)) / 6.0) ** alpha
 
 
-MIN_SHARD_IMAGES = 32  # 2 shards of 32 still paid (beam 3, 64 images: 395 -> 604 images/s); smaller not measured
+MIN_SHARD_IMAGES = 32  # 2 shards of 32 still paid; smaller not measured
 
 
 def cpu_cores() -> int:
@@ -112,7 +110,7 @@ class BeamSearchDecoder:
         self.kept = self.beam_size if alternatives else 1  # hypotheses returned per image
         self._banned = sorted({i for i in (tokenizer.pad_id, tokenizer.start_id, tokenizer.unk_id) if i is not None})
         # The loops are written as tf.while_loop/tf.cond already: AutoGraph's conversion would only add
-        # ~2.4 s of tracing per decoder (demo model, 2 cores), half the time of decoding a test split.
+        # seconds of tracing per decoder.
         self._search = tf.function(self._search_batch, autograph=False)
         self._search_shard_traced_once = tf.function(self._search_shard, autograph=False)  # see _search_batch
 
@@ -157,8 +155,8 @@ class BeamSearchDecoder:
         """Decode one batch in a single graph, its shards side by side; the best hypothesis per image."""
         batch = features.shape[0]  # static: each batch size gets its own trace (one: `decode` pads the last batch)
         size = -(-batch // max(1, min(cpu_cores(), batch // MIN_SHARD_IMAGES)))
-        # Shards of one size share one trace (the graph inlines each call): tracing a search took
-        # ~0.4 s a shard on the demo model, as long as decoding 500 images.
+        # Shards of one size share one trace (the graph inlines each call): tracing a search costs
+        # about as much as decoding hundreds of images.
         found = [self._search_shard_traced_once(features[start : start + size]) for start in range(0, batch, size)]
         return found[0] if len(found) == 1 else {k: tf.concat([f[k] for f in found], 0) for k in found[0]}
 
@@ -184,9 +182,7 @@ class BeamSearchDecoder:
             if compact:
                 state["done"] = done = self._images_done(state)
                 # Leaving copies the memory and cache of the images that stay, so it waits until an
-                # eighth of them are done (demo model, 1000 images, batches of 250, one process: beam-3
-                # ran ~10% faster than with no images leaving, greedy the same; leaving when a quarter,
-                # or any one image, was done gained less).
+                # eighth of them are done (leaving when a quarter, or any one image, was done gained less).
                 worth_it = tf.logical_and(
                     8 * tf.reduce_sum(tf.cast(done, tf.int32)) >= tf.size(done), tf.logical_not(tf.reduce_all(done))
                 )
@@ -410,9 +406,7 @@ class CaptionSampler:
 
     The words are drawn from the masked logits (the sampler normalises them itself: no log-softmax
     over the vocabulary), and the model's weights are read and cast to the compute dtype once per
-    batch rather than at every step (`read_variables_once`). On W1 shapes (12 images x 5 samples,
-    2 cores) the per-step casts were ~10-15% of a sampling step's op time, and the two changes cut
-    the sampler's CPU time per batch by ~10-25% (the draws stayed the same).
+    batch rather than at every step (`read_variables_once`); the draws are the same.
     Rows that ended keep running until the batch's longest sample ends (bench/scst.py reports the
     share of row-steps this spends). Letting them leave was tried on the same shapes: rows leaving
     one by one need a copy of the image memory per row, whose one-query cross-attention cost more
