@@ -5,7 +5,7 @@ Prints a table, then one JSON object as the last line:
   greedy_images_per_s               GreedyDecoder.decode over all images, batch_size images per call
   beam3_images_per_s                BeamSearchDecoder(beam_size=3).decode, same images and batch size
   beam3_one_at_a_time_images_per_s  the same beam-3 decoder, decode_one_at_a_time (batches of 1)
-  ratio                             beam3 / beam3_one_at_a_time (issue 5 asks for >= 20)
+  ratio                             beam3 / beam3_one_at_a_time (target >= 20)
 
 The model (--model auto): the demo run in artifacts/demo if it has finished (`make demo`), else the
 bench's own, made on first use and then reused (about 1-2 minutes on 2 cores): 1000 demo images
