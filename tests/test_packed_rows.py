@@ -7,11 +7,11 @@ tokens) and the LSTM's state reset where a caption starts (position 0). Both thr
 import keras
 import numpy as np
 import pytest
+from test_models import FEATURE_DIM, tiny_config
 
-from training.configs import ModelConfig
 from training.models import build_caption_model
 
-VOCAB, MAX_LEN, FEATURE_DIM, REGIONS = 20, 16, 6, 4
+VOCAB, MAX_LEN, REGIONS = 20, 16, 4
 # Caption inputs (startseq = 2, then words); rows 0 and 1 pack three and two of them.
 ROWS = [[[2, 5, 6, 7], [2, 8], [2, 9, 10, 11, 12, 13]], [[2, 14, 15], [2, 5, 5, 16, 17]]]
 
@@ -27,16 +27,7 @@ def packed(rows, width):
 
 @pytest.mark.parametrize("architecture", ["transformer", "lstm_attention"])
 def test_packed_row_gives_the_logits_of_its_captions_one_per_row(architecture):
-    config = ModelConfig(
-        architecture=architecture,
-        feature_dim=FEATURE_DIM,
-        embedding_dim=5,
-        hidden_dim=8,
-        num_layers=2,
-        num_heads=2,
-        ff_dim=16,
-        dropout=0.1,
-    )
+    config = tiny_config(architecture)
     keras.utils.set_random_seed(0)
     model = build_caption_model(config, VOCAB, MAX_LEN)
     features = np.random.default_rng(0).normal(size=(len(ROWS), REGIONS, FEATURE_DIM)).astype("float32")
