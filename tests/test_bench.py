@@ -2,7 +2,8 @@
 
 bench/train.py on the first 240 images of the real Flickr8k captions (both rows, their peers,
 decoding), with its stores in a temporary folder; bench/decode.py's own bench model made from 40
-demo images, then decoded; bench/scst.py's two stages on 60 of those images. The figures are not checked against targets (that is the benchmarks'
+demo images, then decoded; bench/scst.py's two stages on 60 of those images; bench/grounding.py's
+one epoch of each stage on a 40-image world. The figures are not checked against targets (that is the benchmarks'
 job): only that each row ran and reported them.
 """
 
@@ -10,6 +11,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import yaml
 from helpers import REPO, run_python
 
 from training.run.artifacts import FINAL_MODEL
@@ -140,3 +142,58 @@ def test_scst_bench_runs_both_stages_on_a_small_store(flickr8k_captions, tmp_pat
     assert 1 <= sampling["sample_length_mean"] <= sampling["loop_steps_per_batch"] <= sampling["max_length"]
     assert set(report["targets"]) == {"scst_epoch_over_xe", "scst_rss_anon_over_xe"}
     assert report["machine"]["cpu"] and report["machine"]["matmul_gflop_per_s_at_start"]["bfloat16"] > 0
+
+
+def test_grounding_bench_trains_a_recipe_on_a_world_and_reports_each_stage(tmp_path):
+    kept = tmp_path / "out" / "earlier" / "run_summary.json"  # an earlier invocation's file: never touched
+    kept.parent.mkdir(parents=True)
+    kept.write_text('{"mine": true}')
+    small = [
+        "epochs=1",
+        "scst_epochs=1",
+        "hidden_dim=32",
+        "num_layers=1",
+        "ff_dim=64",
+        "val_caption_images=4",
+        "eval_max_images=8",
+    ]
+    args = ["bench/grounding.py", "--presets", "hard", "--seeds", "1", "--images", "40", "--out", str(tmp_path / "out")]
+    done = run_python([*args, *(a for s in small for a in ("--set", s))], timeout=900)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert kept.read_text() == '{"mine": true}'
+    work = Path(report["work_dir"])
+    assert work.parent == tmp_path / "out" and work.name != "earlier"
+    [run] = report["runs"]
+    assert (run["config"], run["preset"], run["seed"], run["status"]) == ("config.demo", "hard", 1, "ok")
+    assert run["xe_epochs"] == 1 and run["scst_epochs"] == 1 and run["final_model"] in ("xe", "scst") and run["wall_seconds"] > 0
+    artifacts = work / "runs" / "config.demo" / "hard_seed1" / "artifacts"
+    final = json.loads((artifacts / "predictions_test.json").read_text())
+    captions = [c["prediction"] for c in final["captions"]]
+    assert run["scst"]["distinct_share"] == len(set(captions)) / len(captions)
+    assert run["scst"]["cider"] == final["scores"]["cider"] and run["scst"]["bleu4"] == final["scores"]["coco_bleu4"]
+    xe = json.loads((artifacts / f"predictions_{'test_xe' if run['final_model'] == 'scst' else 'test'}.json").read_text())
+    assert run["xe"]["cider"] == xe["scores"]["cider"]  # the cross-entropy model's own test scores
+    assert 0 <= run["xe"]["object_recall"] <= 1 and set(run["xe"]) == {
+        "bleu4",
+        "cider",
+        "object_precision",
+        "object_recall",
+        "distinct_share",
+    }
+    copy = yaml.safe_load((artifacts.parent / "config.yaml").read_text())
+    assert copy["seed"] == 1 and copy["features_dir"] is None and copy["epochs"] == 1
+    assert copy["scenes_file"] == str(work / "worlds" / "hard_seed1" / "scenes.json")
+    assert json.loads((work / "worlds" / "hard_seed1" / "world.json").read_text())["preset"] == "hard"
+    median = report["medians"]["config.demo"]["hard"]
+    assert median["finished"] == 1 and median["xe"] == run["xe"] and median["scst"] == run["scst"]
+    assert report["presets"]["hard"]["min_size"] == 8 and report["machine"]["cpu"]
+
+
+def test_grounding_bench_refuses_an_unknown_preset_in_one_line(tmp_path):
+    done = run_python(["bench/grounding.py", "--presets", "hard,moon", "--out", str(tmp_path)], check=False, timeout=120)
+    assert (
+        done.returncode == 2
+        and done.stderr.strip() == "error: unknown preset 'moon': use one of demo, hard, crowded, tiny, lookalike"
+    )
+    assert not any(tmp_path.iterdir())
