@@ -38,7 +38,7 @@ COLORS = {
     "yellow": (235, 195, 0),
     "purple": (130, 40, 170),
     "black": (25, 25, 25),
-    # colours the other worlds add; every pair stays >= 60 apart in RGB, so noise does not turn one into another
+    # colours the other worlds add; every pair stays >= 75 apart in RGB, so noise does not turn one into another
     "orange": (250, 120, 0),
     "pink": (240, 110, 180),
     "brown": (120, 70, 20),
