@@ -30,6 +30,7 @@ import argparse
 import csv
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -127,11 +128,11 @@ def train(config: Path, timeout: float) -> tuple[str, float]:
         try:
             code = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            process.terminate()  # SIGTERM: the run stops at a clean point, as on a preemptible machine
+            os.killpg(process.pid, signal.SIGTERM)  # the run stops at a clean point, as on a preemptible machine
             try:
                 process.wait(timeout=120)
             except subprocess.TimeoutExpired:
-                process.kill()
+                os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
             return "timeout", time.perf_counter() - start
     return ("ok" if code == 0 else f"exit {code}"), time.perf_counter() - start

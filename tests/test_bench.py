@@ -197,3 +197,11 @@ def test_grounding_bench_refuses_an_unknown_preset_in_one_line(tmp_path):
         and done.stderr.strip() == "error: unknown preset 'moon': use one of demo, hard, crowded, tiny, lookalike"
     )
     assert not any(tmp_path.iterdir())
+
+
+def test_grounding_bench_stops_a_run_at_its_time_limit_and_reports_it(tmp_path):
+    args = ["bench/grounding.py", "--presets", "tiny", "--seeds", "2", "--images", "20", "--timeout", "3", "--out", str(tmp_path)]
+    report = json.loads(run_python(args, timeout=300).stdout.strip().splitlines()[-1])
+    [run] = report["runs"]
+    assert run["status"] == "timeout" and 3 <= run["wall_seconds"] < 150 and "xe" not in run
+    assert report["medians"]["config.demo"]["tiny"] == {"runs": 1, "finished": 0, "wall_seconds": None, "xe": None, "scst": None}
