@@ -79,6 +79,15 @@ def patch_regions():
     return floats(B, 4, 4 * 4 * 3)
 
 
+def backbone_top():
+    """A backbone's top as BackboneTop wraps it: a functional network over a 2x2 grid of F channels."""
+    from training.features.applications import BackboneTop
+
+    inputs = keras.Input((2, 2, F))
+    x = keras.layers.BatchNormalization()(keras.layers.Conv2D(5, 1)(inputs))
+    return BackboneTop((2, 2), keras.Model(inputs, keras.layers.ReLU()(x)))
+
+
 def caption_model_with_encoder():
     from training.models import CaptionModel
 
@@ -146,6 +155,7 @@ CASES: dict[str, Case] = {
         lambda: caption_model("lstm_attention"), lambda: ((floats(B, R, F), TOKENS),), outputs=("float32",)
     ),
     # The trainable image encoder on PatchGrid patches, alone and inside the caption model.
+    "BackboneTop": Case(backbone_top, lambda: (floats(B, R, F),)),
     "PatchConvEncoder": Case(patch_conv_encoder, lambda: (patch_regions(),)),
     "CaptionModel/image_encoder": Case(caption_model_with_encoder, lambda: ((patch_regions(), TOKENS),), outputs=("float32",)),
     # Images in [0, 255] -> the float16 region features a feature store holds, whatever the policy.

@@ -86,6 +86,7 @@ class ModelConfig:
     ff_dim: int = 1024
     dropout: float = 0.1
     encoder_filters: tuple[int, ...] = (64, 64, 128, 256)  # ConvEncoder: widths of its 3x3 conv blocks
+    fine_tune_from: int | str | None = None  # keras.applications: train the backbone above this layer (or top N blocks)
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,7 @@ class TrainingConfig:
     scst_samples: int = 5  # sampled captions per image; the others' mean reward is each one's baseline
     scst_learning_rate: float = 1e-5
     scst_max_length: int | None = None  # most tokens (endseq included) a sample has; None = from the training captions
+    fine_tune_after: int = 0  # epochs in which the trainable image encoder stays frozen before it trains
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,11 @@ class BaseFeatureExtractor(abc.ABC):
         return {"extractor": self.name, "weights": weights_identity(self.weights)}
 
     @classmethod
+    def config_spec(cls, model_config) -> dict:
+        """Keyword arguments of this extractor that a run's model config sets (beside image size and weights)."""
+        return {}
+
+    @classmethod
     def has_trainable_part(cls, model_config) -> bool:
         """True when, under `model_config`, part of the image side trains with the decoder (`trainable_encoder`)."""
         return False

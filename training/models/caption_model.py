@@ -105,6 +105,9 @@ class CaptionModel(keras.Model):
             if not self.image_encoder.built:  # a functional sub-model comes built
                 self.image_encoder.build(features_shape)
             features_shape = tuple(self.image_encoder.compute_output_shape(features_shape))
+            # 1: the encoder trains; 0: no gradient reaches it (fine_tune_after's frozen epochs). A variable, set by
+            # a callback from the epoch number, so `fit` stays compiled once and a resumed run sets it alike.
+            self.encoder_gate = self.add_weight(shape=(), initializer="ones", trainable=False, name="encoder_gate")
         self.image_projection.build(features_shape)
         self.text_embedding.build(tokens_shape)
         if self.architecture == "transformer":
@@ -143,7 +146,9 @@ class CaptionModel(keras.Model):
         """Stored features (B, R, feature_dim) -> regions (B, R', hidden_dim): the trainable encoder, if any, then
         the projection."""
         if self.image_encoder is not None:
-            image_features = self.image_encoder(image_features, training=training)
+            encoded = self.image_encoder(image_features, training=training)
+            gate = ops.cast(self.encoder_gate, encoded.dtype)
+            image_features = gate * encoded + (1 - gate) * ops.stop_gradient(encoded)
         return self.image_projection(image_features, training=training)
 
     @property
@@ -241,16 +246,16 @@ class CaptionModel(keras.Model):
 
 
 def trainable_image_encoder(model_config: ModelConfig) -> keras.layers.Layer | None:
-    """The extractor's trainable part under this config (ConvEncoder's conv net), or None (features as stored)."""
-    from training.features.registry import FeatureExtractorRegistry
+    """The extractor's trainable part under this config (ConvEncoder's conv net, a fine-tuned backbone's top), or
+    None (features as stored)."""
+    from training.features.registry import FeatureExtractorRegistry, extractor_for
 
     registry = FeatureExtractorRegistry()
     if model_config.feature_extractor not in registry:
         return None  # a name registered later (a user's extractor); the pipeline checks names before training
-    cls = registry.lookup(model_config.feature_extractor)
-    if not cls.has_trainable_part(model_config):
+    if not registry.lookup(model_config.feature_extractor).has_trainable_part(model_config):
         return None
-    return cls(image_size=model_config.image_size, weights=model_config.extractor_weights).trainable_encoder(model_config)
+    return extractor_for(model_config).trainable_encoder(model_config)
 
 
 def build_caption_model(
