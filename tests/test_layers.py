@@ -68,6 +68,35 @@ def caption_model(architecture):
     )
 
 
+def patch_conv_encoder():
+    from training.features.patches import PatchConvEncoder
+
+    return PatchConvEncoder((2, 2), patch_size=4, filters=(8, 6))
+
+
+def patch_regions():
+    """A 2x2 grid of 4x4-pixel patches: (B, 4 regions, 48 channels)."""
+    return floats(B, 4, 4 * 4 * 3)
+
+
+def backbone_top():
+    """A backbone's top as BackboneTop wraps it: a functional network over a 2x2 grid of F channels."""
+    from training.features.applications import BackboneTop
+
+    inputs = keras.Input((2, 2, F))
+    x = keras.layers.BatchNormalization()(keras.layers.Conv2D(5, 1)(inputs))
+    return BackboneTop((2, 2), keras.Model(inputs, keras.layers.ReLU()(x)))
+
+
+def caption_model_with_encoder():
+    from training.models import CaptionModel
+
+    return CaptionModel(
+        VOCAB, 7, feature_dim=48, embedding_dim=5, hidden_dim=D, num_layers=1, num_heads=2, ff_dim=16,
+        image_encoder=patch_conv_encoder(),
+    )  # fmt: skip
+
+
 def captioner():
     from training.captioner import Captioner
     from training.models import CaptionModel
@@ -125,6 +154,10 @@ CASES: dict[str, Case] = {
     "CaptionModel/lstm_attention": Case(
         lambda: caption_model("lstm_attention"), lambda: ((floats(B, R, F), TOKENS),), outputs=("float32",)
     ),
+    # The trainable image encoder on PatchGrid patches, alone and inside the caption model.
+    "BackboneTop": Case(backbone_top, lambda: (floats(B, R, F),)),
+    "PatchConvEncoder": Case(patch_conv_encoder, lambda: (patch_regions(),)),
+    "CaptionModel/image_encoder": Case(caption_model_with_encoder, lambda: ((patch_regions(), TOKENS),), outputs=("float32",)),
     # Images in [0, 255] -> the float16 region features a feature store holds, whatever the policy.
     "Captioner": Case(
         captioner,

@@ -23,7 +23,7 @@ from training.data.dataset import pool_regions
 from training.data.tokenizer import Tokenizer
 from training.evaluation.batches import BATCH_SIZES, batch_sizes, decode_padded
 from training.evaluation.inference import BeamSearchDecoder, Caption
-from training.features import get_feature_extractor
+from training.features import FeatureExtractorRegistry, get_feature_extractor
 from training.features.images import decode_image, resize_image
 from training.models.caption_model import CaptionModel
 
@@ -96,6 +96,7 @@ class Captioner(keras.Model):
             use_regions=m.use_regions,
             beam_size=beam_size or config.training.beam_size,
             extractor_weights=m.extractor_weights if extractor_weights == "run" else extractor_weights,
+            extractor_spec=FeatureExtractorRegistry().lookup(m.feature_extractor).config_spec(m),
             name="captioner",
         )
 

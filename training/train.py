@@ -171,7 +171,7 @@ class TrainingPipeline:
 
         m = self.config.model
         feature_dim = FeatureExtractorRegistry().lookup(m.feature_extractor).FEATURE_DIM
-        if not feature_dim or is_weights_file(m.extractor_weights):
+        if not feature_dim or is_weights_file(m.extractor_weights) or m.fine_tune_from is not None:
             feature_dim = self.feature_extractor().feature_dim
         if feature_dim != m.feature_dim:
             raise ConfigError(
@@ -180,11 +180,10 @@ class TrainingPipeline:
 
     def feature_extractor(self):
         """The run's feature extractor, made once (its network is built when first used)."""
-        from training.features import get_feature_extractor
+        from training.features.registry import extractor_for
 
         if self.extractor is None:
-            m = self.config.model
-            self.extractor = get_feature_extractor(m.feature_extractor, image_size=m.image_size, weights=m.extractor_weights)
+            self.extractor = extractor_for(self.config.model)
         return self.extractor
 
     def extract_features(self, image_ids: list[str]):

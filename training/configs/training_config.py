@@ -24,6 +24,7 @@ LR_SCHEDULES = ("plateau", "warmup_cosine")
 # another name before it imports TensorFlow.
 BUILT_IN_EXTRACTORS = (
     "PatchGrid",
+    "ConvEncoder",
     "EfficientNetB0",
     "EfficientNetB1",
     "EfficientNetB2",
@@ -84,6 +85,8 @@ class ModelConfig:
     num_heads: int = 8
     ff_dim: int = 1024
     dropout: float = 0.1
+    encoder_filters: tuple[int, ...] = (64, 64, 128, 256)  # ConvEncoder: widths of its 3x3 conv blocks
+    fine_tune_from: int | str | None = None  # keras.applications: train the backbone above this layer (or top N blocks)
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,7 @@ class TrainingConfig:
     scst_samples: int = 5  # sampled captions per image; the others' mean reward is each one's baseline
     scst_learning_rate: float = 1e-5
     scst_max_length: int | None = None  # most tokens (endseq included) a sample has; None = from the training captions
+    fine_tune_after: int = 0  # epochs in which the trainable image encoder stays frozen before it trains
 
 
 @dataclass(frozen=True)
@@ -167,6 +171,10 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             except ConfigError:
                 pass
         return _coerce(key, value, last)
+    if origin is tuple and args[-1] is Ellipsis:  # tuple[int, ...]: a list of any length
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"'{key}' must be a list, got {value!r}")
+        return tuple(_coerce(key, v, args[0]) for v in value)
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"'{key}' must be a list of {len(args)} values, got {value!r}")
@@ -220,6 +228,12 @@ def validate(config: Config) -> Config:
         _check(getattr(m, key) > 0, key, "> 0", getattr(m, key))
     _check(m.hidden_dim % m.num_heads == 0, "hidden_dim", f"a multiple of num_heads ({m.num_heads})", m.hidden_dim)
     _check(0.0 <= m.dropout < 1.0, "dropout", "in [0, 1)", m.dropout)
+    _check(
+        len(m.encoder_filters) >= 1 and min(m.encoder_filters) > 0,
+        "encoder_filters",
+        "a list of positive widths",
+        m.encoder_filters,
+    )
     for key in ("batch_size", "epochs", "beam_size"):
         _check(getattr(t, key) > 0, key, "> 0", getattr(t, key))
     _check(t.learning_rate > 0, "learning_rate", "> 0", t.learning_rate)
@@ -409,4 +423,5 @@ def save_config(config: Config, path: str | Path) -> None:
     """Write a sectioned YAML that load_config reads back to an equal Config."""
     data = config.to_dict()
     data["model"]["image_size"] = list(data["model"]["image_size"])
+    data["model"]["encoder_filters"] = list(data["model"]["encoder_filters"])
     Path(path).write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")

@@ -55,6 +55,21 @@ class BaseFeatureExtractor(abc.ABC):
         contents (so a moved weights file keeps a feature store valid)."""
         return {"extractor": self.name, "weights": weights_identity(self.weights)}
 
+    @classmethod
+    def config_spec(cls, model_config) -> dict:
+        """Keyword arguments of this extractor that a run's model config sets (beside image size and weights)."""
+        return {}
+
+    @classmethod
+    def has_trainable_part(cls, model_config) -> bool:
+        """True when, under `model_config`, part of the image side trains with the decoder (`trainable_encoder`)."""
+        return False
+
+    def trainable_encoder(self, model_config) -> keras.layers.Layer | None:
+        """The image side's trainable part: a layer the caption model runs on the stored features (B, regions,
+        channels) before its decoder, trained with it and saved in its .keras file; None: features as stored."""
+        return None
+
     def spec(self) -> dict:
         """Keyword arguments that rebuild this network without what it was made from (a saved Captioner keeps them)."""
         return {}

@@ -1,4 +1,5 @@
-"""Image -> feature grid without weights: fixed pixel patches, the demo's extractor.
+"""Image -> feature grid without weights: fixed pixel patches (the demo's extractor), and ConvEncoder, a small
+conv net on those patches that trains with the decoder.
 
 A 64x64 image becomes an 8x8 grid of 8x8-pixel patches, each flattened to a 192-d
 vector in [-1, 1]: (64 regions, 192 channels). It is a Keras model like the real
@@ -7,9 +8,11 @@ backbones, so it runs through the same tf.data pipeline, store and predict call.
 
 from __future__ import annotations
 
+import math
+
 import keras
 import tensorflow as tf
-from keras import layers
+from keras import layers, ops
 
 from training.features.base import BaseFeatureExtractor
 from training.features.registry import register_extractor
@@ -45,3 +48,78 @@ class PatchGridExtractor(BaseFeatureExtractor):
         x = layers.Permute((1, 3, 2, 4, 5))(x)
         outputs = layers.Reshape((rows, cols, patch * patch * 3))(x)
         return keras.Model(inputs, outputs, name="patch_grid")
+
+
+@register_extractor("ConvEncoder")
+class ConvEncoderExtractor(PatchGridExtractor):
+    """PatchGrid's patches (the pixels, losslessly) as the stored features, and a small conv net trained from
+    scratch with the decoder on top of them (`PatchConvEncoder`, inside the caption model): for images no
+    pretrained backbone knows (synthetic scenes, medical or satellite images). The store is PatchGrid's, so a
+    PatchGrid store serves it, and the pixels flow through tf.data where augmentation can reach them."""
+
+    NAME = "ConvEncoder"
+
+    def recipe(self) -> dict:
+        return {**super().recipe(), "extractor": PatchGridExtractor.NAME}
+
+    @classmethod
+    def has_trainable_part(cls, model_config) -> bool:
+        return True
+
+    def trainable_encoder(self, model_config) -> keras.layers.Layer:
+        grid = [side // self.PATCH_SIZE for side in self.image_size]
+        return PatchConvEncoder(grid, self.PATCH_SIZE, list(model_config.encoder_filters), name="image_encoder")
+
+
+@keras.saving.register_keras_serializable(package="training")
+class PatchConvEncoder(keras.layers.Layer):
+    """PatchGrid regions (B, rows * cols, patch * patch * 3) -> (B, rows * cols, filters[-1]).
+
+    The patches are put back into the image, then 3x3 conv blocks (conv, group norm, relu) run over it with a
+    2x2 max pooling after each of the first log2(patch) blocks, so each output region sees its patch and
+    its neighbours. Group norm rather than batch norm: a packed row is one image, batches are a dozen rows,
+    and an image's features must not depend on the images it is batched with (decoding, the service).
+    """
+
+    def __init__(self, grid, patch_size: int = 8, filters=(64, 64, 128, 256), **kwargs):
+        super().__init__(**kwargs)
+        self.grid = tuple(int(g) for g in grid)
+        self.patch_size = int(patch_size)
+        self.filters = tuple(int(f) for f in filters)
+        pools = self.patch_size.bit_length() - 1
+        if 2**pools != self.patch_size:
+            raise ValueError(f"PatchConvEncoder: patch_size must be a power of 2, got {patch_size}")
+        self.convs = [layers.Conv2D(f, 3, padding="same", name=f"conv_{i}") for i, f in enumerate(self.filters)]
+        self.norms = [layers.GroupNormalization(math.gcd(f, 8), name=f"norm_{i}") for i, f in enumerate(self.filters)]
+        # Pool after each of the first `pools` blocks; with fewer blocks, the rest at the end.
+        self.pool_after = [2 if i < pools else 1 for i in range(len(self.filters))]
+        self.pool_after[-1] *= 2 ** max(0, pools - len(self.filters))
+
+    def build(self, input_shape):
+        shape = (None, self.grid[0] * self.patch_size, self.grid[1] * self.patch_size, 3)
+        for conv, norm, pool in zip(self.convs, self.norms, self.pool_after):
+            conv.build(shape)
+            shape = (None, shape[1], shape[2], conv.filters)
+            norm.build(shape)
+            shape = (None, shape[1] // pool, shape[2] // pool, conv.filters)
+        self.built = True
+
+    def call(self, regions, training=None):
+        rows, cols = self.grid
+        patch = self.patch_size
+        # The inverse of PatchGrid: (B, rows, cols, patch, patch, 3) -> (B, rows, patch, cols, patch, 3) -> image.
+        x = ops.reshape(regions, (-1, rows, cols, patch, patch, 3))
+        x = ops.reshape(ops.transpose(x, (0, 1, 3, 2, 4, 5)), (-1, rows * patch, cols * patch, 3))
+        for conv, norm, pool in zip(self.convs, self.norms, self.pool_after):
+            x = ops.relu(norm(conv(x)))
+            if pool > 1:
+                x = ops.max_pool(x, pool, pool)
+        return ops.reshape(x, (-1, rows * cols, self.filters[-1]))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.grid[0] * self.grid[1], self.filters[-1])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(grid=list(self.grid), patch_size=self.patch_size, filters=list(self.filters))
+        return config

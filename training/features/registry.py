@@ -67,5 +67,13 @@ def get_feature_extractor(name: str, **kwargs):
     return FeatureExtractorRegistry().get(name, **kwargs)
 
 
+def extractor_for(model_config, **kwargs):
+    """The extractor a run's model config describes: its name, image size, weights and the keys it takes
+    (fine_tune_from)."""
+    cls = FeatureExtractorRegistry().lookup(model_config.feature_extractor)
+    settings = dict(image_size=model_config.image_size, weights=model_config.extractor_weights)
+    return cls(**settings, **cls.config_spec(model_config), **kwargs)
+
+
 def available_extractors() -> list[str]:
     return FeatureExtractorRegistry().names()

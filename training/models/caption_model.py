@@ -49,6 +49,7 @@ class CaptionModel(keras.Model):
         num_heads: int = 8,
         ff_dim: int = 1024,
         dropout: float = 0.1,
+        image_encoder: keras.layers.Layer | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -67,6 +68,9 @@ class CaptionModel(keras.Model):
         self.dropout = dropout
         is_transformer = architecture == "transformer"
 
+        # The image side's trainable part (the extractor's `trainable_encoder`), between the stored features and
+        # the projection: it runs once per row, so once per image however many captions a row packs.
+        self.image_encoder = image_encoder
         self.image_projection = ImageProjection(hidden_dim, dropout, name="image_projection")
         self.text_embedding = TextEmbedding(
             vocab_size,
@@ -97,6 +101,13 @@ class CaptionModel(keras.Model):
         features_shape, tokens_shape = (tuple(shape) for shape in input_shape[:2])
         hidden_shape = tokens_shape + (self.hidden_dim,)
         regions_shape = features_shape[:-1] + (self.hidden_dim,)
+        if self.image_encoder is not None:
+            if not self.image_encoder.built:  # a functional sub-model comes built
+                self.image_encoder.build(features_shape)
+            features_shape = tuple(self.image_encoder.compute_output_shape(features_shape))
+            # 1: the encoder trains; 0: no gradient reaches it (fine_tune_after's frozen epochs). A variable, set by
+            # a callback from the epoch number, so `fit` stays compiled once and a resumed run sets it alike.
+            self.encoder_gate = self.add_weight(shape=(), initializer="ones", trainable=False, name="encoder_gate")
         self.image_projection.build(features_shape)
         self.text_embedding.build(tokens_shape)
         if self.architecture == "transformer":
@@ -111,7 +122,7 @@ class CaptionModel(keras.Model):
     def call(self, inputs, training=None):
         image_features, tokens = inputs[0], ops.cast(inputs[1], "int32")
         positions = ops.cast(inputs[2], "int32") if len(inputs) > 2 else None
-        regions = self.image_projection(image_features, training=training)
+        regions = self.project_image(image_features, training=training)
         x = self.text_embedding(tokens, positions=positions, training=training)
         is_token = ops.not_equal(tokens, 0)
         starts = None if positions is None else ops.logical_and(ops.equal(positions, 0), is_token)
@@ -131,6 +142,21 @@ class CaptionModel(keras.Model):
             x = self.output_dropout(self.lstm(x, regions, token_mask=is_token, starts=starts), training=training)
         return ops.cast(self.output_layer(x), "float32")
 
+    def project_image(self, image_features, training=None):
+        """Stored features (B, R, feature_dim) -> regions (B, R', hidden_dim): the trainable encoder, if any, then
+        the projection."""
+        if self.image_encoder is not None:
+            encoded = self.image_encoder(image_features, training=training)
+            gate = ops.cast(self.encoder_gate, encoded.dtype)
+            image_features = gate * encoded + (1 - gate) * ops.stop_gradient(encoded)
+        return self.image_projection(image_features, training=training)
+
+    @property
+    def input_regions(self) -> int | None:
+        """The number of regions the stored features must have: fixed by a trainable encoder's grid, else any."""
+        grid = getattr(self.image_encoder, "grid", None)
+        return None if grid is None else int(np.prod(grid))
+
     # ------------------------------------------------------------------ incremental decoding
 
     def encode(self, image_features):
@@ -139,7 +165,7 @@ class CaptionModel(keras.Model):
         transformer: {"keys": (k_layer0, ...), "values": (v_layer0, ...)}, each (B, heads, R, hidden/heads)
         lstm_attention: {"regions": (B, R, hidden), "region_keys": (B, R, hidden)}
         """
-        regions = self.image_projection(image_features, training=False)
+        regions = self.project_image(image_features, training=False)
         if self.architecture == "transformer":
             pairs = [block.cross_attention.key_values(regions) for block in self.decoder_blocks]
             return {"keys": tuple(k for k, _ in pairs), "values": tuple(v for _, v in pairs)}
@@ -201,8 +227,35 @@ class CaptionModel(keras.Model):
             num_heads=self.num_heads,
             ff_dim=self.ff_dim,
             dropout=self.dropout,
+            image_encoder=None if self.image_encoder is None else self._encoder_config(),
         )
         return config
+
+    def _encoder_config(self) -> dict:
+        """The image encoder's serialization without its build config, so it is deserialized unbuilt and `build`
+        makes its weights inside this model, as when the model was first built."""
+        serialized = keras.saving.serialize_keras_object(self.image_encoder)
+        return {key: value for key, value in serialized.items() if key != "build_config"}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if config.get("image_encoder") is not None:
+            config["image_encoder"] = keras.saving.deserialize_keras_object(config["image_encoder"])
+        return cls(**config)
+
+
+def trainable_image_encoder(model_config: ModelConfig) -> keras.layers.Layer | None:
+    """The extractor's trainable part under this config (ConvEncoder's conv net, a fine-tuned backbone's top), or
+    None (features as stored)."""
+    from training.features.registry import FeatureExtractorRegistry, extractor_for
+
+    registry = FeatureExtractorRegistry()
+    if model_config.feature_extractor not in registry:
+        return None  # a name registered later (a user's extractor); the pipeline checks names before training
+    if not registry.lookup(model_config.feature_extractor).has_trainable_part(model_config):
+        return None
+    return extractor_for(model_config).trainable_encoder(model_config)
 
 
 def build_caption_model(
@@ -223,6 +276,7 @@ def build_caption_model(
                 "(vocab_size, model.embedding_dim): rebuild it with the same vocabulary and embedding_dim"
             )
     model = CaptionModel(
+        image_encoder=trainable_image_encoder(model_config),
         vocab_size=vocab_size,
         max_length=max_length,
         architecture=model_config.architecture,

@@ -92,6 +92,7 @@ def _build_training_state(model) -> None:
     the whole step a second time, which lengthens every run's first step by seconds.
     """
     tokens = np.ones((1, 2), dtype="int32")
-    batch = ((np.zeros((1, 1, getattr(model, "feature_dim", 1)), "float32"), tokens), tokens)
+    regions = getattr(model, "input_regions", None) or 1
+    batch = ((np.zeros((1, regions, getattr(model, "feature_dim", 1)), "float32"), tokens), tokens)
     if not hasattr(model, "feature_dim") or not keras_private.build_training_state(model, batch):
         model.optimizer.build(model.trainable_variables)

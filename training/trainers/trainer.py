@@ -63,6 +63,19 @@ class CallbackFactory:
         return ProgressCallback(epochs, checkpoint, caption_metrics)
 
 
+class EncoderGate(keras.callbacks.Callback):
+    """Keeps the trainable image encoder frozen in the first `after` epochs (no gradient reaches it, so Adam leaves
+    it as it is), then lets it train: the decoder first learns on fixed features, as Show, Attend and Tell
+    fine-tunes. Set from the epoch number at each epoch's start, so a resumed run gates as one run straight through."""
+
+    def __init__(self, after: int):
+        super().__init__()
+        self.after = int(after)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.encoder_gate.assign(1.0 if epoch >= self.after else 0.0)
+
+
 class Trainer:
     """Builds (or resumes) the caption model and fits it with the standard callbacks.
 
@@ -160,6 +173,8 @@ class Trainer:
             tracker=self.tracker,
             stage="xe",
         )
+        if t.fine_tune_after:
+            callbacks.insert(0, EncoderGate(t.fine_tune_after))
         return callbacks, resume
 
     def train(
