@@ -142,7 +142,9 @@ def _check_captions(scenes, rows, size=64):
                 axis = "x" if order.group(1) == "left to right" else "y"
                 coordinates = [next(o[axis] for o in objects if (o["color"], o["shape"]) == kind) for kind in named]
                 assert coordinates == sorted(coordinates), (name, caption)
-            relation = rf"({COLOR}) ({SHAPE}) (?:to the )?(left of|right of|above|below) a (?:small |large )?({COLOR}) ({SHAPE})"
+            relation = (
+                rf"({COLOR}) ({SHAPE}) (?:to the )?(left of|right of|above|below) an? (?:small |large )?({COLOR}) ({SHAPE})"
+            )
             for c1, s1, rel, c2, s2 in re.findall(relation, caption):
                 assert any(
                     _holds(a, rel, b)
@@ -250,6 +252,7 @@ def test_preset_captions_name_only_what_is_there(world_set):
     _check_captions(info["scenes"], rows)
     words = set(vocabulary(world))
     assert all(set(caption.replace(",", "").split()) <= words for _, caption in rows[1:])
+    assert not [c for _, c in rows[1:] if re.search(r"\ba [aeiou]|\ban [^aeiou]", c)]  # "an orange circle", "a red one"
     glove = {line.split(" ", 1)[0] for line in Path(info["glove_file"]).read_text(encoding="utf-8").splitlines()}
     assert glove == words  # every word a caption can use has its real GloVe vector
     first = {image: caption for image, caption in reversed(rows[1:])}

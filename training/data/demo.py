@@ -300,7 +300,12 @@ def render_world(objects: list[dict], size: int, world: World, rng: np.random.Ge
 
 
 def _np(o: dict, sized: bool) -> str:
-    return f"a {o['size']} {o['color']} {o['shape']}" if sized else f"a {o['color']} {o['shape']}"
+    return _a(f"{o['size']} {o['color']} {o['shape']}" if sized else f"{o['color']} {o['shape']}")
+
+
+def _a(phrase: str) -> str:
+    """'a red circle', 'an orange circle'."""
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
 def _pair(objects, rng):
@@ -346,7 +351,7 @@ def t_count(objects, rng, sized):
     if len(groups) == len(objects):  # all different: name the count of shapes, then each one
         return f"{NUMBERS[len(objects)]} shapes " + _listing([_np(o, sized and len(objects) == 2) for o in objects])
     parts = [
-        f"{NUMBERS[n]} {color} {shape}s" if n > 1 else f"a {color} {shape}" for (color, shape), n in groups.most_common()
+        f"{NUMBERS[n]} {color} {shape}s" if n > 1 else _a(f"{color} {shape}") for (color, shape), n in groups.most_common()
     ]  # ties keep first-seen order: deterministic
     return _listing(parts)
 
