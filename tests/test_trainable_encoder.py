@@ -1,0 +1,72 @@
+"""ConvEncoder: a conv net on PatchGrid's pixels trains with the decoder inside the caption model, on a PatchGrid
+store, and the saved run captions alike through `training.caption`, the export and the service."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from helpers import run_python, saved_model_captions, served_captions, serving, tiny_config
+from test_fine_tune import RECORD_OR_KILL, TRAIN_WITH_FAULT
+from test_long_runs import metrics
+
+IMAGES = 6
+
+
+@pytest.fixture(scope="module")
+def conv_run(demo_data, tmp_path_factory):
+    """A PatchGrid run, then a ConvEncoder run on its feature store: (the ConvEncoder run's artifacts_dir, its
+    encoder's weights by epoch, what the two runs printed)."""
+    folder = tmp_path_factory.mktemp("conv")
+    settings = dict(max_images=60, epochs=3, eval_max_images=IMAGES, features_dir=str(folder / "store"))
+    patch = folder / "patch.yaml"
+    patch.write_text(yaml.safe_dump(tiny_config(demo_data, folder / "patch", **settings)))
+    patch_run = run_python(["-m", "training.train", "--config", str(patch)])
+    conv = folder / "conv.yaml"
+    settings.update(feature_extractor="ConvEncoder", encoder_filters=[8, 16])  # 32 px: 4x4 regions of 16 + 192 channels
+    conv.write_text(yaml.safe_dump(tiny_config(demo_data, folder / "conv", **settings)))
+    script = "import sys\n" + RECORD_OR_KILL + TRAIN_WITH_FAULT
+    conv_run = run_python(["-c", script, str(conv), str(folder / "weights.json"), "none"])
+    weights = json.loads((folder / "weights.json").read_text())
+    return folder / "conv", weights, patch_run.stderr + conv_run.stderr
+
+
+def test_the_encoder_trains_with_the_decoder_on_a_patch_grid_store(conv_run):
+    artifacts, seen, output = conv_run
+    assert "(ConvEncoder): 60 image(s) reused, 0 extracted" in output  # PatchGrid's store serves it
+    assert all(a != b for a, b in zip(seen["1"], seen["start"])) and all(a != b for a, b in zip(seen["3"], seen["2"]))
+    losses = [float(row["train_loss"]) for row in metrics(artifacts)]
+    assert losses[-1] < losses[0]
+
+
+def test_the_saved_model_holds_the_trained_encoder(conv_run):
+    code = f"""
+import json, numpy as np
+from training import load_model
+model = load_model({str(conv_run[0] / "image_caption_model_final.keras")!r})
+encoder = model.image_encoder
+print(json.dumps(dict(kind=type(encoder).__name__, filters=list(encoder.filters), grid=list(encoder.grid),
+                      weights=[float(np.abs(np.asarray(w.numpy(), "float64")).sum()) for w in encoder.trainable_weights])))
+"""
+    found = json.loads(run_python(code).stdout.splitlines()[-1])
+    assert found["kind"] == "PatchConvEncoder" and found["filters"] == [8, 16] and found["grid"] == [4, 4]
+    # The final model is the best checkpoint, of one of the three epochs.
+    assert any(np.allclose(found["weights"], conv_run[1][epoch]) for epoch in ("1", "2", "3"))
+
+
+def test_caption_command_export_and_service_give_the_captions_of_the_test_split(conv_run, demo_data, tmp_path):
+    artifacts = conv_run[0]
+    rows = json.loads((artifacts / "predictions_test.json").read_text())["captions"]
+    expected = {row["image_id"]: row["prediction"] for row in rows}
+    images = [str(demo_data / "Images" / name) for name in sorted(expected)]
+    done = run_python(["-m", "training.caption", *images, "--artifacts", str(artifacts), "--json"])
+    captioned = [(r["caption"], r["score"]) for r in json.loads(done.stdout)]
+    assert [text for text, _ in captioned] == [expected[name] for name in sorted(expected)]  # the run's own captions
+    run_python(["-m", "training.export", "--artifacts", str(artifacts), "--out", str(tmp_path / "export")])
+    exported = saved_model_captions(tmp_path / "export" / "saved_model", images)
+    assert [text for text, _ in exported] == [text for text, _ in captioned]
+    assert [score for _, score in exported] == pytest.approx([score for _, score in captioned], abs=1e-4)
+    with serving(artifacts) as (url, _):
+        served = served_captions(url, images, "image/png")
+    assert [r["caption"] for r in served] == [text for text, _ in captioned]
+    assert [r["score"] for r in served] == pytest.approx([score for _, score in captioned], abs=1e-4)
