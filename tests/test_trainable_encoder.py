@@ -70,3 +70,34 @@ def test_caption_command_export_and_service_give_the_captions_of_the_test_split(
         served = served_captions(url, images, "image/png")
     assert [r["caption"] for r in served] == [text for text, _ in captioned]
     assert [r["score"] for r in served] == pytest.approx([score for _, score in captioned], abs=1e-4)
+
+
+def augmentation_builder(augment, seed=3):
+    from training.data.dataset import DatasetBuilder
+    from training.data.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_vocabulary(["<pad>", "<unk>", "startseq", "endseq", "a", "red", "circle"])
+    pixels = np.random.default_rng(0).uniform(-1, 1, (6, 4, 12)).astype("float16")  # 6 images, 4 regions of 2x2 pixels
+    index = {f"i{n}": n for n in range(6)}
+    return DatasetBuilder(pixels, index, tokenizer, 5, batch_size=4, seed=seed, augment=augment), pixels
+
+
+def first_batch(builder, **kwargs):
+    captions = {f"i{n}": ["a red circle"] * 2 for n in range(6)}
+    return next(iter(builder.build(captions, **kwargs)))[0][0].numpy()
+
+
+def test_augmentation_keeps_hue_and_resumes_and_leaves_validation_alone():
+    plain, pixels = augmentation_builder(())
+    builder, _ = augmentation_builder(("brightness", "contrast"))
+    seen = first_batch(builder, first_epoch=4)
+    unchanged = first_batch(plain, first_epoch=4)
+    assert not np.allclose(seen, unchanged) and seen.min() >= -1 and seen.max() <= 1
+    np.testing.assert_array_equal(seen, first_batch(augmentation_builder(("brightness", "contrast"))[0], first_epoch=4))
+    assert not np.allclose(seen, first_batch(builder, first_epoch=5))  # another epoch, other draws
+    # Brightness and contrast move a pixel's three channels alike: the order of R, G and B never reverses.
+    before = unchanged.reshape(-1, 3).astype("float32")
+    after = seen.reshape(-1, 3)
+    for a, b in ((0, 1), (1, 2), (0, 2)):
+        assert np.all((before[:, a] - before[:, b]) * (after[:, a] - after[:, b]) >= -1e-6)
+    np.testing.assert_array_equal(first_batch(builder, training=False), first_batch(plain, training=False))

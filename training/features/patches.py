@@ -25,6 +25,7 @@ class PatchGridExtractor(BaseFeatureExtractor):
     FEATURE_DIM = PATCH_SIZE * PATCH_SIZE * 3
     DEFAULT_IMAGE_SIZE = (64, 64)
     MIN_IMAGE_SIZE = PATCH_SIZE
+    STORES_PIXELS = True  # its features are the pixels, in [-1, 1]: the training batches can be augmented
 
     def __init__(self, image_size=None, weights=None, batch_size: int = 32):
         super().__init__(image_size=image_size, weights=None, batch_size=batch_size)
