@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 import yaml
-from helpers import run_python, saved_model_captions, served_captions, serving, tiny_config
-from test_fine_tune import RECORD_OR_KILL, TRAIN_WITH_FAULT
+from helpers import run_python, tiny_config, train_with_callback
+from test_fine_tune import RECORD_OR_KILL, assert_export_and_service_agree
 from test_long_runs import metrics
 
 IMAGES = 6
@@ -25,8 +25,8 @@ def conv_run(demo_data, tmp_path_factory):
     conv = folder / "conv.yaml"
     settings.update(feature_extractor="ConvEncoder", encoder_filters=[8, 16])  # 32 px: 4x4 regions of 16 + 192 channels
     conv.write_text(yaml.safe_dump(tiny_config(demo_data, folder / "conv", **settings)))
-    script = "import sys\n" + RECORD_OR_KILL + TRAIN_WITH_FAULT
-    conv_run = run_python(["-c", script, str(conv), str(folder / "weights.json"), "none"])
+    conv_run = train_with_callback(RECORD_OR_KILL, conv, folder / "weights.json", "none")
+    assert conv_run.returncode == 0, conv_run.stderr[-3000:]
     weights = json.loads((folder / "weights.json").read_text())
     return folder / "conv", weights, patch_run.stderr + conv_run.stderr
 
@@ -62,14 +62,7 @@ def test_caption_command_export_and_service_give_the_captions_of_the_test_split(
     done = run_python(["-m", "training.caption", *images, "--artifacts", str(artifacts), "--json"])
     captioned = [(r["caption"], r["score"]) for r in json.loads(done.stdout)]
     assert [text for text, _ in captioned] == [expected[name] for name in sorted(expected)]  # the run's own captions
-    run_python(["-m", "training.export", "--artifacts", str(artifacts), "--out", str(tmp_path / "export")])
-    exported = saved_model_captions(tmp_path / "export" / "saved_model", images)
-    assert [text for text, _ in exported] == [text for text, _ in captioned]
-    assert [score for _, score in exported] == pytest.approx([score for _, score in captioned], abs=1e-4)
-    with serving(artifacts) as (url, _):
-        served = served_captions(url, images, "image/png")
-    assert [r["caption"] for r in served] == [text for text, _ in captioned]
-    assert [r["score"] for r in served] == pytest.approx([score for _, score in captioned], abs=1e-4)
+    assert_export_and_service_agree(artifacts, images, captioned, tmp_path)
 
 
 def augmentation_builder(augment, seed=3):
