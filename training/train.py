@@ -333,7 +333,10 @@ class TrainingPipeline:
         max_length = c.data.max_caption_length or get_max_caption_length(split.train)
         augment = c.training.augment if self.feature_extractor().STORES_PIXELS else ()
         if c.training.augment and not augment:
-            log.warning("augment: %s stores computed features, not pixels: the training images are not augmented", c.model.feature_extractor)
+            log.warning(
+                "augment: %s stores computed features, not pixels: the training images are not augmented",
+                c.model.feature_extractor,
+            )
         log.info("vocabulary: %d words; captions up to %d tokens", tokenizer.vocab_size, max_length)
         builder = DatasetBuilder(
             store.features,
