@@ -65,7 +65,13 @@ def clean_registry():
 
 def test_registry_has_the_backbones_and_finds_them_by_name():
     names = available_extractors()
-    for name in [f"EfficientNetB{i}" for i in range(8)] + ["InceptionV3", "ResNet50", "MobileNetV3Large", "PatchGrid", "ConvEncoder"]:
+    for name in [f"EfficientNetB{i}" for i in range(8)] + [
+        "InceptionV3",
+        "ResNet50",
+        "MobileNetV3Large",
+        "PatchGrid",
+        "ConvEncoder",
+    ]:
         assert name in names
     extractor = get_feature_extractor("EfficientNetB3", image_size=(300, 300))  # the seed README's call
     assert isinstance(extractor, EfficientNetB3Extractor)
