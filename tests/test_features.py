@@ -65,14 +65,20 @@ def clean_registry():
 
 def test_registry_has_the_backbones_and_finds_them_by_name():
     names = available_extractors()
-    for name in [f"EfficientNetB{i}" for i in range(8)] + ["InceptionV3", "ResNet50", "MobileNetV3Large", "PatchGrid"]:
+    for name in [f"EfficientNetB{i}" for i in range(8)] + [
+        "InceptionV3",
+        "ResNet50",
+        "MobileNetV3Large",
+        "PatchGrid",
+        "ConvEncoder",
+    ]:
         assert name in names
     extractor = get_feature_extractor("EfficientNetB3", image_size=(300, 300))  # the seed README's call
     assert isinstance(extractor, EfficientNetB3Extractor)
     assert (extractor.image_size, extractor.weights, extractor.FEATURE_DIM) == ((300, 300), "imagenet", 1536)
     assert extractor._model is None  # built lazily: looking up an extractor costs nothing
     assert get_feature_extractor("InceptionV3").image_size == (299, 299)
-    with pytest.raises(ValueError, match=r"did you mean 'EfficientNetB3'\?.*valid names: EfficientNetB0"):
+    with pytest.raises(ValueError, match=r"did you mean 'EfficientNetB3'\?.*valid names: ConvEncoder, EfficientNetB0"):
         get_feature_extractor("efficientnet_b3")
     with pytest.raises(ValueError, match="image_size"):
         get_feature_extractor("InceptionV3", image_size=(64, 64), weights=None)

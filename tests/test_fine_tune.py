@@ -8,7 +8,15 @@ import signal
 import numpy as np
 import pytest
 import yaml
-from helpers import run_python, save_keras_application, saved_model_captions, served_captions, serving, tiny_config
+from helpers import (
+    run_python,
+    save_keras_application,
+    saved_model_captions,
+    served_captions,
+    serving,
+    tiny_config,
+    train_with_callback,
+)
 from PIL import Image
 from test_long_runs import ENV, metrics
 
@@ -34,17 +42,6 @@ class Fault(keras.callbacks.Callback):
         self.record(epoch + 1)
 """
 
-TRAIN_WITH_FAULT = """
-import sys
-from training.train import main, TrainingPipeline
-original = TrainingPipeline.__init__
-def with_callback(self, *args, **kwargs):
-    original(self, *args, **kwargs)
-    self.callbacks.append(Fault())
-TrainingPipeline.__init__ = with_callback
-sys.exit(main(["--config", sys.argv[1]]))
-"""
-
 
 def write_config(folder, demo_data, weights):
     settings = dict(
@@ -65,8 +62,19 @@ def write_config(folder, demo_data, weights):
 
 
 def train(config, record, fault="none"):
-    script = "import sys\n" + RECORD_OR_KILL + TRAIN_WITH_FAULT
-    return run_python(["-c", script, str(config), str(record), fault], check=False, env=ENV)
+    return train_with_callback(RECORD_OR_KILL, config, record, fault, env=ENV)
+
+
+def assert_export_and_service_agree(artifacts, images, captioned, folder):
+    """The exported SavedModel and the service give `captioned`, [(caption, score)] of `training.caption`."""
+    run_python(["-m", "training.export", "--artifacts", str(artifacts), "--out", str(folder / "export")])
+    exported = saved_model_captions(folder / "export" / "saved_model", images)
+    assert [text for text, _ in exported] == [text for text, _ in captioned]
+    assert [score for _, score in exported] == pytest.approx([score for _, score in captioned], abs=1e-4)
+    with serving(artifacts) as (url, _):
+        served = served_captions(url, images, "image/png")
+    assert [r["caption"] for r in served] == [text for text, _ in captioned]
+    assert [r["score"] for r in served] == pytest.approx([score for _, score in captioned], abs=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -114,10 +122,17 @@ def test_export_service_and_caption_command_give_the_same_captions(reference, de
     images = [str(p) for p in sorted((demo_data / "Images").glob("*.png"))[:4]]
     done = run_python(["-m", "training.caption", *images, "--artifacts", str(artifacts), "--json"])
     expected = [(r["caption"], r["score"]) for r in json.loads(done.stdout)]
-    run_python(["-m", "training.export", "--artifacts", str(artifacts), "--out", str(tmp_path / "export")])
-    exported = saved_model_captions(tmp_path / "export" / "saved_model", images)
-    assert [text for text, _ in exported] == [text for text, _ in expected]
-    assert [score for _, score in exported] == pytest.approx([score for _, score in expected], abs=1e-4)
-    with serving(artifacts) as (url, _):
-        served = served_captions(url, images, "image/png")
-    assert [(r["caption"], r["score"]) for r in served] == [(text, pytest.approx(score, abs=1e-4)) for text, score in expected]
+    assert_export_and_service_agree(artifacts, images, expected, tmp_path)
+
+
+def test_a_cut_that_a_skip_connection_crosses_is_refused_before_anything_is_written(demo_data, tmp_path):
+    settings = dict(feature_extractor="MobileNetV3Small", image_size=[64, 64], feature_dim=96)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(tiny_config(demo_data, tmp_path / "artifacts", fine_tune_from="expanded_conv_7_project_bn", **settings))
+    )
+    done = run_python(["-m", "training.train", "--config", str(config)], check=False)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "'fine_tune_from': 'expanded_conv_7_project_bn' does not split" in done.stderr
+    assert "expanded_conv_7_add" in done.stderr  # among the valid choices
+    assert not (tmp_path / "artifacts").exists()

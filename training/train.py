@@ -331,6 +331,12 @@ class TrainingPipeline:
         if trainer.is_chief:
             tokenizer.save(self.artifacts_dir)
         max_length = c.data.max_caption_length or get_max_caption_length(split.train)
+        augment = c.training.augment if self.feature_extractor().STORES_PIXELS else ()
+        if c.training.augment and not augment:
+            log.warning(
+                "augment: %s stores computed features, not pixels: the training images are not augmented",
+                c.model.feature_extractor,
+            )
         log.info("vocabulary: %d words; captions up to %d tokens", tokenizer.vocab_size, max_length)
         builder = DatasetBuilder(
             store.features,
@@ -340,6 +346,7 @@ class TrainingPipeline:
             c.training.batch_size,
             c.data.seed,
             pooled=not c.model.use_regions,
+            augment=augment,
         )
         trainer.steps_per_epoch = builder.steps(split.train)
         if c.training.val_caption_images:

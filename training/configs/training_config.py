@@ -20,6 +20,8 @@ CAPTION_FORMATS = ("flickr8k_csv", "flickr8k_token", "flickr30k", "coco", "karpa
 DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
 MONITORS = {"val_loss": "min", "val_cider": "max", "val_bleu4": "max"}  # what each monitored value's better direction is
 LR_SCHEDULES = ("plateau", "warmup_cosine")
+# Training-image changes that keep a caption true: none changes hue (captions name colours) or flips (left, right).
+AUGMENTATIONS = ("brightness", "contrast", "noise")
 # The feature extractors training.features registers (a test keeps the two equal): a command refuses
 # another name before it imports TensorFlow.
 BUILT_IN_EXTRACTORS = (
@@ -118,6 +120,7 @@ class TrainingConfig:
     scst_learning_rate: float = 1e-5
     scst_max_length: int | None = None  # most tokens (endseq included) a sample has; None = from the training captions
     fine_tune_after: int = 0  # epochs in which the trainable image encoder stays frozen before it trains
+    augment: tuple[str, ...] = ()  # AUGMENTATIONS applied to training images where the store holds pixels
 
 
 @dataclass(frozen=True)
@@ -424,4 +427,5 @@ def save_config(config: Config, path: str | Path) -> None:
     data = config.to_dict()
     data["model"]["image_size"] = list(data["model"]["image_size"])
     data["model"]["encoder_filters"] = list(data["model"]["encoder_filters"])
+    data["training"]["augment"] = list(data["training"]["augment"])
     Path(path).write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")

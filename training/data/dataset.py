@@ -36,6 +36,23 @@ def pool_features(features: np.ndarray, chunk_size: int = 128) -> np.ndarray:
     return pooled
 
 
+def augment_pixels(pixels, seed, augment) -> tf.Tensor:
+    """Pixels (rows, regions, channels) in [-1, 1], one image per row -> each image a little brighter or darker
+    (`brightness`), more or less contrasted (`contrast`), with noise (`noise`). Nothing changes hue (captions name
+    colours) or moves a pixel (captions say left and right). Drawn from `seed` (int64 (2,)) alone, so a resumed
+    run augments its batches as a run straight through does."""
+    rows = tf.shape(pixels)[0]
+    brightness, contrast, noise = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    if "brightness" in augment:
+        pixels += tf.random.stateless_uniform([rows, 1, 1], brightness, -0.2, 0.2)
+    if "contrast" in augment:
+        mean = tf.reduce_mean(pixels, axis=[1, 2], keepdims=True)
+        pixels = mean + (pixels - mean) * tf.random.stateless_uniform([rows, 1, 1], contrast, 0.8, 1.2)
+    if "noise" in augment:
+        pixels += tf.random.stateless_normal(tf.shape(pixels), noise, stddev=0.03)
+    return tf.clip_by_value(pixels, -1.0, 1.0)
+
+
 class DatasetBuilder:
     """Turns {image_id: [caption, ...]} into batches for teacher-forced training on whole captions.
 
@@ -59,6 +76,8 @@ class DatasetBuilder:
       new process at epoch e sees the very batches an uninterrupted run would.
     - Image features are gathered per batch from the (memory-mapped) store, so the store is
       never loaded whole into memory.
+    - With `augment` (the store holds pixels: PatchGrid, ConvEncoder) training batches are augmented
+      (`augment_pixels`), each from (seed, epoch, batch); validation and evaluation never are.
 
     `max_length` means what it means for the model (`CaptionModel.max_length`) and the decoders:
     the most target tokens of one caption, i.e. its words and endseq (startseq is an input only),
@@ -67,7 +86,16 @@ class DatasetBuilder:
     """
 
     def __init__(
-        self, features, image_index, tokenizer, max_length, batch_size=64, seed=42, pooled=False, bucket_width: int | None = 4
+        self,
+        features,
+        image_index,
+        tokenizer,
+        max_length,
+        batch_size=64,
+        seed=42,
+        pooled=False,
+        bucket_width: int | None = 4,
+        augment=(),
     ):
         self.features = pool_features(features) if pooled else features
         self.image_index = image_index
@@ -78,6 +106,7 @@ class DatasetBuilder:
         self.batch_size = int(batch_size)
         self.seed = seed
         self.bucket_width = bucket_width
+        self.augment = tuple(augment)
 
     @property
     def feature_shape(self) -> tuple[int, int]:
@@ -151,10 +180,19 @@ class DatasetBuilder:
         out[order] = self.features[rows[order]]
         return out
 
-    def _to_model_inputs(self, rows, inputs, targets, positions):
+    def _to_model_inputs(self, rows, inputs, targets, positions, seed=None):
         features = tf.numpy_function(self._gather, [rows], tf.as_dtype(self.features.dtype), stateful=False)
         features = tf.cast(tf.ensure_shape(features, (None,) + self.feature_shape), tf.float32)
+        if seed is not None:
+            features = augment_pixels(features, seed, self.augment)
         return (features, inputs, positions), targets
+
+    def _numbered(self, dataset: tf.data.Dataset, epoch) -> tf.data.Dataset:
+        """With `augment`, each batch led by its augmentation seed, from (seed, epoch, batch number)."""
+        if not self.augment:
+            return dataset
+        seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(epoch, tf.int64)])
+        return dataset.enumerate().map(lambda index, batch: (tf.random.experimental.stateless_fold_in(seed, index), *batch))
 
     def build(self, captions: dict[str, list[str]], training: bool = True, first_epoch: int | None = None) -> tf.data.Dataset:
         """Batches of ((features, inputs, positions), targets).
@@ -198,12 +236,17 @@ class DatasetBuilder:
             dataset = batches(tf.data.Dataset.range(count))
         elif first_epoch is None:
             # Shuffle images before bucketing: a full-size buffer gives a true shuffle.
-            dataset = batches(tf.data.Dataset.range(count).shuffle(count, seed=self.seed, reshuffle_each_iteration=True))
+            order = tf.data.Dataset.range(count).shuffle(count, seed=self.seed, reshuffle_each_iteration=True)
+            dataset = self._numbered(batches(order), -1)
         else:
             dataset = tf.data.Dataset.range(first_epoch, 2**62).flat_map(
-                lambda epoch: batches(tf.data.Dataset.from_tensor_slices(self.epoch_order(count, epoch)))
+                lambda epoch: self._numbered(batches(tf.data.Dataset.from_tensor_slices(self.epoch_order(count, epoch))), epoch)
             )
-        dataset = dataset.map(self._to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
+        if training and self.augment:
+            to_inputs = lambda seed, *batch: self._to_model_inputs(*batch, seed=seed)  # noqa: E731
+        else:
+            to_inputs = self._to_model_inputs
+        dataset = dataset.map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)

@@ -27,6 +27,7 @@ class BaseFeatureExtractor(abc.ABC):
     FEATURE_DIM: int = 0
     DEFAULT_IMAGE_SIZE: tuple[int, int] = (224, 224)
     MIN_IMAGE_SIZE: int = 32  # smallest side the backbone accepts
+    STORES_PIXELS: bool = False  # True: the stored features are the image's pixels in [-1, 1] (augment applies)
 
     def __init__(self, image_size=None, weights: str | None = "imagenet", batch_size: int = 32):
         size = self.DEFAULT_IMAGE_SIZE if image_size is None else image_size

@@ -25,6 +25,7 @@ class PatchGridExtractor(BaseFeatureExtractor):
     FEATURE_DIM = PATCH_SIZE * PATCH_SIZE * 3
     DEFAULT_IMAGE_SIZE = (64, 64)
     MIN_IMAGE_SIZE = PATCH_SIZE
+    STORES_PIXELS = True  # its features are the pixels, in [-1, 1]: the training batches can be augmented
 
     def __init__(self, image_size=None, weights=None, batch_size: int = 32):
         super().__init__(image_size=image_size, weights=None, batch_size=batch_size)
@@ -73,7 +74,7 @@ class ConvEncoderExtractor(PatchGridExtractor):
 
 @keras.saving.register_keras_serializable(package="training")
 class PatchConvEncoder(keras.layers.Layer):
-    """PatchGrid regions (B, rows * cols, patch * patch * 3) -> (B, rows * cols, filters[-1]).
+    """PatchGrid regions (B, rows * cols, patch * patch * 3) -> (B, rows * cols, filters[-1] + patch * patch * 3).
 
     The patches are put back into the image, then 3x3 conv blocks (conv, group norm, relu) run over it with a
     2x2 max pooling after each of the first log2(patch) blocks, so each output region sees its patch and
@@ -114,10 +115,12 @@ class PatchConvEncoder(keras.layers.Layer):
             x = ops.relu(norm(conv(x)))
             if pool > 1:
                 x = ops.max_pool(x, pool, pool)
-        return ops.reshape(x, (-1, rows * cols, self.filters[-1]))
+        # The patch's own pixels beside what the convolutions learned: the decoder starts from what PatchGrid gives
+        # it while the convolutions, trained from scratch, catch up.
+        return ops.concatenate([ops.reshape(x, (-1, rows * cols, self.filters[-1])), ops.cast(regions, x.dtype)], axis=-1)
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.grid[0] * self.grid[1], self.filters[-1])
+        return (input_shape[0], self.grid[0] * self.grid[1], self.filters[-1] + self.patch_size**2 * 3)
 
     def get_config(self):
         config = super().get_config()
