@@ -74,9 +74,16 @@ class CocoObjects:
         missing = [image_id for image_id, found_id in found.items() if found_id is None]
         if missing:
             raise UserInputError(f"{path}: {len(missing)} of the run's images are not in its images[], e.g. {missing[:3]}; {fix}")
+        return cls.of(references, {image_id: instances.get(found[image_id], set()) for image_id in references}, phrases)
+
+    @classmethod
+    def of(
+        cls, references: Mapping[str, list[str]], annotated: Mapping[str, set[str]] | None = None, phrases=None
+    ) -> CocoObjects:
+        """Each image's objects: those `annotated` (its instances' categories) and those its `references` name."""
         coco = cls({}, phrases)
         coco.objects = {
-            image_id: instances.get(found[image_id], set()) | {c for r in captions for c in coco.mentions(r.split())}
+            image_id: set((annotated or {}).get(image_id, ())) | {c for r in captions for c in coco.mentions(r.split())}
             for image_id, captions in references.items()
         }
         return coco

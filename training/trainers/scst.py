@@ -39,7 +39,15 @@ from training.callbacks.metrics import ProgressCallback
 from training.evaluation.cider import BatchCiderD, CiderD
 from training.evaluation.metrics import strip_wrappers
 from training.models.optimization import FusedAdam
-from training.run.artifacts import LOGS_DIR, SCST_CHECKPOINT, SCST_RESUME_DIR, STATE_MODEL_FILE, XE_MODEL
+from training.run.artifacts import (
+    LOGS_DIR,
+    METRICS_FILE,
+    SCST_CHECKPOINT,
+    SCST_RESUME_DIR,
+    STATE_MODEL_FILE,
+    XE_MODEL,
+    read_metrics,
+)
 from training.run.lifecycle import identity_fingerprint, latest_state, run_identity
 from training.trainers.engine import epoch_callbacks, fit_epochs
 from training.utils.logging import draws_progress
@@ -338,10 +346,7 @@ class SelfCriticalTrainer:
         best = state["callbacks"].get("checkpoint", {})
         best_val_cider, best_epoch = best.get("best", -math.inf), best.get("saved_epoch")
         xe = {name: state.get(f"xe_{name}") for name in XE_FACTS}
-        scst_model = scst = None
-        if best_epoch is not None:  # its validation scores again (the same greedy captions; cached when just scored)
-            scst_model = keras.saving.load_model(self.artifacts_dir / SCST_CHECKPOINT)
-            scst = self.validation.score(scst_model)
+        scst = None if best_epoch is None else self.saved_scores(best_epoch)
         choice, reason = choose_final_model(xe, scst)
         facts = {
             "final_model": choice,
@@ -357,7 +362,17 @@ class SelfCriticalTrainer:
                 facts[f"xe_{name}"] = xe[name]
                 facts[f"scst_{name}"] = None if scst is None else scst.get(name)
         log.info("SCST: final model is the %s one: %s", "SCST" if choice == "scst" else "cross-entropy", reason)
-        return (scst_model if choice == "scst" else xe_model), facts
+        return (keras.saving.load_model(self.artifacts_dir / SCST_CHECKPOINT) if choice == "scst" else xe_model), facts
+
+    def saved_scores(self, epoch: int) -> dict:
+        """The validation scores of the SCST checkpoint, saved after run epoch `epoch` (from 0): its metrics.csv row,
+        or without one (no tracker) the checkpoint scored again."""
+        rows = [
+            r for r in read_metrics(self.artifacts_dir / METRICS_FILE) if r["epoch"] == epoch + 1 and r.get("stage") == "scst"
+        ]
+        if rows and "val_cider" in rows[-1]:
+            return {k: float("nan") if v is None else v for k, v in rows[-1].items() if k.startswith("val_")}
+        return self.validation.score(keras.saving.load_model(self.artifacts_dir / SCST_CHECKPOINT))
 
     def train(self, model, state: dict) -> None:
         """SCST epochs from `state` to `scst_epochs` through the epoch engine; each epoch's state goes to resume_scst/."""
