@@ -93,6 +93,19 @@ def test_grounded_monitors_and_the_reward_weight_need_scenes_or_coco_instances()
         config_from_dict({"collapse_threshold": 1.5})
 
 
+def test_an_scst_epoch_less_grounded_than_the_cross_entropy_model_is_never_kept(tmp_path):
+    from training.trainers.scst import GroundedCheckpoint
+
+    checkpoint = GroundedCheckpoint(tmp_path / "checkpoint_scst.keras", floor=0.975)
+    checkpoint.set_model(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
+    checkpoint.on_epoch_end(3, {"val_cider": 4.2, "val_object_precision": 0.97})  # the best CIDEr-D, less grounded
+    assert checkpoint.saved_epoch is None and not checkpoint.filepath.exists()
+    checkpoint.on_epoch_end(4, {"val_cider": 4.0, "val_object_precision": 0.975})
+    assert checkpoint.saved_epoch == 4 and checkpoint.best == 4.0 and checkpoint.filepath.is_file()
+    checkpoint.on_epoch_end(5, {"val_cider": 4.1, "val_object_precision": float("nan")})  # names no object
+    assert checkpoint.saved_epoch == 4
+
+
 # -- the collapse warning, on real models ----------------------------------------------------------------------
 def run_parts(artifacts):
     """(model, tokenizer, dataset builder, the test split's captions, config) of a finished run."""
@@ -112,7 +125,7 @@ def run_parts(artifacts):
     return model, tokenizer, DatasetBuilder(store.features, store.index, tokenizer, model.max_length), test, config
 
 
-def test_the_collapse_warning_fires_on_a_model_that_gives_one_caption_to_every_image(trained_run, tmp_path, caplog):
+def test_the_collapse_warning_fires_on_a_model_that_gives_one_caption_to_every_image(trained_run, demo_data, tmp_path, caplog):
     from training.evaluation.report import build_report
     from training.evaluation.split import evaluate_split
 
@@ -131,7 +144,8 @@ def test_the_collapse_warning_fires_on_a_model_that_gives_one_caption_to_every_i
     copy = tmp_path / "run"
     shutil.copytree(artifacts, copy)
     with caplog.at_level(logging.WARNING, logger="training.evaluation.split"):
-        scores = evaluate_split(model, tokenizer, builder, test, config, copy, beam_size=1, show=0)
+        scenes = ObjectMentions(load_scenes(demo_data / "scenes.json"))
+        scores = evaluate_split(model, tokenizer, builder, test, config, copy, beam_size=1, show=0, grounding=scenes)
     assert scores["distinct_share"] == pytest.approx(1 / len(test)) and scores["vocab_used"] == 1.0
     assert scores["object_precision"] is None  # "circle circle ...": no colour+shape named
     assert f"caption collapse? the test split: only {1 / len(test):.1%} of the captions are distinct" in caplog.text
