@@ -67,9 +67,13 @@ def choose_final_model(xe: dict, scst: dict | None, tolerance: float = GROUNDING
     """("scst" or "xe", why): the SCST model (validation scores `scst`, None if no epoch was kept) is final only if its
     val_cider beats the cross-entropy model's (`xe`) and, when both have a val_object_precision, it is not lower than
     the cross-entropy model's by more than `tolerance`."""
-    if scst is None or not scst["val_cider"] > xe["val_cider"]:
-        best = "none kept" if scst is None else f"{scst['val_cider']:.4f}"
-        return "xe", f"SCST's best val CIDEr-D ({best}) does not beat the cross-entropy model's {xe['val_cider']:.4f}"
+    if scst is None:
+        return "xe", "no SCST epoch was kept (with a grounding, an epoch less grounded than the cross-entropy model is not)"
+    if not scst["val_cider"] > xe["val_cider"]:
+        return (
+            "xe",
+            f"SCST's best val CIDEr-D {scst['val_cider']:.4f} does not beat the cross-entropy model's {xe['val_cider']:.4f}",
+        )
     xe_precision, precision = xe.get("val_object_precision"), scst.get("val_object_precision")
     if _measured(xe_precision) and not (_measured(precision) and precision >= xe_precision - tolerance):
         return "xe", (
