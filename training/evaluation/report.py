@@ -320,7 +320,13 @@ def _score_section(predictions: dict | None, summary: dict | None, config: dict)
     if before and rows:  # two stages: the cross-entropy model's scores beside the final model's
         final = (summary.get("scst") or {}).get("final_model", "?")
         rows = [(name, _show(before.get(k)), value) for (name, value), k in zip(rows, ordered)]
-        return [f"<h2>Scores ({what}; final model: {html.escape(final)})</h2>", _table(rows, ("metric", "before SCST", "final"))]
+        why = (summary.get("scst") or {}).get("final_model_reason")
+        reason = [f'<p class="meta">{html.escape(why)}</p>'] if why else []
+        return [
+            f"<h2>Scores ({what}; final model: {html.escape(final)})</h2>",
+            *reason,
+            _table(rows, ("metric", "before SCST", "final")),
+        ]
     return [f"<h2>Scores ({what})</h2>", _table(rows, ("metric", "value")) if rows else _note("No scores yet.")]
 
 
