@@ -106,6 +106,30 @@ def test_an_scst_epoch_less_grounded_than_the_cross_entropy_model_is_never_kept(
     assert checkpoint.saved_epoch == 4
 
 
+def test_collapse_warnings_follow_the_threshold_and_the_best_share_before():
+    from training.evaluation.diversity import diversity, epoch_warnings
+
+    assert diversity(["a red circle", "a red circle", "two blue squares", "a square"]) == {
+        "distinct_share": 0.75,
+        "vocab_used": 7.0,  # a red circle two blue squares square
+    }
+    rows = [
+        {"epoch": 1, "stage": "xe", "val_distinct_share": 0.62},
+        {"epoch": 2, "stage": "xe", "val_distinct_share": 0.59},  # 0.95x the best before: no warning
+        {"epoch": 3, "stage": "xe", "val_distinct_share": 0.74},
+        {"epoch": 4, "stage": "xe", "val_distinct_share": 0.66},  # 0.89x 0.74: a sharp drop
+        {"epoch": 5, "stage": "scst", "val_distinct_share": 0.60},  # 0.85x the cross-entropy model's 0.71
+        {"epoch": 6, "stage": "scst", "val_distinct_share": 0.15},  # under the threshold
+        {"epoch": 7, "stage": "scst"},  # not measured that epoch
+    ]
+    warnings = epoch_warnings(rows, threshold=0.2, xe_share=0.71)
+    assert [w.split(":")[0] for w in warnings] == ["caption collapse? epoch 4 (xe)", "caption collapse? epoch 5 (scst)"] + [
+        "caption collapse? epoch 6 (scst)"
+    ]
+    assert "below 0.9x the 74.0% of the best earlier epoch" in warnings[0] and "71.0% of the cross-entropy model" in warnings[1]
+    assert "only 15.0% of the captions are distinct (collapse_threshold 20%)" in warnings[2]
+
+
 # -- the collapse warning, on real models ----------------------------------------------------------------------
 def run_parts(artifacts):
     """(model, tokenizer, dataset builder, the test split's captions, config) of a finished run."""

@@ -14,7 +14,7 @@ import time
 import keras
 import numpy as np
 
-from training.evaluation.diversity import CollapseWatch
+from training.evaluation.diversity import CollapseWatch, epoch_name
 from training.evaluation.evaluator import Evaluator, split_images
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class CaptionMetricsCallback(keras.callbacks.Callback):
         values = agree_across_workers(self.validation.score(self.model), self.strategy)
         logs.update(values)
         cost = self.seconds[epoch] = time.perf_counter() - started
-        warning = self.collapse.check(values.get("val_distinct_share"), f"{self.stage} epoch {epoch + 1}")
+        warning = self.collapse.check(values.get("val_distinct_share"), epoch_name(epoch + 1, self.stage))
         if warning:
             log.warning("%s (validation captions)", warning)
         epoch_time = started - self._epoch_started

@@ -60,6 +60,11 @@ class CollapseWatch:
         return warning
 
 
+def epoch_name(epoch: int, stage: str) -> str:
+    """How a warning names a run epoch (numbered as metrics.csv numbers it) and its stage: "epoch 5 (scst)"."""
+    return f"epoch {epoch} ({stage})"
+
+
 def epoch_warnings(rows: list[dict], threshold: float, xe_share: float | None = None) -> list[str]:
     """The warnings of metrics.csv `rows` (epoch, stage, val_distinct_share) as the run logged them: each stage
     watched on its own, SCST's from the cross-entropy model's share `xe_share`."""
@@ -68,5 +73,5 @@ def epoch_warnings(rows: list[dict], threshold: float, xe_share: float | None = 
     for row in rows:
         stage = row.get("stage") or "xe"
         watch = watches.setdefault(stage, CollapseWatch(threshold))
-        found.append(watch.check(row.get("val_distinct_share"), f"{stage} epoch {int(row['epoch'])}"))
+        found.append(watch.check(row.get("val_distinct_share"), epoch_name(int(row["epoch"]), stage)))
     return [w for w in found if w]
