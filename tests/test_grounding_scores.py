@@ -117,17 +117,18 @@ def test_collapse_warnings_follow_the_threshold_and_the_best_share_before():
         {"epoch": 1, "stage": "xe", "val_distinct_share": 0.62},
         {"epoch": 2, "stage": "xe", "val_distinct_share": 0.59},  # 0.95x the best before: no warning
         {"epoch": 3, "stage": "xe", "val_distinct_share": 0.74},
-        {"epoch": 4, "stage": "xe", "val_distinct_share": 0.66},  # 0.89x 0.74: a sharp drop
-        {"epoch": 5, "stage": "scst", "val_distinct_share": 0.60},  # 0.85x the cross-entropy model's 0.71
-        {"epoch": 6, "stage": "scst", "val_distinct_share": 0.15},  # under the threshold
-        {"epoch": 7, "stage": "scst"},  # not measured that epoch
+        {"epoch": 4, "stage": "xe", "val_distinct_share": 0.33},  # a cross-entropy drop: still learning, no warning
+        {"epoch": 5, "stage": "xe", "val_distinct_share": 0.15},  # under the threshold
+        {"epoch": 6, "stage": "scst", "val_distinct_share": 0.66},  # 0.93x the cross-entropy model's 0.71
+        {"epoch": 7, "stage": "scst", "val_distinct_share": 0.60},  # 0.85x the cross-entropy model's 0.71
+        {"epoch": 8, "stage": "scst", "val_distinct_share": 0.80},
+        {"epoch": 9, "stage": "scst", "val_distinct_share": 0.70},  # 0.875x the best earlier SCST epoch's 0.80
+        {"epoch": 10, "stage": "scst"},  # not measured that epoch
     ]
     warnings = epoch_warnings(rows, threshold=0.2, xe_share=0.71)
-    assert [w.split(":")[0] for w in warnings] == ["caption collapse? epoch 4 (xe)", "caption collapse? epoch 5 (scst)"] + [
-        "caption collapse? epoch 6 (scst)"
-    ]
-    assert "below 0.9x the 74.0% of the best earlier epoch" in warnings[0] and "71.0% of the cross-entropy model" in warnings[1]
-    assert "only 15.0% of the captions are distinct (collapse_threshold 20%)" in warnings[2]
+    assert [w.split(":")[0] for w in warnings] == [f"caption collapse? epoch {n}" for n in ("5 (xe)", "7 (scst)", "9 (scst)")]
+    assert "only 15.0% of the captions are distinct (collapse_threshold 20%)" in warnings[0]
+    assert "71.0% of the cross-entropy model" in warnings[1] and "below 0.9x the 80.0% of the best earlier epoch" in warnings[2]
 
 
 # -- the collapse warning, on real models ----------------------------------------------------------------------

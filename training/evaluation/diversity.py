@@ -8,7 +8,8 @@ there. Every caption evaluation therefore reports:
 - vocab_used: how many distinct words the captions use.
 
 `collapse_warning` says when the share falls under `collapse_threshold` (a config key) or below
-`DROP_RATIO` times the share it is compared with (the best earlier epoch's, or the cross-entropy model's).
+`DROP_RATIO` times the share it is compared with (an SCST epoch's: the cross-entropy model's or the best
+earlier SCST epoch's; SCST's final test captions: the cross-entropy model's).
 """
 
 from __future__ import annotations
@@ -45,16 +46,19 @@ def collapse_warning(
 
 
 class CollapseWatch:
-    """The collapse warnings of a stage's epochs, in order: each share against the threshold and against the best
-    share before it (at first `reference`, e.g. the cross-entropy model's share for an SCST stage)."""
+    """The collapse warnings of a stage's epochs, in order: each share against the threshold and, for a stage that
+    starts from a trained model's share `reference` (SCST: the cross-entropy model's), against the best share before
+    it. Cross-entropy epochs get the threshold alone: an undertrained model's share swings (its first, near-random
+    captions are all distinct), and a drop there is learning, not collapse."""
 
     def __init__(self, threshold: float, reference: float | None = None):
         self.threshold, self.best, self.against = threshold, reference, "the cross-entropy model"
+        self.drops = reference is not None  # whether a sharp drop warns too
 
     def check(self, share: float | None, what: str) -> str | None:
         if share is None or share != share:  # not measured (or NaN)
             return None
-        warning = collapse_warning(share, self.threshold, what, self.best, self.against)
+        warning = collapse_warning(share, self.threshold, what, self.best if self.drops else None, self.against)
         if self.best is None or share > self.best:
             self.best, self.against = share, "the best earlier epoch"
         return warning
