@@ -50,6 +50,7 @@ class CocoObjects:
         self.objects = objects
         self.phrases = phrases if phrases is not None else read_synonyms()
         self.longest = max(len(p) for p in self.phrases)
+        self.first_words = {p[0] for p in self.phrases}  # most words start no phrase: one set lookup each
 
     @classmethod
     def load(cls, path: str | Path, references: Mapping[str, list[str]]) -> CocoObjects:
@@ -92,6 +93,9 @@ class CocoObjects:
         """The categories `words` name, in order, a mention per phrase (read left to right, longest phrase first)."""
         found, i = [], 0
         while i < len(words):
+            if words[i] not in self.first_words:
+                i += 1
+                continue
             for n in range(min(self.longest, len(words) - i), 0, -1):
                 phrase = tuple(words[i : i + n])
                 if phrase in self.phrases:
@@ -133,8 +137,9 @@ class CocoObjects:
     def sample_precision(self, sequences: np.ndarray, images: list[str], vocabulary: tuple[str, ...]) -> np.ndarray:
         """1 - CHAIR-i of each row of word ids (`vocabulary[id]`, 0 padding) against `images[row]`; 0 for a row
         that names no object. Phrases span words, so each row is read in Python (a few words each)."""
-        words = np.asarray(vocabulary, object)[np.asarray(sequences, np.int64)]
-        counts = self.counts(list(images), [" ".join(row) for row in words])
+        sequences = np.asarray(sequences, np.int64)
+        words, lengths = np.asarray(vocabulary, object)[sequences], np.count_nonzero(sequences, axis=1)
+        counts = self.counts(list(images), [" ".join(row[:n]) for row, n in zip(words, lengths)])
         return np.where(counts[:, 0] > 0, counts[:, 1] / np.maximum(counts[:, 0], 1), 0.0)
 
 
