@@ -68,7 +68,7 @@ def choose_final_model(xe: dict, scst: dict | None, tolerance: float = GROUNDING
     val_cider beats the cross-entropy model's (`xe`) and, when both have a val_object_precision, it is not lower than
     the cross-entropy model's by more than `tolerance`."""
     if scst is None:
-        return "xe", "no SCST epoch was kept (with a grounding, an epoch less grounded than the cross-entropy model is not)"
+        return "xe", "no SCST model was kept: each was less grounded than the cross-entropy model"
     if not scst["val_cider"] > xe["val_cider"]:
         return (
             "xe",
@@ -101,11 +101,12 @@ class GroundedCheckpoint(BestModelCheckpoint):
         if _measured(precision) and precision >= self.floor:
             super().on_epoch_end(epoch, logs)
         elif (logs or {}).get("val_cider", -math.inf) > self.best:
-            log.info(
-                "SCST: epoch %d not kept though its val CIDEr-D is the best so far: val object precision %s < %.4f",
-                epoch + 1,
+            log.info(  # before the epoch's progress line, which names the epoch
+                "SCST: not kept though its val CIDEr-D is the best so far: val object precision %s < %.4f "
+                "(the cross-entropy model's - %s)",
                 f"{precision:.4f}" if _measured(precision) else "n/a",
                 self.floor,
+                GROUNDING_TOLERANCE,
             )
 
 
