@@ -82,6 +82,7 @@ class TrainingPipeline:
         self.artifacts_dir = Path(self.config.data.artifacts_dir)  # created once the inputs are checked
         self.tracker: ExperimentTracker | None = None
         self.extractor = None  # the feature extractor, once made
+        self.grounding = None  # what says whether captions are right about their images (scenes or COCO instances)
 
     # -- data ------------------------------------------------------------------------------------
     def load_captions(self):
@@ -107,6 +108,8 @@ class TrainingPipeline:
             check_glove_header(require_path(d.glove_path, "glove_path"), self.config.model.embedding_dim)
         if d.scenes_file:
             require_path(d.scenes_file, "scenes_file")
+        if d.coco_instances_file:
+            require_path(d.coco_instances_file, "coco_instances_file")
         check_weights_file(self.config.model.extractor_weights)
         require_folder_or_nothing(d.artifacts_dir, "artifacts_dir")
         require_folder_or_nothing(d.features_dir, "features_dir")
@@ -123,6 +126,15 @@ class TrainingPipeline:
                     + (" or max_images" if d.max_images else "")
                     + " so that it gets at least one image"
                 )
+
+    def load_grounding(self, split):
+        """The scenes or COCO instances of every image of the run, read (and checked) before anything is written."""
+        from training.evaluation.evaluator import load_grounding
+
+        grounding = load_grounding(self.config.data, {**split.train, **split.val, **split.test})
+        if self.config.data.scenes_file:
+            grounding.score({image_id: "" for image_id in {**split.train, **split.val, **split.test}})  # every image has a scene
+        return grounding
 
     def fit_vocabulary(self, split):
         """The vocabulary of the training captions; one that keeps no word (word_count_threshold too high) is refused
@@ -253,6 +265,7 @@ class TrainingPipeline:
         # Nothing is written to the run folder before the inputs are checked and the rerun allowed.
         split = self.load_captions()
         self.check_splits(split)
+        self.grounding = self.load_grounding(split)
         tokenizer = self.fit_vocabulary(split)
         self.check_images(split)
         fresh = not self.config.training.resume
@@ -350,15 +363,23 @@ class TrainingPipeline:
         )
         trainer.steps_per_epoch = builder.steps(split.train)
         if c.training.val_caption_images:
-            from training.callbacks.caption_metrics import CaptionValidation
-
-            trainer.caption_validation = CaptionValidation(tokenizer, builder, split.val, c.training.val_caption_images)
+            trainer.caption_validation = self.caption_validation(tokenizer, builder, split)
         return builder
+
+    def caption_validation(self, tokenizer, builder, split):
+        """The validation images captioned every epoch, scored against the run's grounding, watched for collapse."""
+        from training.callbacks.caption_metrics import CaptionValidation
+
+        t = self.config.training
+        return CaptionValidation(
+            tokenizer, builder, split.val, t.val_caption_images, grounding=self.grounding, collapse_threshold=t.collapse_threshold
+        )
 
     def finish(self, model, tokenizer, builder, split, trainer) -> dict:
         """The final model (best checkpoint, or SCST's when it beats it), its test scores, the summary and report."""
         import keras
 
+        from training.evaluation.diversity import collapse_warning
         from training.evaluation.report import build_report
         from training.evaluation.split import evaluate_split
         from training.run.mlflow_logging import log_run_to_mlflow
@@ -374,8 +395,30 @@ class TrainingPipeline:
             model.save(tmp)
         if stage and stage["final_model"] == "scst":
             print("\nCross-entropy model (before SCST) on the test split:")
-            before = evaluate_split(xe_model, tokenizer, builder, split.test, c, self.artifacts_dir, split_name="test_xe", show=0)
-        scores = evaluate_split(model, tokenizer, builder, split.test, c, self.artifacts_dir, tracker=self.tracker)
+            before = evaluate_split(
+                xe_model,
+                tokenizer,
+                builder,
+                split.test,
+                c,
+                self.artifacts_dir,
+                split_name="test_xe",
+                show=0,
+                grounding=self.grounding,
+            )
+        scores = evaluate_split(
+            model, tokenizer, builder, split.test, c, self.artifacts_dir, tracker=self.tracker, grounding=self.grounding
+        )
+        if stage and stage["final_model"] == "scst":
+            warning = collapse_warning(
+                scores["distinct_share"],
+                c.training.collapse_threshold,
+                "SCST's test captions",
+                before["distinct_share"],
+                "the cross-entropy model's",
+            )
+            if warning:
+                log.warning("%s", warning)
         if stage:
             self.tracker.sections["scores_before_scst"] = before if stage["final_model"] == "scst" else scores
         self.tracker.log_artifact("model", str(self.artifacts_dir / FINAL_MODEL))
@@ -388,14 +431,13 @@ class TrainingPipeline:
 
     def self_critical_stage(self, xe_model, tokenizer, builder, split, trainer):
         """SCST from the best cross-entropy model (kept as image_caption_model_xe.keras): (final model, facts)."""
-        from training.callbacks.caption_metrics import CaptionValidation
         from training.trainers.scst import SelfCriticalTrainer
 
         c = self.config
         with atomic_path(self.artifacts_dir / XE_MODEL) as tmp:
             xe_model.save(tmp)
         xe_epochs = int(latest_state(self.artifacts_dir / RESUME_DIR)[1]["epoch"])
-        validation = trainer.caption_validation or CaptionValidation(tokenizer, builder, split.val, c.training.val_caption_images)
+        validation = trainer.caption_validation or self.caption_validation(tokenizer, builder, split)
         stage = SelfCriticalTrainer(
             c, self.artifacts_dir, tokenizer, builder, split.train, validation, tracker=self.tracker, callbacks=self.callbacks
         )
@@ -407,7 +449,7 @@ class TrainingPipeline:
     def print_stages(stage: dict, before: dict, after: dict) -> None:
         print(
             f"\nTest scores of both stages (final model: {'SCST' if stage['final_model'] == 'scst' else 'cross-entropy'}; "
-            f"val CIDEr-D cross-entropy {stage['xe_val_cider']:.4f}, SCST best {stage['scst_best_val_cider']:.4f}):"
+            f"{stage['final_model_reason']}):"
         )
         print(f"  {'':>16}  {'before SCST':>11}  {'final':>8}")
         show = lambda value, width: f"{value:>{width}.4f}" if value is not None else f"{'n/a':>{width}}"  # noqa: E731

@@ -53,7 +53,18 @@ class ProgressCallback(keras.callbacks.Callback):
     whether the checkpoint was saved. In a log file it is the whole progress (no bar is drawn there), so
     the callbacks that report an epoch tell it here instead of on lines of their own: put it after them."""
 
-    SHOWN = ("reward", "loss", "masked_accuracy", "val_loss", "val_masked_accuracy", "val_bleu4", "val_cider")
+    SHOWN = (
+        "reward",
+        "loss",
+        "masked_accuracy",
+        "val_loss",
+        "val_masked_accuracy",
+        "val_bleu4",
+        "val_cider",
+        "val_object_precision",
+        "val_object_recall",
+        "val_distinct_share",
+    )
 
     def __init__(self, epochs: int, checkpoint=None, caption_metrics=None, stage: str = "", earlier_epochs: int = 0):
         super().__init__()

@@ -19,6 +19,8 @@ ARCHITECTURES = ("transformer", "lstm_attention")
 CAPTION_FORMATS = ("flickr8k_csv", "flickr8k_token", "flickr30k", "coco", "karpathy")  # and "auto": detect
 DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
 MONITORS = {"val_loss": "min", "val_cider": "max", "val_bleu4": "max"}  # what each monitored value's better direction is
+GROUNDED_MONITORS = {"val_object_precision": "max", "val_object_recall": "max"}  # need scenes_file or coco_instances_file
+MONITORS.update(GROUNDED_MONITORS)
 LR_SCHEDULES = ("plateau", "warmup_cosine")
 # Training-image changes that keep a caption true: none changes hue (captions name colours) or flips (left, right).
 AUGMENTATIONS = ("brightness", "contrast", "noise")
@@ -46,7 +48,7 @@ WEIGHTS_SUFFIXES = (".h5", ".hdf5")  # what Keras' load_weights reads: .weights.
 
 
 # Keys that name a file or folder: resolved against the working directory when a run starts.
-PATH_KEYS = ("images_path", "captions_file", "glove_path", "artifacts_dir", "features_dir", "scenes_file")
+PATH_KEYS = ("images_path", "captions_file", "glove_path", "artifacts_dir", "features_dir", "scenes_file", "coco_instances_file")
 
 
 class ConfigError(UserInputError):
@@ -70,6 +72,7 @@ class DataConfig:
     max_bad_image_fraction: float = 0.01
     seed: int = 42
     scenes_file: str | None = None  # what each image shows (the demo's scenes.json): object precision/recall
+    coco_instances_file: str | None = None  # COCO instances_*.json of the images: CHAIR-i, CHAIR-s, object recall
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,8 @@ class TrainingConfig:
     scst_max_length: int | None = None  # most tokens (endseq included) a sample has; None = from the training captions
     fine_tune_after: int = 0  # epochs in which the trainable image encoder stays frozen before it trains
     augment: tuple[str, ...] = ()  # AUGMENTATIONS applied to training images where the store holds pixels
+    scst_grounding_weight: float = 0.0  # SCST reward: CIDEr-D + weight x the sample's object precision (0 = CIDEr-D alone)
+    collapse_threshold: float = 0.2  # warn when fewer than this share of a model's captions are distinct
 
 
 @dataclass(frozen=True)
@@ -249,6 +254,7 @@ def validate(config: Config) -> Config:
     _check(t.use_mixed_precision in (True, False, "auto"), "use_mixed_precision", "true, false or auto", t.use_mixed_precision)
     _check(t.eval_max_images is None or t.eval_max_images >= 1, "eval_max_images", ">= 1 or null", t.eval_max_images)
     _check_caption_training(t)
+    _check_grounding(d, t)
     return config
 
 
@@ -326,6 +332,35 @@ def _check_caption_training(t: TrainingConfig) -> None:
             ">= 1 when scst_epochs > 0 (SCST keeps the best val_cider)",
             t.val_caption_images,
         )
+
+
+def _check_grounding(d: DataConfig, t: TrainingConfig) -> None:
+    """Keys of the grounding scores (scenes or COCO instances), the grounded SCST reward and the collapse guard."""
+    _check(
+        not (d.scenes_file and d.coco_instances_file),
+        "coco_instances_file",
+        "null when scenes_file is set (one or the other)",
+        d.coco_instances_file,
+    )
+    grounded = bool(d.scenes_file or d.coco_instances_file)
+    if t.monitor in GROUNDED_MONITORS:
+        _check(
+            grounded,
+            "monitor",
+            f"val_loss, val_cider or val_bleu4 unless scenes_file or coco_instances_file is set ({t.monitor} needs one)",
+            t.monitor,
+        )
+    _check(t.scst_grounding_weight >= 0, "scst_grounding_weight", ">= 0 (0 = the CIDEr-D reward alone)", t.scst_grounding_weight)
+    if t.scst_grounding_weight > 0:
+        _check(
+            grounded,
+            "scst_grounding_weight",
+            "0 unless scenes_file or coco_instances_file is set (the reward needs what each image shows)",
+            t.scst_grounding_weight,
+        )
+    _check(
+        0.0 <= t.collapse_threshold <= 1.0, "collapse_threshold", "in [0, 1] (a share of distinct captions)", t.collapse_threshold
+    )
 
 
 def config_from_dict(raw: dict[str, Any] | None, source: str = "config") -> Config:

@@ -6,8 +6,14 @@ epoch's logs, the predictions file, the per-image rows, the console) is up to it
 `training.evaluation.split`).
 
 Two sets of scores: `score` is the quick one a training loop asks every epoch (greedy captions, NLTK
-BLEU-4 and our CIDEr-D, no Java); `evaluate` gives the full one (beam search; BLEU, METEOR, ROUGE-L,
-CIDEr, coco-caption BLEU, object scores against a scenes file).
+BLEU-4 and our CIDEr-D, no Java; the distinct share and vocabulary of the captions; with a grounding,
+object precision and recall); `evaluate` gives the full one (beam search; BLEU, METEOR, ROUGE-L,
+CIDEr, coco-caption BLEU, the distinct share, and the grounding's scores: object scores against a
+scenes file, or CHAIR against COCO instance annotations).
+
+A grounding is what says whether captions are right about their images: `ObjectMentions` (a scenes
+file) or `CocoObjects` (COCO instances, `training.evaluation.chair`); `load_grounding` makes the one
+a config asks for.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import numpy as np
 
 from training.evaluation.batches import decode_in_batches
 from training.evaluation.cider import CiderD
+from training.evaluation.diversity import diversity
 from training.evaluation.metrics import BLEUScore, CaptionEvaluator, strip_wrappers
 
 if TYPE_CHECKING:  # decoding imports TensorFlow, on first use: a command's --help or bad argument never starts it
@@ -52,8 +59,9 @@ class Evaluator:
     by one decoder per model, beam size and padded size: its compiled search is traced once and reused every epoch.
     """
 
-    def __init__(self, tokenizer, features, references: dict[str, list[str]], batch_size: int = 64):
+    def __init__(self, tokenizer, features, references: dict[str, list[str]], batch_size: int = 64, grounding=None):
         self.tokenizer, self.features, self.batch_size = tokenizer, features, int(batch_size)
+        self.grounding = grounding  # ObjectMentions or CocoObjects: whether captions are right about the image
         self.image_ids = list(references)
         self.references = [[strip_wrappers(c) for c in references[i]] for i in self.image_ids]
         self._decoders: dict[tuple[int, int, int], BeamSearchDecoder] = {}  # (model, beam size, padded batch size)
@@ -75,7 +83,9 @@ class Evaluator:
         return decode_in_batches(decoder_of, self.features, self.batch_size)
 
     def score(self, model) -> dict[str, float]:
-        """val_bleu4 and val_cider of `model`'s greedy captions.
+        """val_bleu4, val_cider, val_distinct_share and val_vocab_used of `model`'s greedy captions, and with a
+        grounding val_object_precision and val_object_recall (NaN when nothing was counted: no caption names
+        an object; such an epoch is never the best one).
 
         BLEU-4 is NLTK's corpus BLEU (as `bleu4` of `evaluate`); CIDEr-D takes its document frequencies
         from the references being scored, as `cider` does. A model with the weights of one scored before
@@ -86,21 +96,40 @@ class Evaluator:
             texts = [c.text for c in self.caption(model)]
             bleu = BLEUScore(smoothing=None).corpus_score(self.references, texts)["bleu4"]
             cider, _ = CiderD.corpus_score(texts, self.references)
-            self._scores[digest] = {"val_bleu4": float(bleu), "val_cider": float(cider)}
+            values = {"val_bleu4": float(bleu), "val_cider": float(cider), **diversity(texts)}
+            if self.grounding is not None:
+                values.update(self.grounding.precision_recall(dict(zip(self.image_ids, texts))))
+            self._scores[digest] = {
+                (k if k.startswith("val_") else f"val_{k}"): float("nan") if v is None else float(v) for k, v in values.items()
+            }
         return dict(self._scores[digest])
 
-    def evaluate(self, model, beam_size: int = 1, scenes_file: str | None = None) -> Evaluation:
-        """`model`'s captions and the full scores; with `scenes_file`, also whether the captions are right about
-        the image (colour+shape mentions and counts against the scenes)."""
+    def evaluate(self, model, beam_size: int = 1, grounding=None) -> Evaluation:
+        """`model`'s captions and the full scores; with a grounding (this evaluator's unless given), also whether the
+        captions are right about the image (against the scenes, or COCO's instances)."""
         captions = self.caption(model, beam_size)
         predictions = {image_id: c.text for image_id, c in zip(self.image_ids, captions)}
         scorer = CaptionEvaluator()
         scores = scorer.evaluate(predictions, dict(zip(self.image_ids, self.references)))
-        if scenes_file:
-            from training.evaluation.objects import object_scores
-
-            scores.update(object_scores(predictions, scenes_file))
+        scores.update(diversity(list(predictions.values())))
+        grounding = grounding if grounding is not None else self.grounding
+        if grounding is not None:
+            scores.update(grounding.score(predictions))
         return Evaluation(self.image_ids, captions, self.references, int(beam_size), scores, scorer.per_image)
+
+
+def load_grounding(data_config, references: dict[str, list[str]] | None = None):
+    """The grounding `data_config` asks for: ObjectMentions of its scenes_file, CocoObjects of its
+    coco_instances_file (whose images' `references` also name objects, as CHAIR counts them), or None."""
+    if data_config.scenes_file:
+        from training.evaluation.objects import ObjectMentions, load_scenes
+
+        return ObjectMentions(load_scenes(data_config.scenes_file))
+    if getattr(data_config, "coco_instances_file", None):
+        from training.evaluation.chair import CocoObjects
+
+        return CocoObjects.load(data_config.coco_instances_file, references or {})
+    return None
 
 
 def weights_digest(model) -> str:

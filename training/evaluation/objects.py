@@ -8,6 +8,9 @@ A mention is a colour word followed by a shape word, singular or plural: "a smal
 - count_accuracy: among captions that state a number ("two blue squares", "three shapes ..."), the
   share whose every stated number is right (the objects of that colour+shape, or all objects).
 Each is summed over all images before dividing (micro-averaged); None when nothing was counted.
+
+`sample_precision` gives the object precision of each of many sampled captions at once, from their word
+ids (the SCST reward's grounding term): a lookup of each word's colour and the next word's shape.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import json
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
+
+import numpy as np
 
 from training.errors import UserInputError
 
@@ -64,6 +69,10 @@ class ObjectMentions:
         self.colors = {o["color"] for o in objects}
         self.shapes = {o["shape"] for o in objects}
         self.scenes = scenes
+        self._color_index = {c: i for i, c in enumerate(sorted(self.colors))}
+        self._shape_index = {s: i for i, s in enumerate(sorted(self.shapes))}
+        self._presence: dict[str, np.ndarray] = {}
+        self._lookups: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
     def _shape(self, word: str) -> str | None:
         if word in self.shapes:
@@ -88,7 +97,7 @@ class ObjectMentions:
         """object_precision, object_recall and count_accuracy of `predictions` ({image_id: caption})."""
         missing = [i for i in predictions if i not in self.scenes]
         if missing:
-            raise UserInputError(f"{len(missing)} images have no scene in the scenes file, e.g. {missing[:3]}")
+            raise UserInputError(f"{len(missing)} images have no scene in the scenes file (scenes_file), e.g. {missing[:3]}")
         correct = mentioned = recalled = shown = counted = right = 0
         for image_id, caption in predictions.items():
             present = Counter((o["color"], o["shape"]) for o in self.scenes[image_id])
@@ -108,6 +117,41 @@ class ObjectMentions:
             "object_recall": ratio(recalled, shown),
             "count_accuracy": ratio(right, counted),
         }
+
+    def precision_recall(self, predictions: Mapping[str, str]) -> dict[str, float | None]:
+        """object_precision and object_recall of `predictions`: what a training loop logs every epoch."""
+        scores = self.score(predictions)
+        return {"object_precision": scores["object_precision"], "object_recall": scores["object_recall"]}
+
+    def presence(self, image_id: str) -> np.ndarray:
+        """(colours, shapes) booleans: which colour+shape the image shows."""
+        if image_id not in self._presence:
+            present = np.zeros((len(self._color_index), len(self._shape_index)), bool)
+            for o in self.scenes[image_id]:
+                present[self._color_index[o["color"]], self._shape_index[o["shape"]]] = True
+            self._presence[image_id] = present
+        return self._presence[image_id]
+
+    def _lookup(self, vocabulary: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Per word id, its colour index and its shape index (singular or plural), -1 for none."""
+        if vocabulary not in self._lookups:
+            colour = np.array([self._color_index.get(w, -1) for w in vocabulary])
+            shape = np.array([self._shape_index.get(self._shape(w) or "", -1) for w in vocabulary])
+            self._lookups[vocabulary] = colour, shape
+        return self._lookups[vocabulary]
+
+    def sample_precision(self, sequences: np.ndarray, images: list[str], vocabulary: tuple[str, ...]) -> np.ndarray:
+        """Object precision of each row of word ids (`vocabulary[id]` is its word, 0 padding) against the scene of
+        `images[row]`, as `score` finds mentions; 0 for a row that names no colour+shape (nothing said right)."""
+        colour_of, shape_of = self._lookup(tuple(vocabulary))
+        sequences = np.asarray(sequences, np.int64)
+        colour, shape = colour_of[sequences[:, :-1]], shape_of[sequences[:, 1:]]
+        row, at = np.nonzero((colour >= 0) & (shape >= 0))
+        present = np.stack([self.presence(i) for i in images])
+        right = present[row, colour[row, at], shape[row, at]]
+        mentioned = np.bincount(row, minlength=len(sequences))
+        correct = np.bincount(row, right, minlength=len(sequences))
+        return np.where(mentioned > 0, correct / np.maximum(mentioned, 1), 0.0)
 
 
 def object_scores(predictions: Mapping[str, str], scenes_file: str | Path) -> dict[str, float | None]:

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image, UnidentifiedImageError
 
+from training.evaluation.diversity import collapse_warning, epoch_warnings
 from training.run.artifacts import (
     CAPTION_METRICS_CURVE,
     GALLERY_IMAGE,
@@ -48,6 +49,10 @@ SCORE_NAMES = {
     "object_precision": "object precision",
     "object_recall": "object recall",
     "count_accuracy": "count accuracy",
+    "chair_i": "CHAIR-i (mentions not in the image)",
+    "chair_s": "CHAIR-s (captions naming one)",
+    "distinct_share": "distinct captions (share)",
+    "vocab_used": "words used",
 }
 CONFIG_SUMMARY = {
     "data": ("images_path", "captions_file", "captions_format"),
@@ -267,7 +272,10 @@ def write_report(artifacts_dir: str | Path, images_path: str | Path | None = Non
     predictions, index = read_predictions(artifacts), read_features_index(artifacts)
     images_path = images_path or config.get("data", {}).get("images_path")  # absolute since runs store it so
     images_path = Path(images_path) if images_path else None
-    body = _header(artifacts, summary) + _score_section(predictions, summary, config) + _config_section(config)
+    body = (
+        _header(artifacts, summary) + _score_section(predictions, summary, config) + _collapse_section(artifacts, summary, config)
+    )
+    body += _config_section(config)
     body += _curves_section(artifacts)
     records = (predictions or {}).get("captions", [])[:gallery_size]
     images = {r["image_id"]: _load_image(images_path, r["image_id"]) for r in records}
@@ -312,8 +320,36 @@ def _score_section(predictions: dict | None, summary: dict | None, config: dict)
     if before and rows:  # two stages: the cross-entropy model's scores beside the final model's
         final = (summary.get("scst") or {}).get("final_model", "?")
         rows = [(name, _show(before.get(k)), value) for (name, value), k in zip(rows, ordered)]
-        return [f"<h2>Scores ({what}; final model: {html.escape(final)})</h2>", _table(rows, ("metric", "before SCST", "final"))]
+        why = (summary.get("scst") or {}).get("final_model_reason")
+        reason = [f'<p class="meta">{html.escape(why)}</p>'] if why else []
+        return [
+            f"<h2>Scores ({what}; final model: {html.escape(final)})</h2>",
+            *reason,
+            _table(rows, ("metric", "before SCST", "final")),
+        ]
     return [f"<h2>Scores ({what})</h2>", _table(rows, ("metric", "value")) if rows else _note("No scores yet.")]
+
+
+def collapse_warnings(artifacts: Path, summary: dict | None, config: dict) -> list[str]:
+    """The run's caption-collapse warnings, as its log gave them: each epoch's validation captions (metrics.csv),
+    and the final test captions (against collapse_threshold, and SCST's against the cross-entropy model's)."""
+    threshold = (config.get("training") or {}).get("collapse_threshold")
+    if threshold is None:  # a run from before the collapse guard
+        return []
+    summary = summary or {}
+    stage = summary.get("scst") or {}
+    found = epoch_warnings(read_metrics(artifacts / METRICS_FILE), threshold, stage.get("xe_val_distinct_share"))
+    share = (summary.get("scores") or {}).get("distinct_share")
+    found.append(collapse_warning(share, threshold, "the test captions"))
+    before = (summary.get("scores_before_scst") or {}).get("distinct_share")
+    if stage.get("final_model") == "scst":
+        found.append(collapse_warning(share, 0.0, "SCST's test captions", before, "the cross-entropy model's"))
+    return [w for w in found if w]
+
+
+def _collapse_section(artifacts: Path, summary: dict | None, config: dict) -> list[str]:
+    warnings = collapse_warnings(artifacts, summary, config)
+    return ["<h2>Caption collapse</h2>", *(_note(w) for w in warnings)] if warnings else []
 
 
 def _config_section(config: dict) -> list[str]:

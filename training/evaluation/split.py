@@ -6,11 +6,15 @@ logs/bleu_scores.csv, the run's tracker, a few examples and the score table on t
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from training.configs import Config, ConfigError
-from training.evaluation.evaluator import Evaluation, Evaluator, split_images
+from training.evaluation.diversity import collapse_warning
+from training.evaluation.evaluator import Evaluation, Evaluator, load_grounding, split_images
 from training.run.artifacts import predictions_name, write_per_image_scores, write_predictions
+
+log = logging.getLogger(__name__)
 
 GALLERY_SIZE = 12  # images whose attention maps are kept for the report
 
@@ -27,17 +31,24 @@ def evaluate_split(
     split_name: str = "test",
     show: int = 5,
     beside_run: bool = False,
+    grounding=None,
 ) -> dict:
-    """Caption every image of `captions` (up to eval_max_images), score, and write the results.
+    """Caption every image of `captions` (up to eval_max_images), score, and write the results; warn when the
+    captions collapse (distinct share under collapse_threshold).
 
     The run's own evaluation writes predictions_<split>.json; `beside_run` (a later evaluation)
     writes predictions_<split>_beam<k>.json instead, so the run's results are never replaced.
-    Per-image scores go to logs/bleu_scores.csv under (split, beam).
+    Per-image scores go to logs/bleu_scores.csv under (split, beam). `grounding` (else the config's, see
+    `load_grounding`) says whether the captions are right about their images.
     """
     evaluator = Evaluator(tokenizer, *split_images(builder, captions, config.training.eval_max_images))
     if not len(evaluator):
         raise ConfigError(f"the {split_name} split has no images to evaluate: check the split ratios")
-    result = evaluator.evaluate(model, beam_size or config.training.beam_size, config.data.scenes_file)
+    grounding = grounding if grounding is not None else load_grounding(config.data, captions)
+    result = evaluator.evaluate(model, beam_size or config.training.beam_size, grounding)
+    warning = collapse_warning(result.scores["distinct_share"], config.training.collapse_threshold, f"the {split_name} split")
+    if warning:
+        log.warning("%s", warning)
     write_per_image_rows(result, artifacts_dir, split_name)
     name = write_predictions_file(result, artifacts_dir, split_name, beside_run).name
     if tracker is not None:

@@ -44,6 +44,8 @@ EXTENDING_KEYS = frozenset(
         "val_caption_images",
         "eval_every",
         "scenes_file",  # caption metrics measured during and after training
+        "coco_instances_file",
+        "collapse_threshold",
         "run_name",
         "resume",  # naming and logging the run, and how it is started
         "use_mixed_precision",  # how this machine computes (the policy depends on the machine anyway)

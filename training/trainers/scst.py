@@ -11,7 +11,14 @@ packed in one row (`pack_samples`). The stage trains through the same epoch engi
 Epochs continue the cross-entropy stage's numbering in metrics.csv (stage `scst`) and TensorBoard;
 after each one the validation CIDEr-D decides whether `checkpoint_scst.keras` is replaced, and the
 state in `resume_scst/` lets a killed run continue.
-The run's final model is the SCST one only if its best val_cider beats the cross-entropy model's.
+
+Captions that stay true: with a grounding (a scenes file or COCO instances), `scst_grounding_weight` w
+adds w x the sample's object precision (for COCO, 1 - its CHAIR-i) to its CIDEr-D, so of two samples
+CIDEr-D rates alike, the one that names what is not in the image gets the lower reward. And with a
+grounding an SCST epoch whose val object precision is lower than the cross-entropy model's by more than
+GROUNDING_TOLERANCE never becomes `checkpoint_scst.keras` (`GroundedCheckpoint`).
+The run's final model is the SCST one only if its best val_cider beats the cross-entropy model's and,
+with a grounding, it is not less grounded (`choose_final_model`).
 """
 
 from __future__ import annotations
@@ -32,7 +39,15 @@ from training.callbacks.metrics import ProgressCallback
 from training.evaluation.cider import BatchCiderD, CiderD
 from training.evaluation.metrics import strip_wrappers
 from training.models.optimization import FusedAdam
-from training.run.artifacts import LOGS_DIR, SCST_CHECKPOINT, SCST_RESUME_DIR, STATE_MODEL_FILE, XE_MODEL
+from training.run.artifacts import (
+    LOGS_DIR,
+    METRICS_FILE,
+    SCST_CHECKPOINT,
+    SCST_RESUME_DIR,
+    STATE_MODEL_FILE,
+    XE_MODEL,
+    read_metrics,
+)
 from training.run.lifecycle import identity_fingerprint, latest_state, run_identity
 from training.trainers.engine import epoch_callbacks, fit_epochs
 from training.utils.logging import draws_progress
@@ -41,6 +56,58 @@ log = logging.getLogger(__name__)
 
 
 SAMPLE_LENGTH_PERCENTILE = 95
+# How much lower than the cross-entropy model's an SCST model's val object precision may be: about one mention in
+# 200 (the demo's 100 validation captions name ~200 objects), so that the noise of one caption does not decide.
+GROUNDING_TOLERANCE = 0.005
+# The cross-entropy model's validation scores an SCST state keeps (as xe_<name>): what SCST's epochs are compared with.
+XE_FACTS = ("val_cider", "val_bleu4", "val_object_precision", "val_distinct_share")
+
+
+def choose_final_model(xe: dict, scst: dict | None, tolerance: float = GROUNDING_TOLERANCE) -> tuple[str, str]:
+    """("scst" or "xe", why): the SCST model (validation scores `scst`, None if no epoch was kept) is final only if its
+    val_cider beats the cross-entropy model's (`xe`) and, when both have a val_object_precision, it is not lower than
+    the cross-entropy model's by more than `tolerance`."""
+    if scst is None:
+        return "xe", "no SCST model was kept: each was less grounded than the cross-entropy model"
+    if not scst["val_cider"] > xe["val_cider"]:
+        return (
+            "xe",
+            f"SCST's best val CIDEr-D {scst['val_cider']:.4f} does not beat the cross-entropy model's {xe['val_cider']:.4f}",
+        )
+    xe_precision, precision = xe.get("val_object_precision"), scst.get("val_object_precision")
+    if _measured(xe_precision) and not (_measured(precision) and precision >= xe_precision - tolerance):
+        return "xe", (
+            f"the SCST model is less grounded: val object precision {precision:.4f} against the cross-entropy model's "
+            f"{xe_precision:.4f} (tolerance {tolerance}), though its val CIDEr-D {scst['val_cider']:.4f} beats {xe['val_cider']:.4f}"
+        )
+    grounded = f", val object precision {precision:.4f} vs {xe_precision:.4f}" if _measured(xe_precision) else ""
+    return "scst", f"val CIDEr-D {scst['val_cider']:.4f} > {xe['val_cider']:.4f} of the cross-entropy model{grounded}"
+
+
+def _measured(value) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+class GroundedCheckpoint(BestModelCheckpoint):
+    """The best val_cider of the SCST epochs whose val_object_precision is at least `floor` (the cross-entropy model's
+    minus GROUNDING_TOLERANCE): a less grounded epoch is never kept, however high its CIDEr-D."""
+
+    def __init__(self, filepath, floor: float):
+        super().__init__(filepath, monitor="val_cider", mode="max")
+        self.floor = floor
+
+    def on_epoch_end(self, epoch, logs=None):
+        precision = (logs or {}).get("val_object_precision")
+        if _measured(precision) and precision >= self.floor:
+            super().on_epoch_end(epoch, logs)
+        elif (logs or {}).get("val_cider", -math.inf) > self.best:
+            log.info(  # before the epoch's progress line, which names the epoch
+                "SCST: not kept though its val CIDEr-D is the best so far: val object precision %s < %.4f "
+                "(the cross-entropy model's - %s)",
+                f"{precision:.4f}" if _measured(precision) else "n/a",
+                self.floor,
+                GROUNDING_TOLERANCE,
+            )
 
 
 def sample_length_cap(references: dict, max_length: int, configured: int | None = None) -> int:
@@ -57,6 +124,15 @@ def sample_length_cap(references: dict, max_length: int, configured: int | None 
         lengths = [len(caption.split()) for captions in references.values() for caption in captions]
         configured = int(np.ceil(np.percentile(lengths, SAMPLE_LENGTH_PERCENTILE))) + 1
     return min(int(configured), int(max_length))
+
+
+def sample_rewards(batch_cider, sequences, images: list, grounding=None, weight: float = 0.0, vocabulary=()) -> np.ndarray:
+    """Each sample's reward: its CIDEr-D against the references of `images[row]`, plus `weight` x its object precision
+    against what that image shows (`grounding`; a sample that names no object gets no bonus)."""
+    reward = batch_cider.scores(sequences, images)
+    if weight:
+        reward = reward + weight * grounding.sample_precision(sequences, images, vocabulary)
+    return reward
 
 
 def self_critical_advantages(rewards: np.ndarray, samples: int) -> tuple[np.ndarray, np.ndarray]:
@@ -117,13 +193,25 @@ class SelfCriticalStep(keras.callbacks.Callback):
     per image (the sampler's compiled pass), reward them (BatchCiderD, in numpy through tf.numpy_function),
     and take the packed policy-gradient step. A batch is (image features, their indices in `image_ids`,
     the sampler's seed). As a callback it starts the epoch's mean loss and reward afresh.
+    With a `grounding` and `grounding_weight` > 0 the reward adds the weight times each sample's object precision.
     `step_seconds` sums the reward's and the feature reads' seconds; `tokens_trained` the sampled tokens."""
 
-    def __init__(self, policy, sampler, batch_cider: BatchCiderD, image_ids: list[str], images_per_batch: int):
+    def __init__(
+        self,
+        policy,
+        sampler,
+        batch_cider: BatchCiderD,
+        image_ids: list[str],
+        images_per_batch: int,
+        grounding=None,
+        grounding_weight: float = 0.0,
+    ):
         super().__init__()
         self.policy, self.sampler, self.batch_cider = policy, sampler, batch_cider  # `model` is fit's, as on any callback
         self.image_ids, self.images_per_batch = image_ids, images_per_batch
+        self.grounding, self.grounding_weight = grounding, float(grounding_weight)
         self.samples, self.start_id = sampler.samples, sampler.tokenizer.start_id
+        self.vocabulary = tuple(sampler.tokenizer.vocabulary) if grounding_weight else ()
         self.banned = sampler.banned_mask(policy.vocab_size)
         self.means = {"loss": keras.metrics.Mean(name="loss"), "reward": keras.metrics.Mean(name="reward")}
         self.step_seconds = {"features": 0.0, "reward": 0.0}
@@ -134,9 +222,11 @@ class SelfCriticalStep(keras.callbacks.Callback):
             mean.reset_state()
 
     def rewards(self, sequences: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(advantage per sample, mean reward): CIDEr-D of each sample against its image's references."""
+        """(advantage per sample, mean reward): CIDEr-D of each sample against its image's references, plus
+        grounding_weight x its object precision when that weight is set."""
         started = time.perf_counter()
-        reward = self.batch_cider.scores(sequences, [self.image_ids[i] for i in indices for _ in range(self.samples)])
+        images = [self.image_ids[i] for i in indices for _ in range(self.samples)]
+        reward = sample_rewards(self.batch_cider, sequences, images, self.grounding, self.grounding_weight, self.vocabulary)
         advantage, _ = self_critical_advantages(reward, self.samples)
         self.tokens_trained += int(np.count_nonzero(sequences))
         self.step_seconds["reward"] += time.perf_counter() - started
@@ -247,7 +337,7 @@ class SelfCriticalTrainer:
         model = keras.saving.load_model(self.artifacts_dir / XE_MODEL, compile=False)
         compile_for_scst(model, t.scst_learning_rate, t.clipnorm)
         state = {"stage": "scst", "epoch": xe_epochs, "xe_epochs": xe_epochs, "callbacks": {}}
-        return model, dict(state, xe_val_cider=xe_val["val_cider"], xe_val_bleu4=xe_val["val_bleu4"])
+        return model, dict(state, **{f"xe_{name}": xe_val.get(name) for name in XE_FACTS})
 
     # -- the stage ---------------------------------------------------------------------------------
     def run(self, xe_model, xe_epochs: int):
@@ -260,27 +350,34 @@ class SelfCriticalTrainer:
             log.info("SCST: %d of %d epoch(s) already done", state["epoch"] - xe_epochs, t.scst_epochs)
         best = state["callbacks"].get("checkpoint", {})
         best_val_cider, best_epoch = best.get("best", -math.inf), best.get("saved_epoch")
-        improved = best_epoch is not None and best_val_cider > state["xe_val_cider"]
+        xe = {name: state.get(f"xe_{name}") for name in XE_FACTS}
+        scst = None if best_epoch is None else self.saved_scores(best_epoch)
+        choice, reason = choose_final_model(xe, scst)
         facts = {
-            "final_model": "scst" if improved else "xe",
+            "final_model": choice,
+            "final_model_reason": reason,
             "scst_epochs": state["epoch"] - xe_epochs,
             "xe_val_cider": state["xe_val_cider"],
             "scst_best_val_cider": best_val_cider,
             "scst_best_epoch": None if best_epoch is None else best_epoch + 1,
+            "grounding_weight": self.config.training.scst_grounding_weight,
         }
-        if improved:
-            log.info(
-                "SCST: final model is the SCST one (val CIDEr-D %.4f > %.4f of the cross-entropy model)",
-                best_val_cider,
-                state["xe_val_cider"],
-            )
-            return keras.saving.load_model(self.artifacts_dir / SCST_CHECKPOINT), facts
-        log.info(
-            "SCST: final model is the cross-entropy one (its val CIDEr-D %.4f; SCST's best %.4f)",
-            state["xe_val_cider"],
-            best_val_cider,
-        )
-        return xe_model, facts
+        for name in ("val_object_precision", "val_distinct_share"):
+            if _measured(xe.get(name)):
+                facts[f"xe_{name}"] = xe[name]
+                facts[f"scst_{name}"] = None if scst is None else scst.get(name)
+        log.info("SCST: final model is the %s one: %s", "SCST" if choice == "scst" else "cross-entropy", reason)
+        return (keras.saving.load_model(self.artifacts_dir / SCST_CHECKPOINT) if choice == "scst" else xe_model), facts
+
+    def saved_scores(self, epoch: int) -> dict:
+        """The validation scores of the SCST checkpoint, saved after run epoch `epoch` (from 0): its metrics.csv row,
+        or without one (no tracker) the checkpoint scored again."""
+        rows = [
+            r for r in read_metrics(self.artifacts_dir / METRICS_FILE) if r["epoch"] == epoch + 1 and r.get("stage") == "scst"
+        ]
+        if rows and "val_cider" in rows[-1]:
+            return {k: float("nan") if v is None else v for k, v in rows[-1].items() if k.startswith("val_")}
+        return self.validation.score(keras.saving.load_model(self.artifacts_dir / SCST_CHECKPOINT))
 
     def train(self, model, state: dict) -> None:
         """SCST epochs from `state` to `scst_epochs` through the epoch engine; each epoch's state goes to resume_scst/."""
@@ -297,16 +394,26 @@ class SelfCriticalTrainer:
             model.max_length,
         )
         sampler = CaptionSampler(model, self.tokenizer, self.samples, max_length=cap)
-        self.step = SelfCriticalStep(model, sampler, self.batch_cider, list(self.references), self.images_per_batch)
+        grounding = self.validation.grounding
+        self.step = SelfCriticalStep(
+            model, sampler, self.batch_cider, list(self.references), self.images_per_batch, grounding, t.scst_grounding_weight
+        )
         model.train_step = self.step.train_step  # this model object is the SCST stage's alone
-        checkpoint = BestModelCheckpoint(self.artifacts_dir / SCST_CHECKPOINT, monitor="val_cider", mode="max")
+        xe_precision = state.get("xe_val_object_precision")
+        checkpoint = (
+            GroundedCheckpoint(self.artifacts_dir / SCST_CHECKPOINT, floor=xe_precision - GROUNDING_TOLERANCE)
+            if _measured(xe_precision)
+            else BestModelCheckpoint(self.artifacts_dir / SCST_CHECKPOINT, monitor="val_cider", mode="max")
+        )
         identity = run_identity(self.config)
-        facts = {k: state[k] for k in ("stage", "xe_epochs", "xe_val_cider", "xe_val_bleu4")}
+        facts = {k: state.get(k) for k in ("stage", "xe_epochs", *(f"xe_{name}" for name in XE_FACTS))}
         resume = ResumeState(
             self.directory, identity_fingerprint(identity), {"checkpoint": checkpoint}, identity, xe_epochs + t.scst_epochs, facts
         )
         resume.restore_from = state
-        caption_metrics = CaptionMetricsCallback(self.validation)
+        caption_metrics = CaptionMetricsCallback(
+            self.validation, reference_share=state.get("xe_val_distinct_share"), stage="scst"
+        )
         progress = ProgressCallback(t.scst_epochs, checkpoint, caption_metrics, stage="SCST", earlier_epochs=xe_epochs)
         callbacks = epoch_callbacks(
             self.config.data.seed,
