@@ -51,7 +51,7 @@ def test_a_run_writing_to_a_pipe_prints_one_line_per_epoch_and_no_progress_bar(t
     for number, line in enumerate(epochs, start=1):  # the epoch, its losses and validation scores, its time
         assert re.search(
             rf": epoch {number}/3 \| loss \d\.\d{{4}} .*\| val_loss \d\.\d{{4}} .*\| val_bleu4 \d\.\d{{4}} "
-            r"\| val_cider \d+\.\d{4} \| lr [^|]+ \| \d+\.\ds \(val captions \d+\.\ds\) \|",
+            r"\| val_cider \d+\.\d{4} (\| val_\w+ \d+\.\d{4} )*\| lr [^|]+ \| \d+\.\ds \(val captions \d+\.\ds\) \|",
             line,
         ), line
 
