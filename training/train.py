@@ -131,9 +131,10 @@ class TrainingPipeline:
         """The scenes or COCO instances of every image of the run, read (and checked) before anything is written."""
         from training.evaluation.evaluator import load_grounding
 
-        grounding = load_grounding(self.config.data, {**split.train, **split.val, **split.test})
+        references = {**split.train, **split.val, **split.test}
+        grounding = load_grounding(self.config.data, references)
         if self.config.data.scenes_file:
-            grounding.score({image_id: "" for image_id in {**split.train, **split.val, **split.test}})  # every image has a scene
+            grounding.require(references)  # every image has a scene (CocoObjects.load checks its own)
         return grounding
 
     def fit_vocabulary(self, split):

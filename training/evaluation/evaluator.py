@@ -125,7 +125,7 @@ def load_grounding(data_config, references: dict[str, list[str]] | None = None):
         from training.evaluation.objects import ObjectMentions, load_scenes
 
         return ObjectMentions(load_scenes(data_config.scenes_file))
-    if getattr(data_config, "coco_instances_file", None):
+    if data_config.coco_instances_file:
         from training.evaluation.chair import CocoObjects
 
         return CocoObjects.load(data_config.coco_instances_file, references or {})

@@ -93,11 +93,15 @@ class ObjectMentions:
                 counts.append((NUMBERS[word], None))
         return mentions, counts
 
-    def score(self, predictions: Mapping[str, str]) -> dict[str, float | None]:
-        """object_precision, object_recall and count_accuracy of `predictions` ({image_id: caption})."""
-        missing = [i for i in predictions if i not in self.scenes]
+    def require(self, image_ids) -> None:
+        """Refuses image ids without a scene, naming a few of them."""
+        missing = [i for i in image_ids if i not in self.scenes]
         if missing:
             raise UserInputError(f"{len(missing)} images have no scene in the scenes file (scenes_file), e.g. {missing[:3]}")
+
+    def score(self, predictions: Mapping[str, str]) -> dict[str, float | None]:
+        """object_precision, object_recall and count_accuracy of `predictions` ({image_id: caption})."""
+        self.require(predictions)
         correct = mentioned = recalled = shown = counted = right = 0
         for image_id, caption in predictions.items():
             present = Counter((o["color"], o["shape"]) for o in self.scenes[image_id])
