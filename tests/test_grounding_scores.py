@@ -78,6 +78,13 @@ def test_the_final_model_is_never_a_less_grounded_scst_model():
     assert choose_final_model(xe, {"val_cider": 2.9, "val_object_precision": 1.0})[0] == "xe"  # CIDEr-D decides first
     assert choose_final_model(xe, None)[0] == "xe"
     assert choose_final_model({"val_cider": 3.0}, {"val_cider": 3.5})[0] == "scst"  # no grounding: CIDEr-D alone
+    # Then on the validation images captioned as the final model is: no tolerance, the SCST model must not be lower.
+    check = {"images": 200, "beam_size": 3, "xe_object_precision": 0.988, "scst_object_precision": 0.9859}
+    choice, reason = choose_final_model(xe, better, check=check)
+    assert choice == "xe" and "less grounded on the 200 validation images at beam 3: object precision 0.9859" in reason
+    assert choose_final_model(xe, better, check=dict(check, scst_object_precision=0.988))[0] == "scst"
+    assert choose_final_model(xe, better, check=dict(check, scst_object_precision=float("nan")))[0] == "xe"
+    assert choose_final_model(xe, worse, check=dict(check, scst_object_precision=1.0))[0] == "xe"  # the epochs' test first
 
 
 def test_grounded_monitors_and_the_reward_weight_need_scenes_or_coco_instances():

@@ -231,6 +231,40 @@ def test_monitor_val_cider_keeps_the_epoch_with_the_best_val_cider(scst_run):
     assert rescored["val_cider"] == pytest.approx(float(best["val_cider"]), abs=1e-6)
 
 
+def test_the_grounding_check_captions_both_models_as_the_test_is_and_counts_their_mentions(scst_run):
+    _, artifacts, _ = scst_run
+    import training.models  # noqa: F401 - registers the model's classes for load_model
+    from training.callbacks.caption_metrics import CaptionValidation
+    from training.data.caption_loader import CaptionLoader
+    from training.data.dataset import DatasetBuilder
+    from training.data.preprocessor import CaptionPreprocessor
+    from training.data.tokenizer import Tokenizer
+    from training.evaluation.evaluator import Evaluator, split_images
+    from training.evaluation.objects import ObjectMentions, load_scenes
+    from training.features import FeatureStore
+    from training.trainers.scst import GroundingCheck
+
+    snapshot = json.loads((artifacts / "config_snapshot.json").read_text())
+    captions = CaptionPreprocessor().process(CaptionLoader("auto").load(snapshot["data"]["captions_file"]))
+    val = {i: captions[i] for i in json.loads((artifacts / "splits.json").read_text())["val"]}
+    store, tokenizer = FeatureStore.open(artifacts), Tokenizer.load(artifacts)
+    xe = keras.saving.load_model(artifacts / "image_caption_model_xe.keras")
+    final = keras.saving.load_model(artifacts / "image_caption_model_final.keras")
+    builder = DatasetBuilder(store.features, store.index, tokenizer, xe.max_length)
+    grounding = ObjectMentions(load_scenes(snapshot["data"]["scenes_file"]))
+    check = GroundingCheck(Evaluator(tokenizer, *split_images(builder, val, 8), grounding=grounding), beam_size=1)
+    compared = check.compare(xe, final)
+    # The same images' greedy captions, scored by the per-epoch validation: the same precision for each model.
+    greedy = CaptionValidation(tokenizer, builder, val, 8, grounding=grounding)
+    assert compared["images"] == 8 and compared["beam_size"] == 1
+    assert compared["xe_object_precision"] == pytest.approx(greedy.score(xe)["val_object_precision"], abs=1e-12)
+    assert compared["scst_object_precision"] == pytest.approx(greedy.score(final)["val_object_precision"], abs=1e-12)
+    facts = json.loads((artifacts / "run_summary.json").read_text())["scst"]
+    if "grounding_check" in facts:  # the run compared the XE model with the SCST checkpoint on these images
+        scst = keras.saving.load_model(artifacts / "checkpoint_scst.keras")
+        assert check.compare(xe, scst) == pytest.approx(facts["grounding_check"], abs=1e-12)
+
+
 def test_scst_continues_the_epochs_and_the_summary_says_which_model_is_final(scst_run):
     _, artifacts, output = scst_run
     rows = metrics(artifacts)
@@ -240,12 +274,17 @@ def test_scst_continues_the_epochs_and_the_summary_says_which_model_is_final(scs
     summary = json.loads((artifacts / "run_summary.json").read_text())
     facts = summary["scst"]
     # Only SCST epochs as grounded as the cross-entropy model (val object precision at most 0.005 lower) are kept;
-    # the SCST model is final when the best of them beats the cross-entropy model's val_cider.
+    # the SCST model is final when the best of them beats the cross-entropy model's val_cider and, on the validation
+    # images captioned as the test is (eval_max_images 8, beam_size 1), its object precision is not lower at all.
     floor = facts["xe_val_object_precision"] - 0.005
     grounded = [float(r["val_cider"]) for r in rows[2:] if float(r["val_object_precision"]) >= floor]
     assert facts["scst_best_val_cider"] == (pytest.approx(max(grounded), abs=1e-9) if grounded else None)
     assert (artifacts / "checkpoint_scst.keras").is_file() == bool(grounded)
-    assert facts["final_model"] == ("scst" if grounded and max(grounded) > facts["xe_val_cider"] else "xe")
+    beats = bool(grounded) and max(grounded) > facts["xe_val_cider"]
+    check = facts.get("grounding_check")
+    assert (check is not None) == beats  # checked only when it could change the choice
+    not_less_grounded = beats and check["scst_object_precision"] >= check["xe_object_precision"]
+    assert facts["final_model"] == ("scst" if not_less_grounded else "xe")
     assert facts["final_model_reason"] in output
     assert facts["xe_val_cider"] == pytest.approx(max(float(r["val_cider"]) for r in rows[:2]), abs=1e-9)
     keys = {"cider", "rouge_l", "object_precision", "object_recall", "count_accuracy", *(f"coco_bleu{n}" for n in range(1, 5))}

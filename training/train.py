@@ -432,15 +432,30 @@ class TrainingPipeline:
 
     def self_critical_stage(self, xe_model, tokenizer, builder, split, trainer):
         """SCST from the best cross-entropy model (kept as image_caption_model_xe.keras): (final model, facts)."""
-        from training.trainers.scst import SelfCriticalTrainer
+        from training.evaluation.evaluator import Evaluator, split_images
+        from training.trainers.scst import GroundingCheck, SelfCriticalTrainer
 
         c = self.config
         with atomic_path(self.artifacts_dir / XE_MODEL) as tmp:
             xe_model.save(tmp)
         xe_epochs = int(latest_state(self.artifacts_dir / RESUME_DIR)[1]["epoch"])
         validation = trainer.caption_validation or self.caption_validation(tokenizer, builder, split)
+        check = None
+        if (
+            self.grounding is not None and split.val
+        ):  # the validation images as the test is captioned: is SCST's model less grounded?
+            images = split_images(builder, split.val, c.training.eval_max_images)
+            check = GroundingCheck(Evaluator(tokenizer, *images, grounding=self.grounding), c.training.beam_size)
         stage = SelfCriticalTrainer(
-            c, self.artifacts_dir, tokenizer, builder, split.train, validation, tracker=self.tracker, callbacks=self.callbacks
+            c,
+            self.artifacts_dir,
+            tokenizer,
+            builder,
+            split.train,
+            validation,
+            tracker=self.tracker,
+            callbacks=self.callbacks,
+            check=check,
         )
         model, facts = stage.run(xe_model, xe_epochs)
         self.tracker.sections["scst"] = facts

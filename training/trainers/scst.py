@@ -18,7 +18,10 @@ CIDEr-D rates alike, the one that names what is not in the image gets the lower 
 grounding an SCST epoch whose val object precision is lower than the cross-entropy model's by more than
 GROUNDING_TOLERANCE never becomes `checkpoint_scst.keras` (`GroundedCheckpoint`).
 The run's final model is the SCST one only if its best val_cider beats the cross-entropy model's and,
-with a grounding, it is not less grounded (`choose_final_model`).
+with a grounding, it is not less grounded (`choose_final_model`): within the tolerance on the greedy captions of
+the epochs' validation images, and then not lower at all on the validation images captioned as the final model
+is scored and used (up to `eval_max_images`, `beam_size`; `GroundingCheck`). The epochs' 100 or so greedy
+captions name too few objects to tell a model that is less grounded by one mention in a hundred.
 """
 
 from __future__ import annotations
@@ -63,10 +66,13 @@ GROUNDING_TOLERANCE = 0.005
 XE_FACTS = ("val_cider", "val_bleu4", "val_object_precision", "val_distinct_share")
 
 
-def choose_final_model(xe: dict, scst: dict | None, tolerance: float = GROUNDING_TOLERANCE) -> tuple[str, str]:
+def choose_final_model(
+    xe: dict, scst: dict | None, tolerance: float = GROUNDING_TOLERANCE, check: dict | None = None
+) -> tuple[str, str]:
     """("scst" or "xe", why): the SCST model (validation scores `scst`, None if no epoch was kept) is final only if its
     val_cider beats the cross-entropy model's (`xe`) and, when both have a val_object_precision, it is not lower than
-    the cross-entropy model's by more than `tolerance`."""
+    the cross-entropy model's by more than `tolerance`; and with a `check` (`GroundingCheck.compare`: both models'
+    object precision on the validation images captioned as the final model is), not lower there at all."""
     if scst is None:
         return "xe", "no SCST model was kept: each was less grounded than the cross-entropy model"
     if not scst["val_cider"] > xe["val_cider"]:
@@ -81,11 +87,37 @@ def choose_final_model(xe: dict, scst: dict | None, tolerance: float = GROUNDING
             f"{xe_precision:.4f} (tolerance {tolerance}), though its val CIDEr-D {scst['val_cider']:.4f} beats {xe['val_cider']:.4f}"
         )
     grounded = f", val object precision {precision:.4f} vs {xe_precision:.4f}" if _measured(xe_precision) else ""
+    if check is not None:
+        where = f"the {check['images']} validation images at beam {check['beam_size']}"
+        if not (_measured(check["scst_object_precision"]) and check["scst_object_precision"] >= check["xe_object_precision"]):
+            return "xe", (
+                f"the SCST model is less grounded on {where}: object precision {check['scst_object_precision']:.4f} "
+                f"against the cross-entropy model's {check['xe_object_precision']:.4f}, though its val CIDEr-D "
+                f"{scst['val_cider']:.4f} beats {xe['val_cider']:.4f}"
+            )
+        grounded += f"; on {where}, object precision {check['scst_object_precision']:.4f} vs {check['xe_object_precision']:.4f}"
     return "scst", f"val CIDEr-D {scst['val_cider']:.4f} > {xe['val_cider']:.4f} of the cross-entropy model{grounded}"
 
 
 def _measured(value) -> bool:
     return value is not None and math.isfinite(value)
+
+
+class GroundingCheck:
+    """Both stages' models captioned on the same validation images (`evaluator`, with a grounding) at `beam_size`, as
+    the final model is scored and used: whether SCST made the captions less right about the images."""
+
+    def __init__(self, evaluator, beam_size: int):
+        self.evaluator, self.beam_size = evaluator, int(beam_size)
+
+    def compare(self, xe_model, scst_model) -> dict:
+        """{"images", "beam_size", "xe_object_precision", "scst_object_precision"} (NaN: names no object)."""
+        result = {"images": len(self.evaluator), "beam_size": self.beam_size}
+        for name, model in (("xe", xe_model), ("scst", scst_model)):
+            texts = [c.text for c in self.evaluator.caption(model, self.beam_size)]
+            precision = self.evaluator.grounding.precision_recall(dict(zip(self.evaluator.image_ids, texts)))["object_precision"]
+            result[f"{name}_object_precision"] = float("nan") if precision is None else float(precision)
+        return result
 
 
 class GroundedCheckpoint(BestModelCheckpoint):
@@ -273,12 +305,13 @@ class SelfCriticalTrainer:
         validation,
         tracker=None,
         callbacks: list | None = None,
+        check: GroundingCheck | None = None,
     ):
         from training.evaluation.inference import CaptionSampler  # noqa: F401 - fail early if missing
 
         self.config, self.artifacts_dir = config, Path(artifacts_dir)
         self.tokenizer, self.builder, self.validation, self.tracker = tokenizer, builder, validation, tracker
-        self.callbacks = list(callbacks or [])
+        self.callbacks, self.check = list(callbacks or []), check
         self.references = {i: [strip_wrappers(c) for c in captions] for i, captions in train_captions.items()}
         self.cider = CiderD.from_references(self.references)  # training-split document frequencies, once
         self.batch_cider = BatchCiderD(self.cider, tokenizer.vocabulary, tokenizer.end_id, self.references)
@@ -353,6 +386,11 @@ class SelfCriticalTrainer:
         xe = {name: state.get(f"xe_{name}") for name in XE_FACTS}
         scst = None if best_epoch is None else self.saved_scores(best_epoch)
         choice, reason = choose_final_model(xe, scst)
+        scst_model, check = None, None
+        if choice == "scst" and self.check is not None and _measured(xe.get("val_object_precision")):
+            scst_model = keras.saving.load_model(self.artifacts_dir / SCST_CHECKPOINT)
+            check = self.check.compare(xe_model, scst_model)
+            choice, reason = choose_final_model(xe, scst, check=check)
         facts = {
             "final_model": choice,
             "final_model_reason": reason,
@@ -366,8 +404,12 @@ class SelfCriticalTrainer:
             if _measured(xe.get(name)):
                 facts[f"xe_{name}"] = xe[name]
                 facts[f"scst_{name}"] = None if scst is None else scst.get(name)
+        if check is not None:
+            facts["grounding_check"] = check
         log.info("SCST: final model is the %s one: %s", "SCST" if choice == "scst" else "cross-entropy", reason)
-        return (keras.saving.load_model(self.artifacts_dir / SCST_CHECKPOINT) if choice == "scst" else xe_model), facts
+        if choice == "xe":
+            return xe_model, facts
+        return scst_model or keras.saving.load_model(self.artifacts_dir / SCST_CHECKPOINT), facts
 
     def saved_scores(self, epoch: int) -> dict:
         """The validation scores of the SCST checkpoint, saved after run epoch `epoch` (from 0): its metrics.csv row,
