@@ -252,7 +252,7 @@ def test_the_grounding_check_captions_both_models_as_the_test_is_and_counts_thei
     final = keras.saving.load_model(artifacts / "image_caption_model_final.keras")
     builder = DatasetBuilder(store.features, store.index, tokenizer, xe.max_length)
     grounding = ObjectMentions(load_scenes(snapshot["data"]["scenes_file"]))
-    check = GroundingCheck(Evaluator(tokenizer, *split_images(builder, val, 8), grounding=grounding), beam_size=1)
+    check = GroundingCheck(lambda: Evaluator(tokenizer, *split_images(builder, val, 8), grounding=grounding), beam_size=1)
     compared = check.compare(xe, final)
     # The same images' greedy captions, scored by the per-epoch validation: the same precision for each model.
     greedy = CaptionValidation(tokenizer, builder, val, 8, grounding=grounding)

@@ -441,11 +441,13 @@ class TrainingPipeline:
         xe_epochs = int(latest_state(self.artifacts_dir / RESUME_DIR)[1]["epoch"])
         validation = trainer.caption_validation or self.caption_validation(tokenizer, builder, split)
         check = None
-        if (
-            self.grounding is not None and split.val
-        ):  # the validation images as the test is captioned: is SCST's model less grounded?
-            images = split_images(builder, split.val, c.training.eval_max_images)
-            check = GroundingCheck(Evaluator(tokenizer, *images, grounding=self.grounding), c.training.beam_size)
+        if self.grounding is not None and split.val:  # is SCST's model less grounded, captioned as the test is?
+            check = GroundingCheck(
+                lambda: Evaluator(
+                    tokenizer, *split_images(builder, split.val, c.training.eval_max_images), grounding=self.grounding
+                ),
+                c.training.beam_size,
+            )
         stage = SelfCriticalTrainer(
             c,
             self.artifacts_dir,

@@ -30,6 +30,7 @@ import itertools
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -40,6 +41,7 @@ from training.callbacks.caption_metrics import CaptionMetricsCallback
 from training.callbacks.checkpoint import BestModelCheckpoint, ResumeState
 from training.callbacks.metrics import ProgressCallback
 from training.evaluation.cider import BatchCiderD, CiderD
+from training.evaluation.evaluator import Evaluator
 from training.evaluation.metrics import strip_wrappers
 from training.models.optimization import FusedAdam
 from training.run.artifacts import (
@@ -89,7 +91,8 @@ def choose_final_model(
     grounded = f", val object precision {precision:.4f} vs {xe_precision:.4f}" if _measured(xe_precision) else ""
     if check is not None:
         where = f"the {check['images']} validation images at beam {check['beam_size']}"
-        if not (_measured(check["scst_object_precision"]) and check["scst_object_precision"] >= check["xe_object_precision"]):
+        xe_checked, checked = check["xe_object_precision"], check["scst_object_precision"]
+        if not _measured(checked) or (_measured(xe_checked) and checked < xe_checked):
             return "xe", (
                 f"the SCST model is less grounded on {where}: object precision {check['scst_object_precision']:.4f} "
                 f"against the cross-entropy model's {check['xe_object_precision']:.4f}, though its val CIDEr-D "
@@ -104,18 +107,20 @@ def _measured(value) -> bool:
 
 
 class GroundingCheck:
-    """Both stages' models captioned on the same validation images (`evaluator`, with a grounding) at `beam_size`, as
-    the final model is scored and used: whether SCST made the captions less right about the images."""
+    """Both stages' models captioned on the same validation images at `beam_size`, as the final model is scored and
+    used: whether SCST made the captions less right about the images. `evaluator()` gives an `Evaluator` of those
+    images with a grounding; it is made when the check runs, after training, so their features are read then."""
 
-    def __init__(self, evaluator, beam_size: int):
+    def __init__(self, evaluator: Callable[[], Evaluator], beam_size: int):
         self.evaluator, self.beam_size = evaluator, int(beam_size)
 
     def compare(self, xe_model, scst_model) -> dict:
         """{"images", "beam_size", "xe_object_precision", "scst_object_precision"} (NaN: names no object)."""
-        result = {"images": len(self.evaluator), "beam_size": self.beam_size}
+        evaluator = self.evaluator()
+        result = {"images": len(evaluator), "beam_size": self.beam_size}
         for name, model in (("xe", xe_model), ("scst", scst_model)):
-            texts = [c.text for c in self.evaluator.caption(model, self.beam_size)]
-            precision = self.evaluator.grounding.precision_recall(dict(zip(self.evaluator.image_ids, texts)))["object_precision"]
+            texts = [c.text for c in evaluator.caption(model, self.beam_size)]
+            precision = evaluator.grounding.precision_recall(dict(zip(evaluator.image_ids, texts)))["object_precision"]
             result[f"{name}_object_precision"] = float("nan") if precision is None else float(precision)
         return result
 
