@@ -51,6 +51,23 @@ def metrics(artifacts):
         return [{k: v for k, v in row.items() if k != "epoch_time_seconds"} for row in csv.DictReader(handle)]
 
 
+def saved_run(artifacts):
+    """(config snapshot, validation captions, tokenizer, feature builder, cross-entropy model) of the run in `artifacts`."""
+    import training.models  # noqa: F401 - registers the model's classes for load_model
+    from training.data.caption_loader import CaptionLoader
+    from training.data.dataset import DatasetBuilder
+    from training.data.preprocessor import CaptionPreprocessor
+    from training.data.tokenizer import Tokenizer
+    from training.features import FeatureStore
+
+    snapshot = json.loads((artifacts / "config_snapshot.json").read_text())
+    captions = CaptionPreprocessor().process(CaptionLoader("auto").load(snapshot["data"]["captions_file"]))
+    val = {i: captions[i] for i in json.loads((artifacts / "splits.json").read_text())["val"]}
+    store, tokenizer = FeatureStore.open(artifacts), Tokenizer.load(artifacts)
+    xe = keras.saving.load_model(artifacts / "image_caption_model_xe.keras")
+    return snapshot, val, tokenizer, DatasetBuilder(store.features, store.index, tokenizer, xe.max_length), xe
+
+
 @pytest.fixture(scope="module")
 def scst_run(demo_data, tmp_path_factory):
     """One uninterrupted run: 2 cross-entropy epochs monitored by val_cider, then 2 SCST epochs."""
@@ -213,44 +230,22 @@ def test_monitor_val_cider_keeps_the_epoch_with_the_best_val_cider(scst_run):
     best = max(xe, key=lambda row: float(row["val_cider"]))
     assert re.search(rf": epoch {best['epoch']}/2 \|.* \| saved checkpoint\.keras$", output, re.MULTILINE)
     # The checkpoint holds that epoch's model: captioning the validation images again gives its val_cider.
-    import training.models  # noqa: F401 - registers the model's classes for load_model
     from training.callbacks.caption_metrics import CaptionValidation
-    from training.data.caption_loader import CaptionLoader
-    from training.data.dataset import DatasetBuilder
-    from training.data.preprocessor import CaptionPreprocessor
-    from training.data.tokenizer import Tokenizer
-    from training.features import FeatureStore
 
-    snapshot = json.loads((artifacts / "config_snapshot.json").read_text())
-    captions = CaptionPreprocessor().process(CaptionLoader("auto").load(snapshot["data"]["captions_file"]))
-    val = {i: captions[i] for i in json.loads((artifacts / "splits.json").read_text())["val"]}
-    store, tokenizer = FeatureStore.open(artifacts), Tokenizer.load(artifacts)
-    model = keras.saving.load_model(artifacts / "image_caption_model_xe.keras")
-    builder = DatasetBuilder(store.features, store.index, tokenizer, model.max_length)
+    _, val, tokenizer, builder, model = saved_run(artifacts)
     rescored = CaptionValidation(tokenizer, builder, val, 500).score(model)
     assert rescored["val_cider"] == pytest.approx(float(best["val_cider"]), abs=1e-6)
 
 
 def test_the_grounding_check_captions_both_models_as_the_test_is_and_counts_their_mentions(scst_run):
     _, artifacts, _ = scst_run
-    import training.models  # noqa: F401 - registers the model's classes for load_model
     from training.callbacks.caption_metrics import CaptionValidation
-    from training.data.caption_loader import CaptionLoader
-    from training.data.dataset import DatasetBuilder
-    from training.data.preprocessor import CaptionPreprocessor
-    from training.data.tokenizer import Tokenizer
     from training.evaluation.evaluator import Evaluator, split_images
     from training.evaluation.objects import ObjectMentions, load_scenes
-    from training.features import FeatureStore
     from training.trainers.scst import GroundingCheck
 
-    snapshot = json.loads((artifacts / "config_snapshot.json").read_text())
-    captions = CaptionPreprocessor().process(CaptionLoader("auto").load(snapshot["data"]["captions_file"]))
-    val = {i: captions[i] for i in json.loads((artifacts / "splits.json").read_text())["val"]}
-    store, tokenizer = FeatureStore.open(artifacts), Tokenizer.load(artifacts)
-    xe = keras.saving.load_model(artifacts / "image_caption_model_xe.keras")
+    snapshot, val, tokenizer, builder, xe = saved_run(artifacts)
     final = keras.saving.load_model(artifacts / "image_caption_model_final.keras")
-    builder = DatasetBuilder(store.features, store.index, tokenizer, xe.max_length)
     grounding = ObjectMentions(load_scenes(snapshot["data"]["scenes_file"]))
     check = GroundingCheck(lambda: Evaluator(tokenizer, *split_images(builder, val, 8), grounding=grounding), beam_size=1)
     compared = check.compare(xe, final)

@@ -94,11 +94,10 @@ def choose_final_model(
         xe_checked, checked = check["xe_object_precision"], check["scst_object_precision"]
         if not _measured(checked) or (_measured(xe_checked) and checked < xe_checked):
             return "xe", (
-                f"the SCST model is less grounded on {where}: object precision {check['scst_object_precision']:.4f} "
-                f"against the cross-entropy model's {check['xe_object_precision']:.4f}, though its val CIDEr-D "
-                f"{scst['val_cider']:.4f} beats {xe['val_cider']:.4f}"
+                f"the SCST model is less grounded on {where}: object precision {checked:.4f} against the cross-entropy "
+                f"model's {xe_checked:.4f}, though its val CIDEr-D {scst['val_cider']:.4f} beats {xe['val_cider']:.4f}"
             )
-        grounded += f"; on {where}, object precision {check['scst_object_precision']:.4f} vs {check['xe_object_precision']:.4f}"
+        grounded += f"; on {where}, object precision {checked:.4f} vs {xe_checked:.4f}"
     return "scst", f"val CIDEr-D {scst['val_cider']:.4f} > {xe['val_cider']:.4f} of the cross-entropy model{grounded}"
 
 
