@@ -83,6 +83,10 @@ def test_the_final_model_is_never_a_less_grounded_scst_model():
     choice, reason = choose_final_model(xe, better, check=check)
     assert choice == "xe" and "less grounded on the 200 validation images at beam 3: object precision 0.9859" in reason
     assert choose_final_model(xe, better, check=dict(check, scst_object_precision=0.988))[0] == "scst"
+    close = dict(check, xe_object_precision=0.886364, scst_object_precision=0.886357)  # equal to 4 decimals
+    assert (
+        "object precision 0.886357 against the cross-entropy model's 0.886364" in choose_final_model(xe, better, check=close)[1]
+    )
     assert choose_final_model(xe, better, check=dict(check, scst_object_precision=float("nan")))[0] == "xe"  # names none
     assert choose_final_model(xe, better, check=dict(check, xe_object_precision=float("nan")))[0] == "scst"
     assert choose_final_model(xe, worse, check=dict(check, scst_object_precision=1.0))[0] == "xe"  # the epochs' test first

@@ -93,9 +93,10 @@ def choose_final_model(
         where = f"the {check['images']} validation images at beam {check['beam_size']}"
         xe_checked, checked = check["xe_object_precision"], check["scst_object_precision"]
         if not _measured(checked) or (_measured(xe_checked) and checked < xe_checked):
+            checked_text, xe_text = _distinct_figures(checked, xe_checked)
             return "xe", (
-                f"the SCST model is less grounded on {where}: object precision {checked:.4f} against the cross-entropy "
-                f"model's {xe_checked:.4f}, though its val CIDEr-D {scst['val_cider']:.4f} beats {xe['val_cider']:.4f}"
+                f"the SCST model is less grounded on {where}: object precision {checked_text} against the cross-entropy "
+                f"model's {xe_text}, though its val CIDEr-D {scst['val_cider']:.4f} beats {xe['val_cider']:.4f}"
             )
         grounded += f"; on {where}, object precision {checked:.4f} vs {xe_checked:.4f}"
     return "scst", f"val CIDEr-D {scst['val_cider']:.4f} > {xe['val_cider']:.4f} of the cross-entropy model{grounded}"
@@ -103,6 +104,16 @@ def choose_final_model(
 
 def _measured(value) -> bool:
     return value is not None and math.isfinite(value)
+
+
+def _distinct_figures(a: float, b: float) -> tuple[str, str]:
+    """`a` and `b` with 4 decimals, or as many more (up to 8) as it takes for two different values to read differently:
+    a refusal that reads "0.8864 against 0.8864" tells the user nothing."""
+    for digits in range(4, 9):
+        texts = f"{a:.{digits}f}", f"{b:.{digits}f}"
+        if a == b or texts[0] != texts[1] or not (_measured(a) and _measured(b)):
+            break
+    return texts
 
 
 class GroundingCheck:
