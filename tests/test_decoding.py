@@ -257,10 +257,12 @@ def test_images_leave_the_batch_when_their_search_is_over(tokenizer, beam_size):
     alone = decoder.decode_one_at_a_time(many)
     assert [c.tokens for c in batched] == [c.tokens for c in alone]
     assert len({len(c.tokens) for c in batched}) > 2  # captions of varied lengths
-    np.testing.assert_allclose([c.score for c in batched], [c.score for c in alone], rtol=1e-5)
-    np.testing.assert_allclose([c.normalized_score for c in batched], [c.normalized_score for c in alone], rtol=1e-5)
+    # float32 of another batch size rounds differently (seen: 2e-5 relative on a CPU without bfloat16); a row mixed
+    # up with another image's would differ by far more.
+    np.testing.assert_allclose([c.score for c in batched], [c.score for c in alone], rtol=1e-4)
+    np.testing.assert_allclose([c.normalized_score for c in batched], [c.normalized_score for c in alone], rtol=1e-4)
     for b, a in zip(batched, alone):
-        np.testing.assert_allclose(b.attention, a.attention, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(b.attention, a.attention, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("architecture", ["transformer", "lstm_attention"])
