@@ -94,3 +94,34 @@ def test_augmentation_keeps_hue_and_resumes_and_leaves_validation_alone():
     for a, b in ((0, 1), (1, 2), (0, 2)):
         assert np.all((before[:, a] - before[:, b]) * (after[:, a] - after[:, b]) >= -1e-6)
     np.testing.assert_array_equal(first_batch(builder, training=False), first_batch(plain, training=False))
+
+
+@pytest.mark.parametrize("channels", [32, 6])
+def test_group_norm_relu_is_keras_group_normalization_then_relu(channels):
+    """The encoder's faster group norm gives Keras' GroupNormalization's values and gradients, on activations
+    whose mean is well off zero (the variance is E[x^2] - E[x]^2) and with trained-looking gamma and beta."""
+    import keras
+    import tensorflow as tf
+
+    from training.features.patches import group_norm_relu
+
+    norm = keras.layers.GroupNormalization(int(np.gcd(channels, 8)))
+    norm.build((None, 8, 8, channels))
+    rng = np.random.default_rng(channels)
+    norm.gamma.assign(rng.normal(size=channels).astype("float32"))
+    norm.beta.assign(rng.normal(size=channels).astype("float32"))
+    x = tf.constant(rng.normal(4.0, 3.0, size=(3, 8, 8, channels)).astype("float32"))
+    upstream = tf.constant(rng.normal(size=(3, 8, 8, channels)).astype("float32"))
+
+    def value_and_gradients(function):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = function(x)
+            loss = tf.reduce_sum(y * upstream)
+        return [y, *tape.gradient(loss, [x, norm.gamma.value, norm.beta.value])]
+
+    ours = value_and_gradients(lambda v: group_norm_relu(v, norm))
+    keras_ = value_and_gradients(lambda v: tf.nn.relu(norm(v)))
+    assert float(tf.reduce_mean(tf.cast(keras_[0] > 0, tf.float32))) > 0.3  # relu leaves a real share through
+    for a, b in zip(ours, keras_):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)

@@ -112,7 +112,7 @@ class PatchConvEncoder(keras.layers.Layer):
         x = ops.reshape(regions, (-1, rows, cols, patch, patch, 3))
         x = ops.reshape(ops.transpose(x, (0, 1, 3, 2, 4, 5)), (-1, rows * patch, cols * patch, 3))
         for conv, norm, pool in zip(self.convs, self.norms, self.pool_after):
-            x = ops.relu(norm(conv(x)))
+            x = group_norm_relu(conv(x), norm)
             if pool > 1:
                 x = ops.max_pool(x, pool, pool)
         # The patch's own pixels beside what the convolutions learned: the decoder starts from what PatchGrid gives
@@ -126,3 +126,25 @@ class PatchConvEncoder(keras.layers.Layer):
         config = super().get_config()
         config.update(grid=list(self.grid), patch_size=self.patch_size, filters=list(self.filters))
         return config
+
+
+def group_norm_relu(x, norm: layers.GroupNormalization):
+    """relu(norm(x)) for a channels-last `x` and a Keras GroupNormalization `norm`, computed from per-channel
+    sums over the image rather than Keras' grouped moments: the same statistics (mean and biased variance per
+    image and group, in float32), within float32 rounding, in about half the time forward and 0.6x with the
+    gradient (bench/decode.py's `image_encoder` seconds; the encoder is most of a ConvEncoder model's
+    decoding and training time on a 2-core CPU). The variance as E[x^2] - E[x]^2 is exact enough here:
+    it runs on conv outputs, whose mean is not thousands of times their spread."""
+    dtype = x.dtype
+    x = ops.cast(x, "float32")
+    channels, groups = x.shape[-1], norm.groups
+    per_group = channels // groups
+    count = ops.cast(ops.shape(x)[1] * ops.shape(x)[2] * per_group, "float32")
+    sums = ops.reshape(ops.sum(x, axis=(1, 2)), (-1, groups, per_group))
+    squares = ops.reshape(ops.sum(ops.square(x), axis=(1, 2)), (-1, groups, per_group))
+    mean = ops.sum(sums, axis=-1, keepdims=True) / count
+    variance = ops.maximum(ops.sum(squares, axis=-1, keepdims=True) / count - ops.square(mean), 0.0)
+    scale = ops.rsqrt(variance + norm.epsilon) * ops.reshape(ops.cast(norm.gamma, "float32"), (groups, per_group))
+    shift = ops.reshape(ops.cast(norm.beta, "float32"), (groups, per_group)) - mean * scale
+    normalized = x * ops.reshape(scale, (-1, 1, 1, channels)) + ops.reshape(shift, (-1, 1, 1, channels))
+    return ops.cast(ops.relu(normalized), dtype)
