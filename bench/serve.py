@@ -1,14 +1,15 @@
 """Benchmark of the HTTP service: images/s and latency from 1 and from 32 concurrent clients.
 
-Run: python bench/serve.py [--model auto|demo|bench] [--artifacts DIR] [--images 320] [--runs 3]
+Run: python bench/serve.py [--model bench|demo] [--artifacts DIR] [--images 320] [--runs 3]
 Prints a table, then one JSON object as the last line:
   conc1_images_per_s, conc32_images_per_s   median over the runs of images / wall time
   ratio                                     conc32 / conc1 (target >= 8 on 2 cores)
   p50_ms, p99_ms                            request latency per concurrency, over all timed requests
                                             (target: p99 at concurrency 32 under 1000 ms)
 
-The model is the one bench/decode.py uses (--model auto: artifacts/demo if `make demo` has finished,
-else the bench's own 3-epoch demo-config model in bench_data/decode, made on first use). The service
+The model is the one bench/decode.py uses (--model bench, the default: the bench's own 3-epoch demo-config
+model on stored PatchGrid features, made on first use in bench_data/decode; --model demo: artifacts/demo,
+whose conv encoder runs once per image however the requests are batched). The service
 is the real `python -m training.serve` on 127.0.0.1 with its defaults (--max-batch 32, --max-wait-ms 5),
 started once; its start-up (loading and tracing every padded batch size) is reported as startup_s.
 The clients are one aiohttp session in this process, C requests in flight at a time, each a demo
@@ -114,8 +115,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="timed rounds (default 3)")
     parser.add_argument(
         "--model",
-        choices=("auto", "demo", "bench"),
-        default="auto",
+        choices=("bench", "demo"),
+        default="bench",
         help="as in bench/decode.py: demo = artifacts/demo, bench = the bench's own model",
     )
     parser.add_argument("--artifacts", type=Path, default=None, help="serve this finished run instead")

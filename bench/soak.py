@@ -1,7 +1,7 @@
 """Soak of the HTTP service: a bounded stretch of steady load, minute by minute, on 127.0.0.1.
 
 Run: python bench/soak.py [--minutes 10] [--concurrency 64] [--interval 60] [--images 64]
-                          [--model auto|demo|bench] [--artifacts DIR]
+                          [--model bench|demo] [--artifacts DIR]
 Prints a table, one row per interval (requests, errors, p50/p99 latency, the server's RSS at the
 interval's end), then one JSON object as the last line, with the targets:
   errors 0                    every request answered 200 with the image's lone caption
@@ -129,7 +129,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=60.0, help="seconds per table row (default 60)")
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight all the time (default 64)")
     parser.add_argument("--images", type=int, default=64, help="distinct demo images sent in turn (default 64)")
-    parser.add_argument("--model", choices=("auto", "demo", "bench"), default="auto", help="as in bench/serve.py")
+    parser.add_argument("--model", choices=("bench", "demo"), default="bench", help="as in bench/serve.py")
     parser.add_argument("--artifacts", type=Path, default=None, help="serve this finished run instead")
     args = parser.parse_args()
     started = time.perf_counter()
