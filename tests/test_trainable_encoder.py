@@ -54,6 +54,15 @@ print(json.dumps(dict(kind=type(encoder).__name__, filters=list(encoder.filters)
     assert any(np.allclose(found["weights"], conv_run[1][epoch]) for epoch in ("1", "2", "3"))
 
 
+def test_decode_bench_reports_the_encoders_own_time(conv_run):
+    done = run_python(
+        ["bench/decode.py", "--artifacts", str(conv_run[0]), "--images", "8", "--batch-size", "4", "--runs", "1"], timeout=900
+    )
+    encoder = json.loads(done.stdout.strip().splitlines()[-1])["image_encoder"]
+    assert encoder["name"] == "PatchConvEncoder" and encoder["seconds"] > 0 and encoder["share_of_beam3"] > 0
+    assert "its image encoder (PatchConvEncoder) alone" in done.stdout
+
+
 def test_caption_command_export_and_service_give_the_captions_of_the_test_split(conv_run, demo_data, tmp_path):
     artifacts = conv_run[0]
     rows = json.loads((artifacts / "predictions_test.json").read_text())["captions"]
