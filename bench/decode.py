@@ -131,9 +131,8 @@ def image_encoder_seconds(model, features: np.ndarray, batch_size: int, runs: in
     import tensorflow as tf
 
     encode = tf.function(lambda batch: model.image_encoder(tf.cast(batch, model.compute_dtype), training=False))
+    warm_up(encode, features, batch_size)  # trace each batch shape before timing
     batches = [features[i : i + batch_size] for i in range(0, len(features), batch_size)]
-    for batch in batches[:1] + batches[-1:]:  # trace each batch shape before timing
-        encode(batch)
     seconds = [time_call(lambda: [encode(batch).numpy() for batch in batches]) for _ in range(runs)]
     return {"name": type(model.image_encoder).__name__, "seconds": round(statistics.median(seconds), 3)}
 
@@ -212,6 +211,8 @@ def main() -> None:
     encoder = image_encoder_seconds(model, features, args.batch_size, args.runs)
     rates = {name: count / statistics.median(seconds[name]) for name in ("greedy", "beam3")}
     rates["beam3_one_at_a_time"] = count / sum(seconds["beam3_one_at_a_time"])
+    if encoder is not None:
+        encoder["share_of_beam3"] = round(encoder["seconds"] * rates["beam3"] / count, 3)
     compile_s = {name: max(0.0, first - images / rates[name]) for name, (first, images) in first_calls.items()}
     ratio = rates["beam3"] / rates["beam3_one_at_a_time"]
     same = sum(a.tokens == b.tokens for a, b in zip(batched, one_at_a_time))
@@ -232,7 +233,7 @@ def main() -> None:
     if encoder is not None:
         print(
             f"its image encoder ({encoder['name']}) alone: {encoder['seconds']:.2f} s for the {count} images, "
-            f"{encoder['seconds'] * rates['beam3'] / count:.0%} of batched beam-3's time"
+            f"{encoder['share_of_beam3']:.0%} of batched beam-3's time"
         )
     print(
         f"{os.cpu_count()} CPUs, load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}; "
@@ -263,9 +264,7 @@ def main() -> None:
                 "mean_caption_steps": round(float(np.mean(steps_needed)), 2),
                 "max_decode_steps": int(model.max_length),
                 "model": {"path": str(artifacts), "made": made, "vocab_size": tokenizer.vocab_size},
-                "image_encoder": None
-                if encoder is None
-                else {**encoder, "share_of_beam3": round(encoder["seconds"] * rates["beam3"] / count, 3)},
+                "image_encoder": encoder,
                 "features": f"first {count} rows of {artifacts / 'features.npy'} ({store.extractor_name}, "
                 f"{features.shape[1]} regions x {features.shape[2]}), read into memory before timing",
                 "cpus": os.cpu_count(),
