@@ -214,3 +214,23 @@ def test_configure_precision_on_a_cpu(tmp_path):
     finally:
         assert configure_precision(False) == "float32"
     assert keras.mixed_precision.global_policy().name == "float32"
+
+
+@pytest.mark.parametrize("user_setting", [None, "false"])
+def test_importing_training_gives_tensorflow_the_bfc_cpu_allocator_unless_the_user_chose(user_setting):
+    """Only TensorFlow's BFC allocator keeps allocation statistics on the CPU: they exist when the package set it,
+    and not when the user's own TF_CPU_ALLOCATOR_USE_BFC=false was kept."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPU_ALLOCATOR_USE_BFC"}
+    if user_setting is not None:
+        env["TF_CPU_ALLOCATOR_USE_BFC"] = user_setting
+    code = (
+        "import training, tensorflow as tf\n"
+        "tf.ones([256, 256]) * 2.0\n"
+        "try:\n    print(tf.config.experimental.get_memory_info('CPU:0')['peak'] > 0)\n"
+        "except ValueError:\n    print('no allocator stats')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == ("True" if user_setting is None else "no allocator stats")

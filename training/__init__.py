@@ -7,6 +7,13 @@ __version__ = "0.1.0"
 # TensorFlow's C++ start-up chatter (oneDNN, CPU features) hides the pipeline's own log; a user's
 # own setting wins.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's default CPU allocator returns large freed tensors to the kernel, so every step faults its
+# buffers in afresh; its BFC allocator keeps and reuses them. An SCST step on W1 shapes under Keras' fit had
+# ~150k minor page faults and took 800-930 ms with the default, ~60k and 570-630 ms with BFC; cross-entropy
+# epochs took as long either way (bench/RESULTS.md). Read when TensorFlow first allocates: it holds for
+# processes that import this package before running TensorFlow. A user's own setting wins. BFC caps
+# TensorFlow's CPU tensors at 64 GB in all unless TF_CPU_BFC_MEM_LIMIT_IN_MB says otherwise.
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
 
 def load_model(path, **kwargs):
