@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import assert_readme_shows
+from helpers import assert_readme_shows, run_python
 
 from training.configs import Config
 from training.run.experiment_tracking import git_info
@@ -219,18 +219,15 @@ def test_configure_precision_on_a_cpu(tmp_path):
 @pytest.mark.parametrize("user_setting", [None, "false"])
 def test_importing_training_gives_tensorflow_the_bfc_cpu_allocator_unless_the_user_chose(user_setting):
     """Only TensorFlow's BFC allocator keeps allocation statistics on the CPU: they exist when the package set it,
-    and not when the user's own TF_CPU_ALLOCATOR_USE_BFC=false was kept."""
-    import os
-
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPU_ALLOCATOR_USE_BFC"}
-    if user_setting is not None:
-        env["TF_CPU_ALLOCATOR_USE_BFC"] = user_setting
+    and not when the user's own TF_CPU_ALLOCATOR_USE_BFC=false was kept. (This test process imported `training`,
+    so its environment already has the setting: without a user's, the child starts from none.)"""
     code = (
-        "import training, tensorflow as tf\n"
+        "import os\n"
+        + ("" if user_setting else "os.environ.pop('TF_CPU_ALLOCATOR_USE_BFC', None)\n")
+        + "import training, tensorflow as tf\n"
         "tf.ones([256, 256]) * 2.0\n"
         "try:\n    print(tf.config.experimental.get_memory_info('CPU:0')['peak'] > 0)\n"
         "except ValueError:\n    print('no allocator stats')\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
-    assert done.returncode == 0, done.stderr
+    done = run_python(code, env={"TF_CPU_ALLOCATOR_USE_BFC": user_setting} if user_setting else None)
     assert done.stdout.strip().splitlines()[-1] == ("True" if user_setting is None else "no allocator stats")
