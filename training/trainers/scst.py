@@ -339,9 +339,11 @@ class SelfCriticalTrainer:
     def batches(self, first_epoch: int) -> tf.data.Dataset:
         """Endless (features, image indices, sampler seed) batches from run epoch `first_epoch` (0-based) on:
         each epoch's images in the order drawn from (seed, epoch), its batch k sampled with seed
-        (seed, epoch * 100000 + k). The features are read from the store while the step before trains."""
+        (seed, epoch * 100000 + k). The features are read from the store while the step before trains, in the
+        store's dtype: the cast to float32 runs in TensorFlow, not in Python under the GIL the step's reward needs."""
         seed, image_ids = self.config.data.seed, list(self.references)
-        shape = np.shape(self.builder.image_features(image_ids[:1]))[1:]
+        first = np.asarray(self.builder.image_features(image_ids[:1]))
+        shape, dtype = first.shape[1:], first.dtype
 
         def epochs():
             for epoch in itertools.count(first_epoch):
@@ -349,17 +351,18 @@ class SelfCriticalTrainer:
                 for number, begin in enumerate(range(0, len(order), self.images_per_batch)):
                     indices = order[begin : begin + self.images_per_batch]
                     started = time.perf_counter()
-                    features = np.asarray(self.builder.image_features([image_ids[i] for i in indices]), np.float32)
+                    features = np.asarray(self.builder.image_features([image_ids[i] for i in indices]), dtype)
                     if self.step is not None:
                         self.step.step_seconds["features"] += time.perf_counter() - started
                     yield features, indices, np.array([seed, epoch * 100_000 + number], np.int64)
 
         signature = (
-            tf.TensorSpec([None, *shape], tf.float32),
+            tf.TensorSpec([None, *shape], tf.as_dtype(dtype)),
             tf.TensorSpec([None], tf.int32),
             tf.TensorSpec([2], tf.int64),
         )
-        return tf.data.Dataset.from_generator(epochs, output_signature=signature).prefetch(1)
+        batches = tf.data.Dataset.from_generator(epochs, output_signature=signature)
+        return batches.map(lambda features, indices, seed: (tf.cast(features, tf.float32), indices, seed)).prefetch(1)
 
     # -- state -------------------------------------------------------------------------------------
     def start(self, xe_model, xe_epochs: int):
