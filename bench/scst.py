@@ -29,6 +29,8 @@ which costs the reward what COCO's CHAIR term would (phrases read in Python per 
 a few array lookups).
 Each stage also reports its epoch's CPU seconds (all threads of its process): on cores shared with other
 work, `scst_epoch_cpu_over_xe` moves less with the load than the wall-time ratio `scst_epoch_over_xe`.
+And its minor page faults per batch (`epoch_minor_faults_per_batch`): pages the process's allocators gave back
+to the kernel and touched again, each a trip into the kernel (bench/RESULTS.md, the BFC allocator).
 Targets (the SCST stage's): epoch seconds <= 2x the cross-entropy epoch's, peak RssAnon <= 1.5x.
 """
 
@@ -38,6 +40,7 @@ import argparse
 import dataclasses
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -80,19 +83,25 @@ def stage_data(args):
 
 class CpuSeconds:
     """This process's CPU seconds (all its threads) from `start()` to the last `lap()`: the work an epoch
-    took, which other processes on the machine change much less than its wall time."""
+    took, which other processes on the machine change much less than its wall time. Also its minor page
+    faults over the same span: memory the allocators handed back to the kernel and touched again."""
 
     def __init__(self):
-        self.begin = self.end = time.process_time()
+        self.start()
 
     def start(self):
         self.begin = self.end = time.process_time()
+        self.faults_begin = self.faults_end = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
     def lap(self):
         self.end = time.process_time()
+        self.faults_end = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
     def seconds(self) -> float:
         return round(self.end - self.begin, 1)
+
+    def faults(self) -> int:
+        return self.faults_end - self.faults_begin
 
     def callback(self):
         import keras
@@ -174,6 +183,7 @@ def run_xe(args) -> dict:
         "policy": policy,
         **timing(times, [captions for _, _, captions, _ in record]),
         "epoch_cpu_seconds": cpu.seconds(),
+        "epoch_minor_faults_per_batch": round(cpu.faults() / len(times.ends)),
         "tokens_per_caption": round(sum(t for *_, t in record) / sum(c for _, _, c, _ in record), 2),
         "loss_epoch_mean": round(times.losses[-1], 3),
         "training_memory": sampler.snapshot(),
@@ -257,6 +267,7 @@ def run_scst(args) -> dict:
         "policy": policy,
         **timing(times, per_batch),
         "epoch_cpu_seconds": cpu.seconds(),
+        "epoch_minor_faults_per_batch": round(cpu.faults() / len(times.ends)),
         "images_per_batch": trainer.images_per_batch,
         "samples_per_image": trainer.samples,
         "grounding_weight": args.grounding_weight,
