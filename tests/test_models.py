@@ -200,6 +200,25 @@ def test_save_load_gives_identical_predictions(architecture, tmp_path):
     assert loaded.loss is masked_sparse_categorical_crossentropy
 
 
+@pytest.mark.parametrize("architecture", ARCHS)
+def test_a_bfloat16_model_loads_in_bfloat16_in_a_float32_process(architecture, tmp_path):
+    """A model trained in mixed_bfloat16 and loaded where the global policy is float32 (training.evaluate,
+    training.caption, serving) computes as it did when the run scored it: every layer in its saved policy."""
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = tiny_model(architecture)
+        features, tokens = tiny_batch()
+        expected = model((features, tokens))
+        model.save(tmp_path / "model.keras")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    policies = {layer.dtype_policy.name for layer in loaded._flatten_layers(include_self=True)}
+    assert policies == {"mixed_bfloat16"}
+    assert keras.mixed_precision.global_policy().name == "float32"  # the process's own policy is left as it was
+    np.testing.assert_array_equal(loaded((features, tokens)), expected)
+
+
 @pytest.mark.parametrize("train_embeddings", [False, True])
 def test_embedding_matrix_loaded_and_frozen_unless_trained(train_embeddings):
     config = tiny_config("transformer", train_embeddings=train_embeddings)

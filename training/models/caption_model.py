@@ -239,10 +239,23 @@ class CaptionModel(keras.Model):
 
     @classmethod
     def from_config(cls, config):
+        """The model as saved, every layer in the precision policy it was saved with.
+
+        Sublayers made in `__init__` take Keras' global policy, not their parent's: a model trained in
+        mixed_bfloat16 and loaded in a float32 process would otherwise compute in float32 inside a bfloat16
+        shell, and caption differently from the run that scored it (the demo's test CIDEr 4.478 against the
+        4.551 the run reported). So the global policy is the saved one while the model is rebuilt."""
         config = dict(config)
-        if config.get("image_encoder") is not None:
-            config["image_encoder"] = keras.saving.deserialize_keras_object(config["image_encoder"])
-        return cls(**config)
+        saved = keras.dtype_policies.get(config["dtype"]) if config.get("dtype") is not None else None
+        previous = keras.mixed_precision.global_policy()
+        if saved is not None:
+            keras.mixed_precision.set_global_policy(saved)
+        try:
+            if config.get("image_encoder") is not None:
+                config["image_encoder"] = keras.saving.deserialize_keras_object(config["image_encoder"])
+            return cls(**config)
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
 
 
 def trainable_image_encoder(model_config: ModelConfig) -> keras.layers.Layer | None:
