@@ -12,7 +12,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # ~150k minor page faults and took 800-930 ms with the default, ~60k and 570-630 ms with BFC; cross-entropy
 # epochs took as long either way (bench/RESULTS.md). Read when TensorFlow first allocates: it holds for
 # processes that import this package before running TensorFlow. A user's own setting wins. BFC caps
-# TensorFlow's CPU tensors at 64 GB in all unless TF_CPU_BFC_MEM_LIMIT_IN_MB says otherwise.
+# TensorFlow's CPU tensors at 64 GB in all unless TF_CPU_BFC_MEM_LIMIT_IN_MB says otherwise. Where TensorFlow runs
+# oneDNN (CPUs with AVX512-VNNI, -BF16 or AMX), its CPU allocator already pools, whatever this says.
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
 
