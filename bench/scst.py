@@ -29,8 +29,8 @@ which costs the reward what COCO's CHAIR term would (phrases read in Python per 
 a few array lookups).
 Each stage also reports its epoch's CPU seconds (all threads of its process): on cores shared with other
 work, `scst_epoch_cpu_over_xe` moves less with the load than the wall-time ratio `scst_epoch_over_xe`.
-And its minor page faults per batch (`epoch_minor_faults_per_batch`): pages the process's allocators gave back
-to the kernel and touched again, each a trip into the kernel (bench/RESULTS.md, the BFC allocator).
+And its minor page faults per batch (`epoch_minor_faults_per_batch`): pages touched for the first time, or again
+after an allocator gave them back to the kernel, each a trip into the kernel (bench/RESULTS.md, the BFC allocator).
 Targets (the SCST stage's): epoch seconds <= 2x the cross-entropy epoch's, peak RssAnon <= 1.5x.
 """
 
@@ -84,7 +84,7 @@ def stage_data(args):
 class CpuSeconds:
     """This process's CPU seconds (all its threads) from `start()` to the last `lap()`: the work an epoch
     took, which other processes on the machine change much less than its wall time. Also its minor page
-    faults over the same span: memory the allocators handed back to the kernel and touched again."""
+    faults over the same span: pages touched first, or again after an allocator handed them back to the kernel."""
 
     def __init__(self):
         self.start()
