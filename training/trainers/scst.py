@@ -342,8 +342,7 @@ class SelfCriticalTrainer:
         (seed, epoch * 100000 + k). The features are read from the store while the step before trains, in the
         store's dtype: the cast to float32 runs in TensorFlow, not in Python under the GIL the step's reward needs."""
         seed, image_ids = self.config.data.seed, list(self.references)
-        first = np.asarray(self.builder.image_features(image_ids[:1]))
-        shape, dtype = first.shape[1:], first.dtype
+        shape, dtype = self.builder.feature_shape, self.builder.features.dtype  # what image_features returns
 
         def epochs():
             for epoch in itertools.count(first_epoch):
@@ -351,7 +350,7 @@ class SelfCriticalTrainer:
                 for number, begin in enumerate(range(0, len(order), self.images_per_batch)):
                     indices = order[begin : begin + self.images_per_batch]
                     started = time.perf_counter()
-                    features = np.asarray(self.builder.image_features([image_ids[i] for i in indices]), dtype)
+                    features = self.builder.image_features([image_ids[i] for i in indices])
                     if self.step is not None:
                         self.step.step_seconds["features"] += time.perf_counter() - started
                     yield features, indices, np.array([seed, epoch * 100_000 + number], np.int64)
