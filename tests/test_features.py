@@ -352,13 +352,13 @@ def test_extraction_killed_midway_resumes_to_the_same_array(tmp_path, caplog):
 
 
 def test_a_second_builder_waits_for_the_first_and_reuses_its_store(tmp_path):
-    from training.features.store import _build_lock
+    from training.features.store import build_lock
 
     names = write_images(tmp_path / "images", 3)
     extractor = get_feature_extractor("PatchGrid")
     FeatureStore.build(tmp_path / "store", extractor, names, tmp_path / "images", verbose=0)
     results = []
-    with _build_lock(tmp_path / "store"):  # stands in for another worker that is still extracting
+    with build_lock(tmp_path / "store"):  # stands in for another worker that is still extracting
         waiter = threading.Thread(
             target=lambda: results.append(
                 FeatureStore.build(tmp_path / "store", extractor, names, tmp_path / "images", verbose=0)
@@ -369,6 +369,24 @@ def test_a_second_builder_waits_for_the_first_and_reuses_its_store(tmp_path):
         assert waiter.is_alive() and not results
     waiter.join(timeout=30)
     assert len(results) == 1 and results[0].image_ids == names
+
+
+def test_the_chief_removes_temporaries_only_when_no_worker_is_building_the_store(tmp_path):
+    # A worker extracting features into the run folder writes temporaries there; the chief's clean-up of
+    # files that killed writes left behind must not delete one mid-write.
+    from training.features.store import build_lock
+    from training.train import remove_temporaries_of_killed_writes
+
+    tmp_path.joinpath("run").mkdir()
+    in_flight = tmp_path / "run" / ".features.partial.rows.json.123.tmp.json"
+    with build_lock(tmp_path / "run"):  # stands in for the worker that is still extracting
+        in_flight.write_text("{}")
+        cleaner = threading.Thread(target=remove_temporaries_of_killed_writes, args=(tmp_path / "run",))
+        cleaner.start()
+        cleaner.join(timeout=1.0)
+        assert cleaner.is_alive() and in_flight.exists()
+    cleaner.join(timeout=30)
+    assert not cleaner.is_alive() and not in_flight.exists()  # once the writer is gone, its leftovers are stale
 
 
 def test_a_run_folder_links_to_a_shared_store_but_never_hides_its_own(tmp_path):

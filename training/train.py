@@ -313,9 +313,8 @@ class TrainingPipeline:
             if kept:
                 log.warning("--fresh: the previous run was moved to %s; the feature store stays for reuse", kept)
         ensure_dir(self.artifacts_dir)
-        if trainer.is_chief:  # the other workers of a multi-worker run write nothing here: no file of theirs is stale
-            for path in remove_stale_temporaries(self.artifacts_dir):
-                log.info("removed %s, left by an interrupted write", path)
+        if trainer.is_chief:
+            remove_temporaries_of_killed_writes(self.artifacts_dir)
             self.tracker = ExperimentTracker(self.artifacts_dir, run_name=c.training.run_name, seed=c.data.seed)
             self.tracker.log_config(c.to_dict())
         trainer.tracker = self.tracker
@@ -483,6 +482,16 @@ class TrainingPipeline:
             if not path.name.startswith("."):
                 print(f"  {path.name}{'/' if path.is_dir() else ''}")
         print(f"\nDone in {elapsed:.0f} s.")
+
+
+def remove_temporaries_of_killed_writes(artifacts_dir: Path) -> None:
+    """Delete the temporary files an interrupted write left in the run folder, never one still being written."""
+    from training.features.store import build_lock
+
+    # Another worker of a multi-worker run writes here only while it builds the feature store, under this lock.
+    with build_lock(artifacts_dir):
+        for path in remove_stale_temporaries(artifacts_dir):
+            log.info("removed %s, left by an interrupted write", path)
 
 
 def _is_chief_task(config: Config) -> bool:

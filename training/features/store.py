@@ -161,7 +161,7 @@ class FeatureStore:
             raise ValueError(f"image ids must be unique, repeated: {duplicates}")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        with _build_lock(directory):
+        with build_lock(directory):
             return cls._build(directory, extractor, image_ids, images_path, chunk_size, max_bad_fraction, verbose)
 
     @classmethod
@@ -211,9 +211,10 @@ class FeatureStore:
 
 
 @contextmanager
-def _build_lock(directory: Path) -> Iterator[None]:
+def build_lock(directory: Path) -> Iterator[None]:
     # Every run sharing the folder (and every distributed worker) builds here: the first extracts,
-    # the others wait and then reuse its rows. The OS drops the lock if the holder dies.
+    # the others wait and then reuse its rows. The OS drops the lock if the holder dies. A builder's
+    # temporary files are its own while it holds the lock: whoever cleans the folder takes it first.
     lock = FileLock(directory / LOCK_FILE)
     try:
         lock.acquire(timeout=0)
