@@ -27,10 +27,28 @@ def masked_sparse_categorical_crossentropy(y_true, y_pred, label_smoothing: floa
         log_probs = ops.log_softmax(logits, axis=-1)
         true_word = -ops.squeeze(ops.take_along_axis(log_probs, ops.expand_dims(y_true, -1), axis=-1), -1)
         per_token = (1.0 - label_smoothing) * true_word - label_smoothing * ops.mean(log_probs, axis=-1)
-    else:  # one fused kernel
-        per_token = keras.losses.sparse_categorical_crossentropy(y_true, logits, from_logits=True)
+    else:
+        per_token = _true_word_cross_entropy(y_true, logits)
     total = ops.cast(ops.size(is_token), "float32")
     return per_token * is_token * (total / ops.maximum(ops.sum(is_token), 1.0))
+
+
+def _true_word_cross_entropy(y_true, logits):
+    """-log softmax(logits)[y_true] per token, in TensorFlow's fused kernel wherever it is deterministic.
+
+    With op determinism on (`set_global_seed` turns it on for repeatable runs), `tf.nn` swaps that kernel for a
+    log-softmax, a gather and, backwards, a scatter of the gather's gradient into a dense (B, T, vocab) tensor,
+    because the fused GPU kernel is not deterministic. Its CPU kernel gives the same bits run after run (the resume
+    tests compare whole runs' losses), so on CPU it is called directly: 6% of a W1 training step (bench/RESULTS.md)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if not tf.config.list_logical_devices("GPU"):
+            cost, _ = tf.raw_ops.SparseSoftmaxCrossEntropyWithLogits(
+                features=tf.reshape(logits, [-1, tf.shape(logits)[-1]]), labels=tf.reshape(y_true, [-1])
+            )
+            return tf.reshape(cost, tf.shape(y_true))
+    return keras.losses.sparse_categorical_crossentropy(y_true, logits, from_logits=True)
 
 
 @keras.saving.register_keras_serializable(package="training")
