@@ -16,6 +16,18 @@ EfficientNetB0, weights=None (same compute as ImageNet weights), 224 px, batch 3
 paths use the already-built model (building and tracing it is a one-off, outside the timing).
 The two paths run in alternating rounds and the fastest round of each is reported: on a shared
 machine other processes only ever slow a round down, so the fastest is the least disturbed.
+
+Then what training costs per image beside that extraction rate (`training`, skipped with --no-training):
+  prefix_pipeline_images_per_s
+                          the feature store of the frozen prefix, with `fine_tune_from: 2` (the network up to
+                          its top two blocks): what a fine-tuning run extracts once
+  frozen_train_images_per_s, fine_tuned_train_images_per_s
+                          caption-model training (model.fit as the trainer compiles it, W1's model settings and
+                          batch of 64 captions, the config's precision policy), in images per second (five
+                          captions each, W1's Flickr8k captions when ../shared has them): on the whole
+                          network's stored features, and with the top two blocks training with the decoder on
+                          the prefix's stored features; the fastest of --repeats alternating epochs each
+  fine_tuned_over_frozen  the ratio of the two training rates
 """
 
 from __future__ import annotations
@@ -38,6 +50,8 @@ from PIL import Image  # noqa: E402
 
 from training.features import FeatureStore, get_feature_extractor  # noqa: E402
 
+CAPTIONS = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k_captions.txt"
+
 
 def make_images(folder: Path, count: int, seed: int = 0) -> list[str]:
     """Photo-like JPEGs at Flickr8k's usual 500x375: smooth colour fields plus sensor-like noise."""
@@ -52,10 +66,88 @@ def make_images(folder: Path, count: int, seed: int = 0) -> list[str]:
     return names
 
 
+def image_captions(names: list[str], seed: int = 0) -> dict[str, list[str]]:
+    """Five captions per image: W1's Flickr8k captions in file order when ../shared has them, else made-up
+    12-word ones."""
+    if CAPTIONS.is_file():
+        from training.data.caption_loader import CaptionLoader
+        from training.data.preprocessor import CaptionPreprocessor
+
+        flickr = CaptionPreprocessor().process(CaptionLoader("auto").load(CAPTIONS))
+        return dict(zip(names, (texts[:5] for texts in flickr.values())))
+    rng = np.random.default_rng(seed)
+    words = [f"w{i}" for i in range(300)]
+    return {name: ["startseq " + " ".join(rng.choice(words, 12)) + " endseq" for _ in range(5)] for name in names}
+
+
+def train_rate(store, captions: dict, fine_tune_from: int | None, repeats: int) -> float:
+    """Images per second of caption-model training on `store` (the fastest of `repeats` epochs after one that
+    traces), as the trainer compiles it; with `fine_tune_from` the backbone's top trains with the decoder."""
+    import dataclasses
+
+    from training.configs import Config
+    from training.data.caption_loader import get_max_caption_length
+    from training.data.dataset import DatasetBuilder
+    from training.data.tokenizer import Tokenizer
+    from training.models import build_caption_model
+    from training.models.optimization import compile_caption_model
+
+    config = Config()
+    model_config = dataclasses.replace(
+        config.model,
+        feature_extractor="EfficientNetB0",
+        extractor_weights=None,
+        image_size=(224, 224),
+        feature_dim=int(store.features.shape[-1]),
+        fine_tune_from=fine_tune_from,
+    )
+    tokenizer = Tokenizer(min_word_count=1).fit(text for texts in captions.values() for text in texts)
+    max_length = get_max_caption_length(captions) - 1  # as the trainer sizes the model
+    model = build_caption_model(model_config, tokenizer.vocab_size, max_length)
+    compile_caption_model(model, config)
+    builder = DatasetBuilder(store.features, store.index, tokenizer, max_length, config.training.batch_size, seed=0)
+    dataset = builder.build(captions)
+    seconds = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        model.fit(dataset, epochs=1, verbose=0)
+        seconds.append(time.perf_counter() - start)
+    return len(captions) / min(seconds[1:])
+
+
+def training_figures(work: Path, images_dir: Path, names: list[str], full_store, repeats: int) -> dict:
+    """Training images/s on the whole network's features and with its top two blocks fine-tuned, beside the
+    extraction of the prefix those blocks start from."""
+    from training.utils import configure_precision
+
+    policy = configure_precision("auto")
+    prefix = get_feature_extractor("EfficientNetB0", weights=None, image_size=(224, 224), batch_size=32, fine_tune_from=2)
+    prefix.predict_batch(np.zeros((32, 224, 224, 3), np.float32))  # trace once, outside the timing
+    start = time.perf_counter()
+    prefix_store = FeatureStore.build(work / "prefix_store", prefix, names, images_dir, verbose=0)
+    prefix_rate = len(names) / (time.perf_counter() - start)
+    captions = image_captions(names)
+    frozen = train_rate(full_store, captions, None, repeats)
+    print(f"training on stored features: {frozen:.1f} img/s", flush=True)
+    fine_tuned = train_rate(prefix_store, captions, 2, repeats)
+    print(f"training with the top two blocks: {fine_tuned:.1f} img/s", flush=True)
+    return {
+        "policy": policy,
+        "fine_tune_from": 2,
+        "prefix_regions": list(prefix_store.features.shape[1:]),
+        "prefix_pipeline_images_per_s": round(prefix_rate, 2),
+        "frozen_train_images_per_s": round(frozen, 1),
+        "fine_tuned_train_images_per_s": round(fine_tuned, 1),
+        "fine_tuned_over_frozen": round(fine_tuned / frozen, 3),
+        "captions": "Flickr8k (W1)" if CAPTIONS.is_file() else "made-up, 12 words",
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds of each path; the fastest is reported")
+    parser.add_argument("--no-training", action="store_true", help="extraction only: skip the training rates")
     args = parser.parse_args()
     import machine  # bench/machine.py
 
@@ -103,6 +195,7 @@ def main() -> None:
             )
 
         pipeline, memory, compiled = max(pipeline_rates), max(memory_rates), max(compiled_rates)
+        training = None if args.no_training else training_figures(work, images_dir, names, store, min(args.repeats, 3))
         print(
             json.dumps(
                 {
@@ -120,6 +213,7 @@ def main() -> None:
                     "pipeline_cpu_ms_per_image": round(statistics.median(pipeline_cpu), 2),
                     "in_memory_cpu_ms_per_image": round(statistics.median(memory_cpu), 2),
                     "cpu_ratio": round(statistics.median(memory_cpu) / statistics.median(pipeline_cpu), 3),
+                    "training": training,
                     "machine": machine.finish(facts),
                 }
             )

@@ -3,7 +3,7 @@
 bench/train.py on the first 240 images of the real Flickr8k captions (both rows, their peers,
 decoding), with its stores in a temporary folder; bench/decode.py's own bench model made from 40
 demo images, then decoded; bench/scst.py's two stages on 60 of those images; bench/grounding.py's
-one epoch of each stage on a 40-image world. The figures are not checked against targets (that is the benchmarks'
+one epoch of each stage on a 40-image world; bench/extract.py's extraction and training rates on 32 images. The figures are not checked against targets (that is the benchmarks'
 job): only that each row ran and reported them.
 """
 
@@ -11,6 +11,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from helpers import REPO, run_python
 
@@ -69,6 +70,19 @@ def test_train_bench_runs_both_rows_and_their_peers_on_a_small_store(flickr8k_ca
         assert row["peer"]["padding"].startswith("per batch") and row["padded_peer"]["padding"].startswith("every caption")
         assert 0 < row["padded_peer"]["token_efficiency"] < row["peer"]["token_efficiency"] <= 1
     assert set(report["machine"]) >= {"cpu", "amx", "avx512_bf16", "matmul_gflop_per_s_at_start", "load_average_at_start"}
+
+
+def test_extract_bench_reports_extraction_and_training_rates_with_and_without_fine_tuning():
+    done = run_python(["bench/extract.py", "--images", "32", "--repeats", "1"], timeout=900)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["images"] == 32 and result["pipeline_images_per_s"] > 0
+    training = result["training"]
+    assert training["fine_tune_from"] == 2 and len(training["prefix_regions"]) == 2
+    for key in ("prefix_pipeline_images_per_s", "frozen_train_images_per_s", "fine_tuned_train_images_per_s"):
+        assert training[key] > 0, key
+    assert training["fine_tuned_over_frozen"] == pytest.approx(
+        training["fine_tuned_train_images_per_s"] / training["frozen_train_images_per_s"], rel=0.02
+    )
 
 
 def test_decode_bench_makes_its_model_then_decodes_with_it(tmp_path):
