@@ -26,7 +26,8 @@ Then what training costs per image beside that extraction rate (`training`, skip
                           batch of 64 captions, the config's precision policy), in images per second (five
                           captions each, W1's Flickr8k captions when ../shared has them): on the whole
                           network's stored features, and with the top two blocks training with the decoder on
-                          the prefix's stored features; the fastest of --repeats alternating epochs each
+                          the prefix's stored features; the fastest of min(--repeats, 3) alternating
+                          epochs each, after one that traces
   fine_tuned_over_frozen  the ratio of the two training rates
 """
 
@@ -80,9 +81,9 @@ def image_captions(names: list[str], seed: int = 0) -> dict[str, list[str]]:
     return {name: ["startseq " + " ".join(rng.choice(words, 12)) + " endseq" for _ in range(5)] for name in names}
 
 
-def train_rate(store, captions: dict, fine_tune_from: int | None, repeats: int) -> float:
-    """Images per second of caption-model training on `store` (the fastest of `repeats` epochs after one that
-    traces), as the trainer compiles it; with `fine_tune_from` the backbone's top trains with the decoder."""
+def training_run(store, captions: dict, fine_tune_from: int | None):
+    """A compiled caption model (as the trainer compiles it, W1's settings) and its epoch's dataset on `store`;
+    with `fine_tune_from` the backbone's top trains with the decoder."""
     import dataclasses
 
     from training.configs import Config
@@ -106,18 +107,13 @@ def train_rate(store, captions: dict, fine_tune_from: int | None, repeats: int) 
     model = build_caption_model(model_config, tokenizer.vocab_size, max_length)
     compile_caption_model(model, config)
     builder = DatasetBuilder(store.features, store.index, tokenizer, max_length, config.training.batch_size, seed=0)
-    dataset = builder.build(captions)
-    seconds = []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
-        model.fit(dataset, epochs=1, verbose=0)
-        seconds.append(time.perf_counter() - start)
-    return len(captions) / min(seconds[1:])
+    return model, builder.build(captions)
 
 
 def training_figures(work: Path, images_dir: Path, names: list[str], full_store, repeats: int) -> dict:
-    """Training images/s on the whole network's features and with its top two blocks fine-tuned, beside the
-    extraction of the prefix those blocks start from."""
+    """Training images/s on the whole network's features and with its top two blocks fine-tuned (the fastest of
+    `repeats` alternating epochs each, after one that traces), beside the extraction of the prefix those blocks
+    start from."""
     from training.utils import configure_precision
 
     policy = configure_precision("auto")
@@ -127,10 +123,17 @@ def training_figures(work: Path, images_dir: Path, names: list[str], full_store,
     prefix_store = FeatureStore.build(work / "prefix_store", prefix, names, images_dir, verbose=0)
     prefix_rate = len(names) / (time.perf_counter() - start)
     captions = image_captions(names)
-    frozen = train_rate(full_store, captions, None, repeats)
-    print(f"training on stored features: {frozen:.1f} img/s", flush=True)
-    fine_tuned = train_rate(prefix_store, captions, 2, repeats)
-    print(f"training with the top two blocks: {fine_tuned:.1f} img/s", flush=True)
+    runs = {"frozen": training_run(full_store, captions, None), "fine_tuned": training_run(prefix_store, captions, 2)}
+    rates = {name: [] for name in runs}
+    for repeat in range(repeats + 1):
+        for name, (model, dataset) in runs.items():
+            start = time.perf_counter()
+            model.fit(dataset, epochs=1, verbose=0)
+            if repeat:  # the first epoch traces
+                rates[name].append(len(captions) / (time.perf_counter() - start))
+        if repeat:
+            print(f"training round {repeat}: " + ", ".join(f"{n} {r[-1]:.1f} img/s" for n, r in rates.items()), flush=True)
+    frozen, fine_tuned = max(rates["frozen"]), max(rates["fine_tuned"])
     return {
         "policy": policy,
         "fine_tune_from": 2,

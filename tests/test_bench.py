@@ -3,8 +3,9 @@
 bench/train.py on the first 240 images of the real Flickr8k captions (both rows, their peers,
 decoding), with its stores in a temporary folder; bench/decode.py's own bench model made from 40
 demo images, then decoded; bench/scst.py's two stages on 60 of those images; bench/grounding.py's
-one epoch of each stage on a 40-image world; bench/extract.py's extraction and training rates on 32 images. The figures are not checked against targets (that is the benchmarks'
-job): only that each row ran and reported them.
+one epoch of each stage on a 40-image world; bench/extract.py's extraction and training rates on 32
+images. The figures are not checked against targets (that is the benchmarks' job): only that each row
+ran and reported them.
 """
 
 import importlib.util
