@@ -34,6 +34,7 @@ Then what training costs per image beside that extraction rate (`training`, skip
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -51,8 +52,6 @@ from PIL import Image  # noqa: E402
 
 from training.features import FeatureStore, get_feature_extractor  # noqa: E402
 
-CAPTIONS = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k_captions.txt"
-
 
 def make_images(folder: Path, count: int, seed: int = 0) -> list[str]:
     """Photo-like JPEGs at Flickr8k's usual 500x375: smooth colour fields plus sensor-like noise."""
@@ -67,33 +66,27 @@ def make_images(folder: Path, count: int, seed: int = 0) -> list[str]:
     return names
 
 
-def image_captions(names: list[str], seed: int = 0) -> dict[str, list[str]]:
+def image_captions(names: list[str], config, seed: int = 0) -> dict[str, list[str]]:
     """Five captions per image: W1's Flickr8k captions in file order when ../shared has them, else made-up
     12-word ones."""
-    if CAPTIONS.is_file():
-        from training.data.caption_loader import CaptionLoader
-        from training.data.preprocessor import CaptionPreprocessor
+    import train as w1  # bench/train.py: W1's captions and config
 
-        flickr = CaptionPreprocessor().process(CaptionLoader("auto").load(CAPTIONS))
+    if w1.DEFAULT_CAPTIONS.is_file():
+        flickr = w1.load_captions(w1.DEFAULT_CAPTIONS, config)
         return dict(zip(names, (texts[:5] for texts in flickr.values())))
     rng = np.random.default_rng(seed)
     words = [f"w{i}" for i in range(300)]
     return {name: ["startseq " + " ".join(rng.choice(words, 12)) + " endseq" for _ in range(5)] for name in names}
 
 
-def training_run(store, captions: dict, fine_tune_from: int | None):
-    """A compiled caption model (as the trainer compiles it, W1's settings) and its epoch's dataset on `store`;
+def training_run(store, captions: dict, tokenizer, config, fine_tune_from: int | None):
+    """A caption model compiled as the trainer compiles it (W1's `config`) and its epoch's dataset on `store`;
     with `fine_tune_from` the backbone's top trains with the decoder."""
-    import dataclasses
-
-    from training.configs import Config
     from training.data.caption_loader import get_max_caption_length
     from training.data.dataset import DatasetBuilder
-    from training.data.tokenizer import Tokenizer
     from training.models import build_caption_model
     from training.models.optimization import compile_caption_model
 
-    config = Config()
     model_config = dataclasses.replace(
         config.model,
         feature_extractor="EfficientNetB0",
@@ -102,7 +95,6 @@ def training_run(store, captions: dict, fine_tune_from: int | None):
         feature_dim=int(store.features.shape[-1]),
         fine_tune_from=fine_tune_from,
     )
-    tokenizer = Tokenizer(min_word_count=1).fit(text for texts in captions.values() for text in texts)
     max_length = get_max_caption_length(captions) - 1  # as the trainer sizes the model
     model = build_caption_model(model_config, tokenizer.vocab_size, max_length)
     compile_caption_model(model, config)
@@ -122,8 +114,17 @@ def training_figures(work: Path, images_dir: Path, names: list[str], full_store,
     start = time.perf_counter()
     prefix_store = FeatureStore.build(work / "prefix_store", prefix, names, images_dir, verbose=0)
     prefix_rate = len(names) / (time.perf_counter() - start)
-    captions = image_captions(names)
-    runs = {"frozen": training_run(full_store, captions, None), "fine_tuned": training_run(prefix_store, captions, 2)}
+    import train as w1  # bench/train.py
+
+    from training.data.tokenizer import Tokenizer
+
+    config = w1.w1_config()
+    captions = image_captions(names, config)
+    tokenizer = Tokenizer(min_word_count=1).fit(text for texts in captions.values() for text in texts)
+    runs = {
+        name: training_run(store, captions, tokenizer, config, cut)
+        for name, store, cut in (("frozen", full_store, None), ("fine_tuned", prefix_store, 2))
+    }
     rates = {name: [] for name in runs}
     for repeat in range(repeats + 1):
         for name, (model, dataset) in runs.items():
@@ -142,7 +143,7 @@ def training_figures(work: Path, images_dir: Path, names: list[str], full_store,
         "frozen_train_images_per_s": round(frozen, 1),
         "fine_tuned_train_images_per_s": round(fine_tuned, 1),
         "fine_tuned_over_frozen": round(fine_tuned / frozen, 3),
-        "captions": "Flickr8k (W1)" if CAPTIONS.is_file() else "made-up, 12 words",
+        "captions": "Flickr8k (W1)" if w1.DEFAULT_CAPTIONS.is_file() else "made-up, 12 words",
     }
 
 

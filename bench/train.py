@@ -29,15 +29,16 @@ Each row runs in its own process (clean peak-memory figures and dtype policy), w
     every 20 ms, and reads VmHWM (peak resident, page cache of the store included).
 After each of our rows, two peer rows (`--peer-steps`, 0: none) run, each in its own process: the
 decoder a user writes from the keras.io captioning example (keras.layers.MultiHeadAttention,
-pre-norm, the dims of training/config.yaml, the same precision policy, Adam with the same
-settings, seeded without TensorFlow's op determinism as that example is), trained with plain model.fit on one caption per row, its image's regions projected for
-each caption (for the pooled row, the one pooled vector), on the same store, for a fixed window of
-steps. The peer (`peer`) batches as the tf.data guides teach for variable-length text: captions
-grouped by length (`bucket_by_sequence_length`, buckets 2 tokens wide) and each batch padded to its
-own longest caption; its `token_efficiency` is counted as ours. The padded peer (`padded_peer`,
-the peer of earlier runs, kept for history) pads every caption to W1's max_length. Our row gains
-`peer_captions_per_s` (steady, after 10 warm-up steps), `speedup_vs_peer` (ours / the bucketing
-peer's steady captions per second) and `speedup_vs_padded_peer`.
+pre-norm, the dims of training/config.yaml, the same precision policy, Adam with the same settings,
+seeded without TensorFlow's op determinism as that example is), trained with plain model.fit on one
+caption per row, its image's regions projected for each caption (for the pooled row, the one pooled
+vector), on the same store, for a fixed window of steps. The peer (`peer`) batches as the tf.data
+guides teach for variable-length text: captions grouped by length (`bucket_by_sequence_length`,
+buckets 2 tokens wide) and each batch padded to its own longest caption; its `token_efficiency` is
+counted as ours. The padded peer (`padded_peer`, the peer of earlier runs, kept for history) pads
+every caption to W1's max_length. Our row gains `peer_captions_per_s` (steady, after 10 warm-up
+steps), `speedup_vs_peer` (ours / the bucketing peer's steady captions per second) and
+`speedup_vs_padded_peer`.
 The memory test builds the store at `--scale` times the images (5x: 40,455 images, 12.4 GB; each
 Flickr8k image and its captions `scale` times under new ids, the features copied from the 1x
 store), trains `--steps` steps on it with region features and reports the peak RssAnon next to
