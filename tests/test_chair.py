@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -118,3 +119,75 @@ def test_the_config_key_makes_the_evaluator_s_grounding(instances_file):
     assert grounding.score(PREDICTIONS)["chair_i"] == pytest.approx(0.25)
     with pytest.raises(ConfigError, match="'coco_instances_file' must be null when scenes_file is set"):
         config_from_dict({"coco_instances_file": str(instances_file), "scenes_file": "scenes.json"})
+
+
+# -- a whole run on COCO-layout data ---------------------------------------------------------------------
+COCO_WORDS = {"circle": "dog", "circles": "dogs", "square": "cat", "squares": "cats", "triangle": "bird", "triangles": "birds"}
+
+
+def coco_layout_copy(demo_data, folder):
+    """The demo images as COCO's: COCO file names, a captions_*.json whose captions say dog / cat / bird for circle /
+    square / triangle, and an instances_*.json whose annotations are each image's shapes as those categories."""
+    scenes = json.loads((demo_data / "scenes.json").read_text())
+    (folder / "Images").mkdir(parents=True)
+    images, captions, instances = [], [], []
+    categories = {"dog": 18, "cat": 17, "bird": 16}
+    for number, (name, scene) in enumerate(sorted(scenes.items()), start=1):
+        file_name = f"COCO_val2014_{number:012d}.png"
+        (folder / "Images" / file_name).write_bytes((demo_data / "Images" / name).read_bytes())
+        images.append({"id": number, "file_name": file_name})
+        instances += [{"image_id": number, "category_id": categories[COCO_WORDS[o["shape"]]]} for o in scene["objects"]]
+    with open(demo_data / "captions.txt", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for name, caption in ((row["image"], row["caption"]) for row in rows):
+        number = sorted(scenes).index(name) + 1
+        captions.append({"image_id": number, "caption": " ".join(COCO_WORDS.get(w, w) for w in caption.split())})
+    (folder / "captions_val2014.json").write_text(json.dumps({"images": images, "annotations": captions}))
+    named = [{"id": i, "name": n} for n, i in categories.items()]
+    (folder / "instances_val2014.json").write_text(json.dumps({"images": images, "categories": named, "annotations": instances}))
+
+
+def test_a_run_on_coco_data_monitors_object_precision_rewards_scst_with_chair_and_reports_chair(demo_data, tmp_path):
+    """coco_instances_file through a whole run: val_object_precision each epoch (the monitor), SCST rewarded with
+    it, and the test split's CHAIR-i / CHAIR-s in the summary and report, equal to CHAIR of the test captions written."""
+    from helpers import run_python, write_config
+
+    from training.data.caption_loader import CaptionLoader
+    from training.data.preprocessor import CaptionPreprocessor
+    from training.run.artifacts import read_metrics, read_predictions
+
+    coco_layout_copy(demo_data, tmp_path / "coco")
+    config = write_config(
+        tmp_path / "config.yaml",
+        demo_data,
+        tmp_path / "artifacts",
+        images_path=str(tmp_path / "coco" / "Images"),
+        captions_file=str(tmp_path / "coco" / "captions_val2014.json"),
+        glove_path=None,
+        coco_instances_file=str(tmp_path / "coco" / "instances_val2014.json"),
+        monitor="val_object_precision",
+        mode="max",
+        epochs=2,
+        scst_epochs=1,
+        scst_samples=2,
+        scst_grounding_weight=1.0,
+        val_caption_images=12,
+    )
+    run_python(["-m", "training.train", "--config", str(config)], env={"TF_ENABLE_ONEDNN_OPTS": "0"})
+    artifacts = tmp_path / "artifacts"
+
+    rows = read_metrics(artifacts / "metrics.csv")
+    assert [row["epoch"] for row in rows] == [1, 2, 3]  # two cross-entropy epochs, one SCST epoch
+    for row in rows:
+        assert 0 <= row["val_object_precision"] <= 1 and 0 <= row["val_object_recall"] <= 1, row
+
+    predictions = read_predictions(artifacts)
+    captions = CaptionPreprocessor().process(CaptionLoader("auto").load(tmp_path / "coco" / "captions_val2014.json"))
+    test = {c["image_id"]: c["prediction"] for c in predictions["captions"]}
+    coco = CocoObjects.load(tmp_path / "coco" / "instances_val2014.json", {i: captions[i] for i in test})
+    expected = coco.score(test)
+    summary = json.loads((artifacts / "run_summary.json").read_text())["scores"]
+    for key in ("chair_i", "chair_s", "object_recall"):
+        assert predictions["scores"][key] == pytest.approx(expected[key]) and summary[key] == pytest.approx(expected[key])
+    page = (artifacts / "report.html").read_text()
+    assert "CHAIR-i (mentions not in the image)" in page and "CHAIR-s (captions naming one)" in page
