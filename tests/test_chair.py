@@ -84,6 +84,7 @@ def test_each_sample_s_precision_is_one_minus_its_chair_i(instances_file):
         ids = [index[w] for w in caption.split()] + [index["endseq"]]
         sequences[row, : len(ids)] = ids
     assert coco.sample_precision(sequences, images, vocabulary) == pytest.approx([2 / 3, 1.0, 1 / 2, 0.0])
+    assert coco.wrong_mentions(images, captions).tolist() == [1, 0, 1, 0]  # the hot dog, the elephant
 
 
 def test_the_synonym_lists_cover_coco_s_80_categories_and_ship_with_the_package():

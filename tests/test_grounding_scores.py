@@ -48,6 +48,18 @@ def test_each_sample_s_object_precision_is_the_one_object_scores_gives_its_capti
     assert got[: len(images)].min() == 1.0 and got[len(images) :].mean() < 0.5  # true captions, then mostly wrong ones
 
 
+def test_wrong_mentions_counts_each_caption_s_colour_shapes_its_image_does_not_show():
+    scenes = {"a.png": [{"color": "red", "shape": "circle"}, {"color": "blue", "shape": "square"}]}
+    mentions = ObjectMentions(scenes)
+    captions = ["a red circle and a blue square", "two red circles and a red square", "a blue circle a blue circle", "one shape"]
+    wrong = mentions.wrong_mentions(["a.png"] * 4, captions).tolist()
+    assert wrong == [0, 1, 2, 0]
+    for caption, n in zip(captions, wrong):  # object precision counts the same: (mentions - wrong) / mentions
+        named = len(mentions.parse(caption)[0])
+        precision = mentions.score({"a.png": caption})["object_precision"]
+        assert precision == (None if named == 0 else pytest.approx((named - n) / named))
+
+
 def test_the_grounded_reward_ranks_a_hallucinating_sample_below_a_true_one_of_the_same_cider_d():
     from training.evaluation.cider import BatchCiderD, CiderD
     from training.trainers.scst import sample_rewards
@@ -90,6 +102,11 @@ def test_the_final_model_is_never_a_less_grounded_scst_model():
     assert choose_final_model(xe, better, check=dict(check, scst_object_precision=float("nan")))[0] == "xe"  # names none
     assert choose_final_model(xe, better, check=dict(check, xe_object_precision=float("nan")))[0] == "scst"
     assert choose_final_model(xe, worse, check=dict(check, scst_object_precision=1.0))[0] == "xe"  # the epochs' test first
+    # Not lower in sum, yet one image's caption now names an object that is not there (another's lost one): refused.
+    traded = dict(check, scst_object_precision=0.988, images_less_grounded=1, images_more_grounded=1)
+    choice, reason = choose_final_model(xe, better, check=traded)
+    assert choice == "xe" and "less grounded on 1 of the 200 validation images at beam 3" in reason and "(fewer on 1)" in reason
+    assert choose_final_model(xe, better, check=dict(traded, images_less_grounded=0))[0] == "scst"
 
 
 def test_grounded_monitors_and_the_reward_weight_need_scenes_or_coco_instances():

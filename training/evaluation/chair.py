@@ -128,6 +128,11 @@ class CocoObjects:
             "object_recall": float(named / shown) if shown else None,
         }
 
+    def wrong_mentions(self, image_ids: list[str], captions: list[str]) -> np.ndarray:
+        """Per caption, its mentions of objects not in its image (CHAIR-i's numerator)."""
+        counts = self.counts(image_ids, captions)
+        return counts[:, 0] - counts[:, 1]
+
     def precision_recall(self, predictions: Mapping[str, str]) -> dict[str, float | None]:
         """object_precision (1 - CHAIR-i) and object_recall: what a training loop logs every epoch."""
         scores = self.score(predictions)

@@ -127,6 +127,15 @@ class ObjectMentions:
         scores = self.score(predictions)
         return {"object_precision": scores["object_precision"], "object_recall": scores["object_recall"]}
 
+    def wrong_mentions(self, image_ids: list[str], captions: list[str]) -> np.ndarray:
+        """Per caption, its mentions of a colour+shape that its image does not show."""
+        self.require(image_ids)
+        wrong = []
+        for image_id, caption in zip(image_ids, captions):
+            present = {(o["color"], o["shape"]) for o in self.scenes[image_id]}
+            wrong.append(sum(m not in present for m in self.parse(caption)[0]))
+        return np.array(wrong, np.int64)
+
     def presence(self, image_id: str) -> np.ndarray:
         """(colours, shapes) booleans: which colour+shape the image shows."""
         if image_id not in self._presence:
