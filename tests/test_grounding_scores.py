@@ -102,11 +102,9 @@ def test_the_final_model_is_never_a_less_grounded_scst_model():
     assert choose_final_model(xe, better, check=dict(check, scst_object_precision=float("nan")))[0] == "xe"  # names none
     assert choose_final_model(xe, better, check=dict(check, xe_object_precision=float("nan")))[0] == "scst"
     assert choose_final_model(xe, worse, check=dict(check, scst_object_precision=1.0))[0] == "xe"  # the epochs' test first
-    # Not lower in sum, yet one image's caption now names an object that is not there (another's lost one): refused.
+    # Precision in sum decides: one image made less grounded and another more, at equal precision, is accepted.
     traded = dict(check, scst_object_precision=0.988, images_less_grounded=1, images_more_grounded=1)
-    choice, reason = choose_final_model(xe, better, check=traded)
-    assert choice == "xe" and "less grounded on 1 of the 200 validation images at beam 3" in reason and "(fewer on 1)" in reason
-    assert choose_final_model(xe, better, check=dict(traded, images_less_grounded=0))[0] == "scst"
+    assert choose_final_model(xe, better, check=traded)[0] == "scst"
 
 
 def test_grounded_monitors_and_the_reward_weight_need_scenes_or_coco_instances():

@@ -254,6 +254,10 @@ def test_the_grounding_check_captions_both_models_as_the_test_is_and_counts_thei
     assert compared["images"] == 8 and compared["beam_size"] == 1
     assert compared["xe_object_precision"] == pytest.approx(greedy.score(xe)["val_object_precision"], abs=1e-12)
     assert compared["scst_object_precision"] == pytest.approx(greedy.score(final)["val_object_precision"], abs=1e-12)
+    # Images whose caption names more / fewer objects that are not there: none against the model itself.
+    assert compared["images_less_grounded"] + compared["images_more_grounded"] <= 8
+    itself = check.compare(xe, xe)
+    assert (itself["images_less_grounded"], itself["images_more_grounded"]) == (0, 0)
     facts = json.loads((artifacts / "run_summary.json").read_text())["scst"]
     if "grounding_check" in facts:  # the run compared the XE model with the SCST checkpoint on these images
         scst = keras.saving.load_model(artifacts / "checkpoint_scst.keras")
@@ -270,8 +274,7 @@ def test_scst_continues_the_epochs_and_the_summary_says_which_model_is_final(scs
     facts = summary["scst"]
     # Only SCST epochs as grounded as the cross-entropy model (val object precision at most 0.005 lower) are kept;
     # the SCST model is final when the best of them beats the cross-entropy model's val_cider and, on the validation
-    # images captioned as the test is (eval_max_images 8, beam_size 1), its object precision is not lower at all and
-    # no image's caption names more objects that are not there.
+    # images captioned as the test is (eval_max_images 8, beam_size 1), its object precision is not lower at all.
     floor = facts["xe_val_object_precision"] - 0.005
     grounded = [float(r["val_cider"]) for r in rows[2:] if float(r["val_object_precision"]) >= floor]
     assert facts["scst_best_val_cider"] == (pytest.approx(max(grounded), abs=1e-9) if grounded else None)
@@ -279,9 +282,7 @@ def test_scst_continues_the_epochs_and_the_summary_says_which_model_is_final(scs
     beats = bool(grounded) and max(grounded) > facts["xe_val_cider"]
     check = facts.get("grounding_check")
     assert (check is not None) == beats  # checked only when it could change the choice
-    not_less_grounded = (
-        beats and check["scst_object_precision"] >= check["xe_object_precision"] and check["images_less_grounded"] == 0
-    )
+    not_less_grounded = beats and check["scst_object_precision"] >= check["xe_object_precision"]
     assert facts["final_model"] == ("scst" if not_less_grounded else "xe")
     assert facts["final_model_reason"] in output
     assert facts["xe_val_cider"] == pytest.approx(max(float(r["val_cider"]) for r in rows[:2]), abs=1e-9)
