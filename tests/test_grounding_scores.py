@@ -104,7 +104,13 @@ def test_the_final_model_is_never_a_less_grounded_scst_model():
     assert choose_final_model(xe, worse, check=dict(check, scst_object_precision=1.0))[0] == "xe"  # the epochs' test first
     # Precision in sum decides: one image made less grounded and another more, at equal precision, is accepted.
     traded = dict(check, scst_object_precision=0.988, images_less_grounded=1, images_more_grounded=1)
-    assert choose_final_model(xe, better, check=traded)[0] == "scst"
+    choice, reason = choose_final_model(xe, better, check=traded)
+    assert choice == "scst" and "object precision 0.9880 vs 0.9880 (images less / more grounded: 1 / 1)" in reason
+    worse_in_sum = dict(traded, scst_object_precision=0.9859, images_less_grounded=2, images_more_grounded=0)
+    assert (
+        "0.9859 against the cross-entropy model's 0.9880 (images less / more grounded: 2 / 0)"
+        in choose_final_model(xe, better, check=worse_in_sum)[1]
+    )
 
 
 def test_grounded_monitors_and_the_reward_weight_need_scenes_or_coco_instances():

@@ -97,13 +97,16 @@ def choose_final_model(
     if check is not None:
         where = f"the {check['images']} validation images at beam {check['beam_size']}"
         xe_checked, checked = check["xe_object_precision"], check["scst_object_precision"]
+        images = ""  # a check saved by an earlier version has no image counts
+        if "images_less_grounded" in check:
+            images = f" (images less / more grounded: {check['images_less_grounded']} / {check['images_more_grounded']})"
         if not _measured(checked) or (_measured(xe_checked) and checked < xe_checked):
             checked_text, xe_text = _distinct_figures(checked, xe_checked)
             return "xe", (
                 f"the SCST model is less grounded on {where}: object precision {checked_text} against the cross-entropy "
-                f"model's {xe_text}, though its val CIDEr-D {scst['val_cider']:.4f} beats {xe['val_cider']:.4f}"
+                f"model's {xe_text}{images}, though its val CIDEr-D {scst['val_cider']:.4f} beats {xe['val_cider']:.4f}"
             )
-        grounded += f"; on {where}, object precision {checked:.4f} vs {xe_checked:.4f}"
+        grounded += f"; on {where}, object precision {checked:.4f} vs {xe_checked:.4f}{images}"
     return "scst", f"val CIDEr-D {scst['val_cider']:.4f} > {xe['val_cider']:.4f} of the cross-entropy model{grounded}"
 
 
