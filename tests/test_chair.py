@@ -133,16 +133,17 @@ def coco_layout_copy(demo_data, folder):
     (folder / "Images").mkdir(parents=True)
     images, captions, instances = [], [], []
     categories = {"dog": 18, "cat": 17, "bird": 16}
-    for number, (name, scene) in enumerate(sorted(scenes.items()), start=1):
+    numbers = {name: number for number, name in enumerate(sorted(scenes), start=1)}
+    for name, number in numbers.items():
         file_name = f"COCO_val2014_{number:012d}.png"
         (folder / "Images" / file_name).write_bytes((demo_data / "Images" / name).read_bytes())
         images.append({"id": number, "file_name": file_name})
-        instances += [{"image_id": number, "category_id": categories[COCO_WORDS[o["shape"]]]} for o in scene["objects"]]
+        instances += [{"image_id": number, "category_id": categories[COCO_WORDS[o["shape"]]]} for o in scenes[name]["objects"]]
     with open(demo_data / "captions.txt", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    for name, caption in ((row["image"], row["caption"]) for row in rows):
-        number = sorted(scenes).index(name) + 1
-        captions.append({"image_id": number, "caption": " ".join(COCO_WORDS.get(w, w) for w in caption.split())})
+    for row in rows:
+        words = (COCO_WORDS.get(w, w) for w in row["caption"].split())
+        captions.append({"image_id": numbers[row["image"]], "caption": " ".join(words)})
     (folder / "captions_val2014.json").write_text(json.dumps({"images": images, "annotations": captions}))
     named = [{"id": i, "name": n} for n, i in categories.items()]
     (folder / "instances_val2014.json").write_text(json.dumps({"images": images, "categories": named, "annotations": instances}))
